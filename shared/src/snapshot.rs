@@ -1,0 +1,247 @@
+//! Snapshots, deltas, content checksums and placement selection.
+//!
+//! A [`Snapshot`] is the whole config at one revision. A [`Delta`] carries what changed between
+//! two revisions: the resources added or changed, and the keys removed, so its size follows the
+//! change and not the config. [`diff`] and [`Snapshot::apply`] are exact inverses:
+//! `a.apply(&diff(&a, &b)) == Ok(b)`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Labels, Resource, ResourceKey};
+
+/// The config at one revision: at most one resource per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The revision this content was committed at; 0 is the empty config before any commit.
+    pub revision: u64,
+    resources: BTreeMap<ResourceKey, Resource>,
+}
+
+/// Two resources with the same kind and name in one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is defined more than once")]
+pub struct DuplicateResource(pub ResourceKey);
+
+/// Why a delta could not be applied to a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta starts at revision {delta_from}, but the snapshot is at revision {snapshot}")]
+    BaseMismatch { snapshot: u64, delta_from: u64 },
+    #[error("delta goes backwards, from revision {from} to {to}")]
+    Backwards { from: u64, to: u64 },
+    #[error("delta deletes {0}, which the snapshot does not have")]
+    UnknownDelete(ResourceKey),
+    #[error("delta both changes and deletes {0}")]
+    Conflict(ResourceKey),
+    #[error("delta changes {0} more than once")]
+    Duplicate(ResourceKey),
+}
+
+impl Snapshot {
+    /// A snapshot of `resources` at `revision`; fails on a duplicate key.
+    pub fn new(revision: u64, resources: impl IntoIterator<Item = Resource>) -> Result<Self, DuplicateResource> {
+        let mut map = BTreeMap::new();
+        for resource in resources {
+            let key = resource.key();
+            if map.contains_key(&key) {
+                return Err(DuplicateResource(key));
+            }
+            map.insert(key, resource);
+        }
+        Ok(Self { revision, resources: map })
+    }
+
+    /// The resources, in key order (kind, then name).
+    pub fn resources(&self) -> impl ExactSizeIterator<Item = &Resource> {
+        self.resources.values()
+    }
+
+    /// The resource with `key`, if present.
+    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        self.resources.get(key)
+    }
+
+    /// The number of resources.
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// Whether the snapshot has no resources.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Consumes the snapshot, returning its resources in key order.
+    pub fn into_resources(self) -> Vec<Resource> {
+        self.resources.into_values().collect()
+    }
+
+    /// The canonical encoding of the content (not the revision): each resource as compact JSON,
+    /// in key order, one per line. Struct fields serialize in declaration order and every map
+    /// in the model is ordered, so equal contents give equal bytes on every machine.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for resource in self.resources.values() {
+            // Serializing plain data with string keys into a Vec cannot fail.
+            if serde_json::to_writer(&mut out, resource).is_ok() {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    /// The SHA-256 of [`Self::canonical_bytes`].
+    pub fn checksum(&self) -> Checksum {
+        Checksum(Sha256::digest(self.canonical_bytes()).into())
+    }
+
+    /// Applies `delta`, returning the snapshot at `delta.to`. The delta must start at this
+    /// snapshot's revision, must not go backwards, and must not delete what is absent.
+    pub fn apply(&self, delta: &Delta) -> Result<Snapshot, DeltaError> {
+        if delta.from != self.revision {
+            return Err(DeltaError::BaseMismatch { snapshot: self.revision, delta_from: delta.from });
+        }
+        if delta.to < delta.from {
+            return Err(DeltaError::Backwards { from: delta.from, to: delta.to });
+        }
+        let mut next = self.resources.clone();
+        let mut upserted = std::collections::BTreeSet::new();
+        for resource in &delta.upserts {
+            let key = resource.key();
+            if !upserted.insert(key.clone()) {
+                return Err(DeltaError::Duplicate(key));
+            }
+            next.insert(key, resource.clone());
+        }
+        for key in &delta.deletes {
+            if upserted.contains(key) {
+                return Err(DeltaError::Conflict(key.clone()));
+            }
+            if next.remove(key).is_none() {
+                return Err(DeltaError::UnknownDelete(key.clone()));
+            }
+        }
+        Ok(Snapshot { revision: delta.to, resources: next })
+    }
+
+    /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
+    /// a placement, and every resource whose placement selects those labels.
+    pub fn select(&self, agent_labels: &Labels) -> Snapshot {
+        let resources = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels)))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        Snapshot { revision: self.revision, resources }
+    }
+}
+
+/// What changed from revision `from` to revision `to`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub from: u64,
+    pub to: u64,
+    /// Resources added or changed, in key order.
+    pub upserts: Vec<Resource>,
+    /// Keys removed, in key order.
+    pub deletes: Vec<ResourceKey>,
+}
+
+impl Delta {
+    /// Whether the delta changes no resource.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// The delta that turns `a` into `b`.
+pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
+    let upserts = b
+        .resources
+        .iter()
+        .filter(|(key, resource)| a.resources.get(*key) != Some(*resource))
+        .map(|(_, resource)| resource.clone())
+        .collect();
+    let deletes = a.resources.keys().filter(|key| !b.resources.contains_key(*key)).cloned().collect();
+    Delta { from: a.revision, to: b.revision, upserts, deletes }
+}
+
+/// A SHA-256 content checksum, shown as lower-case hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Checksum(pub [u8; 32]);
+
+impl Checksum {
+    /// The first 12 hex digits, for log lines and summaries.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Checksum({self})")
+    }
+}
+
+/// A string that is not a 64-digit hex checksum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a checksum: expected 64 hex digits")]
+pub struct BadChecksum(pub String);
+
+impl std::str::FromStr for Checksum {
+    type Err = BadChecksum;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadChecksum(s.to_owned()))?;
+        Ok(Checksum(out))
+    }
+}
+
+impl Serialize for Checksum {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Checksum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The wire form of a snapshot: its revision and its resources as a list.
+#[derive(Serialize, Deserialize)]
+struct SnapshotDoc {
+    revision: u64,
+    resources: Vec<Resource>,
+}
+
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Snapshot", 2)?;
+        s.serialize_field("revision", &self.revision)?;
+        s.serialize_field("resources", &self.resources.values().collect::<Vec<_>>())?;
+        s.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let doc = SnapshotDoc::deserialize(deserializer)?;
+        Snapshot::new(doc.revision, doc.resources).map_err(serde::de::Error::custom)
+    }
+}
