@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::{Kind, Labels, Placement, PolicyConfig, PolicyScope, PolicySpec, Resource, Spec};
+use crate::model::{
+    Kind, Labels, Placement, PolicyConfig, PolicyScope, PolicySpec, Resource, Spec,
+};
 
 /// Files larger than this are refused before parsing. A bundle of 10,000 routes is about 3 MB;
 /// 32 MiB leaves room for large certificate bundles while bounding memory for garbage input.
@@ -79,7 +81,11 @@ impl Format {
 
 /// Parses every document in `text`. `origin` names the source in errors (a file path, or
 /// empty). Returns the resources in document order, or every error found.
-pub fn parse_bundle(text: &str, format: Format, origin: &str) -> Result<Vec<Resource>, Vec<BundleError>> {
+pub fn parse_bundle(
+    text: &str,
+    format: Format,
+    origin: &str,
+) -> Result<Vec<Resource>, Vec<BundleError>> {
     let place = |index: usize| {
         if origin.is_empty() {
             format!("document {}", index + 1)
@@ -91,7 +97,12 @@ pub fn parse_bundle(text: &str, format: Format, origin: &str) -> Result<Vec<Reso
     let mut errors = Vec::new();
     for (index, value) in documents(text, format).into_iter().enumerate() {
         let parsed = value
-            .map_err(|message| BundleError { origin: place(index), resource: None, path: String::new(), message })
+            .map_err(|message| BundleError {
+                origin: place(index),
+                resource: None,
+                path: String::new(),
+                message,
+            })
             .and_then(|value| {
                 parse_document(value).map_err(|mut e| {
                     e.origin = place(index);
@@ -103,7 +114,11 @@ pub fn parse_bundle(text: &str, format: Format, origin: &str) -> Result<Vec<Reso
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(resources) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Splits `text` into generic document trees; empty YAML documents are skipped.
@@ -162,7 +177,10 @@ struct RawPolicySpec {
 /// Decodes one document tree into a resource, strictly. The error's `origin` is empty; callers
 /// that know the source fill it in.
 pub fn parse_document(value: Value) -> Result<Resource, BundleError> {
-    let resource_hint = match (value.get("kind").and_then(Value::as_str), value.get("name").and_then(Value::as_str)) {
+    let resource_hint = match (
+        value.get("kind").and_then(Value::as_str),
+        value.get("name").and_then(Value::as_str),
+    ) {
         (Some(kind), Some(name)) => Some(match kind.parse::<Kind>() {
             Ok(k) => format!("{}/{name}", k.slug()),
             Err(_) => format!("{kind}/{name}"),
@@ -176,35 +194,81 @@ pub fn parse_document(value: Value) -> Result<Resource, BundleError> {
         message,
     };
     if !value.is_object() {
-        return Err(fail(String::new(), format!("expected a resource document (a mapping with kind, name and spec), found {}", describe(&value))));
+        return Err(fail(
+            String::new(),
+            format!(
+                "expected a resource document (a mapping with kind, name and spec), found {}",
+                describe(&value)
+            ),
+        ));
     }
     let envelope: Envelope = decode(value, "").map_err(|(p, m)| fail(p, m))?;
-    let kind: Kind = envelope.kind.parse().map_err(|e: crate::model::UnknownKind| fail("kind".into(), e.to_string()))?;
+    let kind: Kind = envelope
+        .kind
+        .parse()
+        .map_err(|e: crate::model::UnknownKind| fail("kind".into(), e.to_string()))?;
     let spec = match kind {
-        Kind::Certificate => Spec::Certificate(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?),
+        Kind::Certificate => {
+            Spec::Certificate(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?)
+        }
         Kind::Domain => Spec::Domain(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?),
         Kind::Service => Spec::Service(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?),
-        Kind::Consumer => Spec::Consumer(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?),
+        Kind::Consumer => {
+            Spec::Consumer(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?)
+        }
         Kind::Route => Spec::Route(decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?),
         Kind::Policy => {
             let raw: RawPolicySpec = decode(envelope.spec, "spec").map_err(|(p, m)| fail(p, m))?;
-            if !PolicyConfig::TYPES.contains(&raw.policy_type.as_str()) {
-                return Err(fail(
-                    "spec.type".into(),
-                    format!("unknown policy type `{}`, expected one of {}", raw.policy_type, PolicyConfig::TYPES.join(", ")),
-                ));
-            }
-            let config = raw.config.unwrap_or_else(|| Value::Object(Default::default()));
-            let tagged = serde_json::json!({ "type": raw.policy_type, "config": config });
-            let config: PolicyConfig = decode(tagged, "spec").map_err(|(p, m)| fail(p, m))?;
-            Spec::Policy(PolicySpec { config, scope: raw.scope })
+            let config = raw
+                .config
+                .unwrap_or_else(|| Value::Object(Default::default()));
+            let config = policy_config(&raw.policy_type, config).map_err(|(p, m)| fail(p, m))?;
+            Spec::Policy(PolicySpec {
+                config,
+                scope: raw.scope,
+            })
         }
     };
-    Ok(Resource { name: envelope.name, labels: envelope.labels, placement: envelope.placement, spec })
+    Ok(Resource {
+        name: envelope.name,
+        labels: envelope.labels,
+        placement: envelope.placement,
+        spec,
+    })
+}
+
+/// Decodes a policy's `config` by its `type`, so that errors carry the path inside the config.
+fn policy_config(policy_type: &str, config: Value) -> Result<PolicyConfig, (String, String)> {
+    const AT: &str = "spec.config";
+    Ok(match policy_type {
+        "jwt-auth" => PolicyConfig::JwtAuth(decode(config, AT)?),
+        "key-auth" => PolicyConfig::KeyAuth(decode(config, AT)?),
+        "basic-auth" => PolicyConfig::BasicAuth(decode(config, AT)?),
+        "hmac-auth" => PolicyConfig::HmacAuth(decode(config, AT)?),
+        "key-rate-limit" => PolicyConfig::KeyRateLimit(decode(config, AT)?),
+        "ip-restriction" => PolicyConfig::IpRestriction(decode(config, AT)?),
+        "cors" => PolicyConfig::Cors(decode(config, AT)?),
+        "bot-detect" => PolicyConfig::BotDetect(decode(config, AT)?),
+        "waf" => PolicyConfig::Waf(decode(config, AT)?),
+        "cc-protection" => PolicyConfig::CcProtection(decode(config, AT)?),
+        "request-size-limit" => PolicyConfig::RequestSizeLimit(decode(config, AT)?),
+        other => {
+            return Err((
+                "spec.type".into(),
+                format!(
+                    "unknown policy type `{other}`, expected one of {}",
+                    PolicyConfig::TYPES.join(", ")
+                ),
+            ));
+        }
+    })
 }
 
 /// Decodes `value` as `T`, returning the failing field's full path (under `prefix`) and message.
-fn decode<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, (String, String)> {
+fn decode<T: serde::de::DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix.is_empty(), inner.as_str()) {
@@ -243,11 +307,18 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Resource>, LoadErro
             Err(mut found) => errors.append(&mut found),
         }
     }
-    if errors.is_empty() { Ok(resources) } else { Err(LoadError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
 }
 
 fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let unreadable = |reason: String| LoadError::Unreadable { path: path.to_owned(), reason };
+    let unreadable = |reason: String| LoadError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    };
     let meta = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
     if meta.is_dir() {
         let mut entries = std::fs::read_dir(path)
@@ -257,7 +328,10 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<
             .map_err(|e| unreadable(e.to_string()))?;
         entries.sort();
         for entry in entries {
-            let hidden = entry.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = entry
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if !hidden {
                 collect_files(&entry, false, out)?;
             }
@@ -269,21 +343,35 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<
 }
 
 fn is_document_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Reads a file as UTF-8 text, refusing files over [`MAX_FILE_BYTES`] before reading them.
 pub fn read_text(path: &Path) -> Result<String, LoadError> {
     use std::io::Read;
-    let unreadable = |reason: String| LoadError::Unreadable { path: path.to_owned(), reason };
+    let unreadable = |reason: String| LoadError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    };
     let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
     let mut bytes = Vec::new();
     // Read one byte past the limit so that a file growing while it is read is still caught.
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| unreadable(e.to_string()))?;
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(e.to_string()))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(unreadable(format!("larger than the {} MiB limit for a config file", MAX_FILE_BYTES / 1024 / 1024)));
+        return Err(unreadable(format!(
+            "larger than the {} MiB limit for a config file",
+            MAX_FILE_BYTES / 1024 / 1024
+        )));
     }
     String::from_utf8(bytes).map_err(|e| {
-        unreadable(format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
+        unreadable(format!(
+            "not valid UTF-8 (first bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })
 }

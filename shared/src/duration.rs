@@ -20,7 +20,9 @@ pub struct Duration {
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("`{0}` is not a duration: expected a number followed by ms, s, m or h (e.g. 250ms, 5s)")]
+    #[error(
+        "`{0}` is not a duration: expected a number followed by ms, s, m or h (e.g. 250ms, 5s)"
+    )]
     Malformed(String),
     #[error("`{0}` is too large")]
     Overflow(String),
@@ -34,7 +36,9 @@ impl Duration {
 
     /// A duration of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
-        Self { millis: secs * 1000 }
+        Self {
+            millis: secs * 1000,
+        }
     }
 
     /// The duration in milliseconds.
@@ -81,11 +85,11 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.millis;
-        if ms != 0 && ms % 3_600_000 == 0 {
+        if ms != 0 && ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms != 0 && ms % 60_000 == 0 {
+        } else if ms != 0 && ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms != 0 && ms % 1_000 == 0 {
+        } else if ms != 0 && ms.is_multiple_of(1_000) {
             write!(f, "{}s", ms / 1_000)
         } else {
             write!(f, "{ms}ms")
@@ -129,7 +133,13 @@ mod tests {
 
     #[test]
     fn parses_every_unit_and_round_trips_through_display() {
-        for (text, millis) in [("250ms", 250), ("5s", 5_000), ("1m", 60_000), ("2h", 7_200_000), ("0", 0)] {
+        for (text, millis) in [
+            ("250ms", 250),
+            ("5s", 5_000),
+            ("1m", 60_000),
+            ("2h", 7_200_000),
+            ("0", 0),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.as_millis(), millis, "{text}");
             assert_eq!(d.to_string().parse::<Duration>().unwrap(), d);
@@ -139,13 +149,25 @@ mod tests {
     #[test]
     fn rejects_malformed_and_overflowing_input() {
         assert_eq!("".parse::<Duration>(), Err(DurationError::Empty));
-        assert!(matches!("5 days".parse::<Duration>(), Err(DurationError::Malformed(_))));
-        assert!(matches!("s".parse::<Duration>(), Err(DurationError::Malformed(_))));
-        assert!(matches!("-5s".parse::<Duration>(), Err(DurationError::Malformed(_))));
+        assert!(matches!(
+            "5 days".parse::<Duration>(),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            "s".parse::<Duration>(),
+            Err(DurationError::Malformed(_))
+        ));
+        assert!(matches!(
+            "-5s".parse::<Duration>(),
+            Err(DurationError::Malformed(_))
+        ));
         assert!(matches!(
             "99999999999999999999h".parse::<Duration>(),
             Err(DurationError::Overflow(_))
         ));
-        assert!(matches!("9999999999999999h".parse::<Duration>(), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            "9999999999999999h".parse::<Duration>(),
+            Err(DurationError::Overflow(_))
+        ));
     }
 }

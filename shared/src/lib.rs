@@ -17,7 +17,7 @@ pub mod model;
 pub mod snapshot;
 pub mod validate;
 
-pub use bundle::{BundleError, LoadError, parse_bundle, load_paths};
+pub use bundle::{BundleError, LoadError, load_paths, parse_bundle};
 pub use duration::Duration;
 pub use model::{Kind, Placement, Resource, ResourceKey, Spec};
 pub use snapshot::{Checksum, Delta, DeltaError, Snapshot, diff};

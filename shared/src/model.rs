@@ -20,7 +20,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use certificate::CertificateSpec;
-pub use consumer::{BasicCredential, ConsumerCredentials, ConsumerSpec, HmacCredential, JwtCredential};
+pub use consumer::{
+    BasicCredential, ConsumerCredentials, ConsumerSpec, HmacCredential, JwtCredential,
+};
 pub use domain::{DomainSpec, TlsVersion};
 pub use placement::{Placement, SelectorOperator, SelectorRequirement};
 pub use policy::*;
@@ -86,7 +88,9 @@ impl fmt::Display for Kind {
 
 /// A string that names no kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind `{0}`, expected one of Certificate, Domain, Service, Consumer, Policy, Route")]
+#[error(
+    "unknown kind `{0}`, expected one of Certificate, Domain, Service, Consumer, Policy, Route"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {
@@ -118,7 +122,10 @@ pub struct ResourceKey {
 impl ResourceKey {
     /// The key of the resource of `kind` named `name`.
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
-        Self { kind, name: name.into() }
+        Self {
+            kind,
+            name: name.into(),
+        }
     }
 }
 
@@ -147,7 +154,8 @@ pub struct Resource {
 impl Serialize for Resource {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let fields = 3 + usize::from(!self.labels.is_empty()) + usize::from(self.placement.is_some());
+        let fields =
+            3 + usize::from(!self.labels.is_empty()) + usize::from(self.placement.is_some());
         let mut doc = serializer.serialize_struct("Resource", fields)?;
         doc.serialize_field("kind", &self.kind())?;
         doc.serialize_field("name", &self.name)?;
@@ -189,6 +197,9 @@ impl Resource {
 }
 
 /// The typed content of a resource, one variant per kind.
+// Resources live in maps and are compiled once per config version, never moved on a hot path,
+// so the size difference between variants costs nothing worth a Box in every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Spec {
     Certificate(CertificateSpec),

@@ -43,7 +43,10 @@ pub enum DeltaError {
 
 impl Snapshot {
     /// A snapshot of `resources` at `revision`; fails on a duplicate key.
-    pub fn new(revision: u64, resources: impl IntoIterator<Item = Resource>) -> Result<Self, DuplicateResource> {
+    pub fn new(
+        revision: u64,
+        resources: impl IntoIterator<Item = Resource>,
+    ) -> Result<Self, DuplicateResource> {
         let mut map = BTreeMap::new();
         for resource in resources {
             let key = resource.key();
@@ -52,7 +55,10 @@ impl Snapshot {
             }
             map.insert(key, resource);
         }
-        Ok(Self { revision, resources: map })
+        Ok(Self {
+            revision,
+            resources: map,
+        })
     }
 
     /// The resources, in key order (kind, then name).
@@ -103,10 +109,16 @@ impl Snapshot {
     /// snapshot's revision, must not go backwards, and must not delete what is absent.
     pub fn apply(&self, delta: &Delta) -> Result<Snapshot, DeltaError> {
         if delta.from != self.revision {
-            return Err(DeltaError::BaseMismatch { snapshot: self.revision, delta_from: delta.from });
+            return Err(DeltaError::BaseMismatch {
+                snapshot: self.revision,
+                delta_from: delta.from,
+            });
         }
         if delta.to < delta.from {
-            return Err(DeltaError::Backwards { from: delta.from, to: delta.to });
+            return Err(DeltaError::Backwards {
+                from: delta.from,
+                to: delta.to,
+            });
         }
         let mut next = self.resources.clone();
         let mut upserted = std::collections::BTreeSet::new();
@@ -125,7 +137,10 @@ impl Snapshot {
                 return Err(DeltaError::UnknownDelete(key.clone()));
             }
         }
-        Ok(Snapshot { revision: delta.to, resources: next })
+        Ok(Snapshot {
+            revision: delta.to,
+            resources: next,
+        })
     }
 
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
@@ -137,7 +152,10 @@ impl Snapshot {
             .filter(|(_, r)| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels)))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
-        Snapshot { revision: self.revision, resources }
+        Snapshot {
+            revision: self.revision,
+            resources,
+        }
     }
 }
 
@@ -167,8 +185,18 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
         .filter(|(key, resource)| a.resources.get(*key) != Some(*resource))
         .map(|(_, resource)| resource.clone())
         .collect();
-    let deletes = a.resources.keys().filter(|key| !b.resources.contains_key(*key)).cloned().collect();
-    Delta { from: a.revision, to: b.revision, upserts, deletes }
+    let deletes = a
+        .resources
+        .keys()
+        .filter(|key| !b.resources.contains_key(*key))
+        .cloned()
+        .collect();
+    Delta {
+        from: a.revision,
+        to: b.revision,
+        upserts,
+        deletes,
+    }
 }
 
 /// A SHA-256 content checksum, shown as lower-case hex.

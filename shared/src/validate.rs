@@ -44,13 +44,22 @@ pub fn validate(resources: &[Resource]) -> Result<(), Vec<ValidationError>> {
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     for resource in resources {
-        let mut check = Check { resource: resource.key().to_string(), errors: &mut errors };
+        let mut check = Check {
+            resource: resource.key().to_string(),
+            errors: &mut errors,
+        };
         if !seen.insert(resource.key()) {
-            check.fail("name", format!("duplicate: {} is defined more than once", resource.key()));
+            check.fail(
+                "name",
+                format!("duplicate: {} is defined more than once", resource.key()),
+            );
         }
         check.result("name", syntax::resource_name(&resource.name));
         for (key, value) in &resource.labels {
-            check.result(&format!("labels.{key}"), syntax::label(key).and_then(|()| syntax::label(value)));
+            check.result(
+                &format!("labels.{key}"),
+                syntax::label(key).and_then(|()| syntax::label(value)),
+            );
         }
         if let Some(placement) = &resource.placement {
             placement_checks(&mut check, placement);
@@ -71,7 +80,11 @@ pub fn validate(resources: &[Resource]) -> Result<(), Vec<ValidationError>> {
         }
     }
     cross_resource_checks(resources, &mut errors);
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Names of every resource, by kind, and the resources themselves for cross-reference checks.
@@ -122,7 +135,11 @@ struct Check<'e> {
 
 impl Check<'_> {
     fn fail(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ValidationError { resource: self.resource.clone(), path: path.to_owned(), message: message.into() });
+        self.errors.push(ValidationError {
+            resource: self.resource.clone(),
+            path: path.to_owned(),
+            message: message.into(),
+        });
     }
 
     fn result(&mut self, path: &str, result: Result<(), String>) {
@@ -133,19 +150,28 @@ impl Check<'_> {
 
     fn reference(&mut self, index: &Index<'_>, path: &str, kind: Kind, name: &str) {
         if index.get(kind, name).is_none() {
-            self.fail(path, format!("refers to {}/{name}, which does not exist", kind.slug()));
+            self.fail(
+                path,
+                format!("refers to {}/{name}, which does not exist", kind.slug()),
+            );
         }
     }
 
     fn range<T: PartialOrd + fmt::Display>(&mut self, path: &str, value: T, min: T, max: T) {
         if value < min || value > max {
-            self.fail(path, format!("{value} is out of range; expected {min} to {max}"));
+            self.fail(
+                path,
+                format!("{value} is out of range; expected {min} to {max}"),
+            );
         }
     }
 
     fn duration(&mut self, path: &str, value: Duration, min: Duration, max: Duration) {
         if value < min || value > max {
-            self.fail(path, format!("{value} is out of range; expected {min} to {max}"));
+            self.fail(
+                path,
+                format!("{value} is out of range; expected {min} to {max}"),
+            );
         }
     }
 
@@ -158,17 +184,26 @@ impl Check<'_> {
 
 fn placement_checks(check: &mut Check<'_>, placement: &Placement) {
     for (key, value) in &placement.match_labels {
-        check.result(&format!("placement.match_labels.{key}"), syntax::label(key).and_then(|()| syntax::label(value)));
+        check.result(
+            &format!("placement.match_labels.{key}"),
+            syntax::label(key).and_then(|()| syntax::label(value)),
+        );
     }
     for (i, req) in placement.match_expressions.iter().enumerate() {
         let path = format!("placement.match_expressions[{i}]");
         check.result(&format!("{path}.key"), syntax::label(&req.key));
         match req.operator {
             SelectorOperator::In | SelectorOperator::NotIn if req.values.is_empty() => {
-                check.fail(&format!("{path}.values"), "In and NotIn need at least one value");
+                check.fail(
+                    &format!("{path}.values"),
+                    "In and NotIn need at least one value",
+                );
             }
             SelectorOperator::Exists | SelectorOperator::DoesNotExist if !req.values.is_empty() => {
-                check.fail(&format!("{path}.values"), "Exists and DoesNotExist take no values");
+                check.fail(
+                    &format!("{path}.values"),
+                    "Exists and DoesNotExist take no values",
+                );
             }
             _ => {}
         }
@@ -191,7 +226,10 @@ fn domain_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &DomainSpec) {
                         if !info.names.iter().any(|n| syntax::name_covers(n, host)) {
                             check.fail(
                                 &format!("spec.hosts[{i}]"),
-                                format!("`{host}` is not covered by certificate/{name} (names: {})", info.names.join(", ")),
+                                format!(
+                                    "`{host}` is not covered by certificate/{name} (names: {})",
+                                    info.names.join(", ")
+                                ),
                             );
                         }
                     }
@@ -199,7 +237,10 @@ fn domain_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &DomainSpec) {
             }
         },
         None if spec.https_redirect => {
-            check.fail("spec.https_redirect", "redirecting to HTTPS needs a certificate for the domain");
+            check.fail(
+                "spec.https_redirect",
+                "redirecting to HTTPS needs a certificate for the domain",
+            );
         }
         None => {}
     }
@@ -209,7 +250,10 @@ fn domain_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &DomainSpec) {
 fn service_checks(check: &mut Check<'_>, spec: &ServiceSpec) {
     match (&spec.dns, spec.endpoints.is_empty()) {
         (None, true) => check.fail("spec.endpoints", "a service needs endpoints or dns"),
-        (Some(_), false) => check.fail("spec.dns", "a service has either static endpoints or dns, not both"),
+        (Some(_), false) => check.fail(
+            "spec.dns",
+            "a service has either static endpoints or dns, not both",
+        ),
         _ => {}
     }
     let mut addresses = BTreeSet::new();
@@ -217,17 +261,33 @@ fn service_checks(check: &mut Check<'_>, spec: &ServiceSpec) {
         let path = format!("spec.endpoints[{i}]");
         check.result(&format!("{path}.address"), syntax::address(&ep.address));
         if !addresses.insert(ep.address.as_str()) {
-            check.fail(&format!("{path}.address"), format!("`{}` is listed more than once", ep.address));
+            check.fail(
+                &format!("{path}.address"),
+                format!("`{}` is listed more than once", ep.address),
+            );
         }
-        check.range(&format!("{path}.weight"), ep.weight, 1, Endpoint::MAX_WEIGHT);
+        check.range(
+            &format!("{path}.weight"),
+            ep.weight,
+            1,
+            Endpoint::MAX_WEIGHT,
+        );
         for (k, v) in &ep.labels {
-            check.result(&format!("{path}.labels.{k}"), syntax::label(k).and_then(|()| syntax::label(v)));
+            check.result(
+                &format!("{path}.labels.{k}"),
+                syntax::label(k).and_then(|()| syntax::label(v)),
+            );
         }
     }
     if let Some(dns) = &spec.dns {
         check.result("spec.dns.name", syntax::dns_name(&dns.name));
         check.range("spec.dns.port", dns.port, 1, u16::MAX);
-        check.duration("spec.dns.refresh", dns.refresh, Duration::from_secs(1), Duration::from_secs(86_400));
+        check.duration(
+            "spec.dns.refresh",
+            dns.refresh,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
     }
     if let Some(tls) = &spec.tls {
         if let Some(name) = &tls.server_name {
@@ -237,35 +297,97 @@ fn service_checks(check: &mut Check<'_>, spec: &ServiceSpec) {
             check.result("spec.tls.ca_pem", certificate::ca_bundle(ca));
         }
     }
-    if let LoadBalancing::ConsistentHash { hash_on: HashOn::Header(name) | HashOn::Cookie(name) } = &spec.load_balancing {
+    if let LoadBalancing::ConsistentHash {
+        hash_on: HashOn::Header(name) | HashOn::Cookie(name),
+    } = &spec.load_balancing
+    {
         check.result("spec.load_balancing.hash_on", syntax::header_name(name));
     }
     if let Some(hc) = &spec.health_check {
         check.result("spec.health_check.path", syntax::url_path(&hc.path));
-        check.duration("spec.health_check.interval", hc.interval, Duration::from_millis(100), Duration::from_secs(3600));
-        check.duration("spec.health_check.timeout", hc.timeout, Duration::from_millis(10), Duration::from_secs(60));
+        check.duration(
+            "spec.health_check.interval",
+            hc.interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        );
+        check.duration(
+            "spec.health_check.timeout",
+            hc.timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        );
         if hc.timeout > hc.interval {
-            check.fail("spec.health_check.timeout", format!("{} is longer than the interval {}", hc.timeout, hc.interval));
+            check.fail(
+                "spec.health_check.timeout",
+                format!("{} is longer than the interval {}", hc.timeout, hc.interval),
+            );
         }
-        check.range("spec.health_check.healthy_threshold", hc.healthy_threshold, 1, 100);
-        check.range("spec.health_check.unhealthy_threshold", hc.unhealthy_threshold, 1, 100);
+        check.range(
+            "spec.health_check.healthy_threshold",
+            hc.healthy_threshold,
+            1,
+            100,
+        );
+        check.range(
+            "spec.health_check.unhealthy_threshold",
+            hc.unhealthy_threshold,
+            1,
+            100,
+        );
         for (i, status) in hc.expected_statuses.iter().enumerate() {
-            check.range(&format!("spec.health_check.expected_statuses[{i}]"), *status, 100, 599);
+            check.range(
+                &format!("spec.health_check.expected_statuses[{i}]"),
+                *status,
+                100,
+                599,
+            );
         }
     }
     if let Some(od) = &spec.outlier_detection {
-        check.range("spec.outlier_detection.consecutive_failures", od.consecutive_failures, 1, 1000);
-        check.duration("spec.outlier_detection.base_ejection", od.base_ejection, Duration::from_millis(100), Duration::from_secs(86_400));
+        check.range(
+            "spec.outlier_detection.consecutive_failures",
+            od.consecutive_failures,
+            1,
+            1000,
+        );
+        check.duration(
+            "spec.outlier_detection.base_ejection",
+            od.base_ejection,
+            Duration::from_millis(100),
+            Duration::from_secs(86_400),
+        );
         if od.max_ejection < od.base_ejection {
-            check.fail("spec.outlier_detection.max_ejection", format!("{} is shorter than base_ejection {}", od.max_ejection, od.base_ejection));
+            check.fail(
+                "spec.outlier_detection.max_ejection",
+                format!(
+                    "{} is shorter than base_ejection {}",
+                    od.max_ejection, od.base_ejection
+                ),
+            );
         }
-        check.range("spec.outlier_detection.max_ejected_percent", od.max_ejected_percent, 0, 100);
+        check.range(
+            "spec.outlier_detection.max_ejected_percent",
+            od.max_ejected_percent,
+            0,
+            100,
+        );
     }
     if let Some(t) = spec.limits.connect_timeout {
-        check.duration("spec.limits.connect_timeout", t, Duration::from_millis(1), Duration::from_secs(300));
+        check.duration(
+            "spec.limits.connect_timeout",
+            t,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        );
     }
     if let Some(t) = spec.limits.idle_timeout {
-        check.duration("spec.limits.idle_timeout", t, Duration::from_millis(1), Duration::from_secs(86_400));
+        check.duration(
+            "spec.limits.idle_timeout",
+            t,
+            Duration::from_millis(1),
+            Duration::from_secs(86_400),
+        );
     }
     if let Some(n) = spec.limits.max_connections_per_endpoint {
         check.range("spec.limits.max_connections_per_endpoint", n, 1, 1_000_000);
@@ -274,14 +396,22 @@ fn service_checks(check: &mut Check<'_>, spec: &ServiceSpec) {
 
 fn rate_checks(check: &mut Check<'_>, path: &str, rate: &Rate) {
     check.range(&format!("{path}.requests"), rate.requests, 1, 1_000_000_000);
-    check.duration(&format!("{path}.per"), rate.per, Duration::from_millis(1), Duration::from_secs(86_400));
+    check.duration(
+        &format!("{path}.per"),
+        rate.per,
+        Duration::from_millis(1),
+        Duration::from_secs(86_400),
+    );
 }
 
 fn consumer_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &ConsumerSpec) {
     let creds = &spec.credentials;
     for (i, key) in creds.keys.iter().enumerate() {
         if key.len() < 16 {
-            check.fail(&format!("spec.credentials.keys[{i}]"), "API keys must be at least 16 characters long");
+            check.fail(
+                &format!("spec.credentials.keys[{i}]"),
+                "API keys must be at least 16 characters long",
+            );
         }
     }
     if let Some(jwt) = &creds.jwt
@@ -291,30 +421,51 @@ fn consumer_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &ConsumerSpec
     }
     for (i, hmac) in creds.hmac.iter().enumerate() {
         if hmac.key_id.is_empty() {
-            check.fail(&format!("spec.credentials.hmac[{i}].key_id"), "must not be empty");
+            check.fail(
+                &format!("spec.credentials.hmac[{i}].key_id"),
+                "must not be empty",
+            );
         }
         if hmac.secret.len() < 32 {
-            check.fail(&format!("spec.credentials.hmac[{i}].secret"), "HMAC secrets must be at least 32 bytes long");
+            check.fail(
+                &format!("spec.credentials.hmac[{i}].secret"),
+                "HMAC secrets must be at least 32 bytes long",
+            );
         }
     }
     if let Some(basic) = &creds.basic {
         if basic.username.is_empty() || basic.username.contains(':') {
-            check.fail("spec.credentials.basic.username", "must be non-empty and must not contain `:`");
+            check.fail(
+                "spec.credentials.basic.username",
+                "must be non-empty and must not contain `:`",
+            );
         }
-        check.result("spec.credentials.basic.password_hash", password_hash(&basic.password_hash));
+        check.result(
+            "spec.credentials.basic.password_hash",
+            password_hash(&basic.password_hash),
+        );
     }
     for (policy, rate) in &spec.rate_limits {
         let path = format!("spec.rate_limits.{policy}");
         match index.policy(policy) {
             None => check.reference(index, &path, Kind::Policy, policy),
             Some(p) if !matches!(p.config, PolicyConfig::KeyRateLimit(_)) => {
-                check.fail(&path, format!("policy/{policy} is a {} policy, not key-rate-limit", p.config.type_name()));
+                check.fail(
+                    &path,
+                    format!(
+                        "policy/{policy} is a {} policy, not key-rate-limit",
+                        p.config.type_name()
+                    ),
+                );
             }
             Some(_) => rate_checks(check, &path, rate),
         }
     }
     for (name, value) in &spec.headers {
-        check.result(&format!("spec.headers.{name}"), syntax::header_name(name).and_then(|()| syntax::header_value(value)));
+        check.result(
+            &format!("spec.headers.{name}"),
+            syntax::header_name(name).and_then(|()| syntax::header_value(value)),
+        );
     }
 }
 
@@ -326,14 +477,19 @@ fn password_hash(hash: &str) -> Result<(), String> {
         return Err(expected.into());
     };
     let iterations: u32 = iterations.parse().map_err(|_| expected.to_owned())?;
-    if *scheme != "pbkdf2-sha256" || hex::decode(salt).is_err() || hex::decode(key).map(|k| k.len()).unwrap_or(0) != 32 {
+    if *scheme != "pbkdf2-sha256"
+        || hex::decode(salt).is_err()
+        || hex::decode(key).map(|k| k.len()).unwrap_or(0) != 32
+    {
         return Err(expected.into());
     }
     if salt.len() < 16 {
         return Err("the salt must be at least 8 bytes".into());
     }
     if !(10_000..=10_000_000).contains(&iterations) {
-        return Err(format!("{iterations} iterations is out of range; expected 10000 to 10000000"));
+        return Err(format!(
+            "{iterations} iterations is out of range; expected 10000 to 10000000"
+        ));
     }
     Ok(())
 }
@@ -347,7 +503,13 @@ fn token_sources(check: &mut Check<'_>, path: &str, sources: &[TokenSource]) {
             TokenSource::Header { name, .. } => (name, true),
             TokenSource::Query { name } | TokenSource::Cookie { name } => (name, false),
         };
-        let result = if is_header { syntax::header_name(name) } else if name.is_empty() { Err("must not be empty".into()) } else { Ok(()) };
+        let result = if is_header {
+            syntax::header_name(name)
+        } else if name.is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(())
+        };
         check.result(&format!("{path}[{i}]"), result);
     }
 }
@@ -355,7 +517,9 @@ fn token_sources(check: &mut Check<'_>, path: &str, sources: &[TokenSource]) {
 fn limit_key(check: &mut Check<'_>, path: &str, key: &LimitKey) {
     match key {
         LimitKey::Header(name) => check.result(path, syntax::header_name(name)),
-        LimitKey::Query(name) | LimitKey::Cookie(name) if name.is_empty() => check.fail(path, "must not be empty"),
+        LimitKey::Query(name) | LimitKey::Cookie(name) if name.is_empty() => {
+            check.fail(path, "must not be empty")
+        }
         _ => {}
     }
 }
@@ -365,17 +529,33 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
         check.reference(index, &path, Kind::Consumer, name);
     }
     for (i, domain) in spec.scope.domains.iter().enumerate() {
-        check.reference(index, &format!("spec.scope.domains[{i}]"), Kind::Domain, domain);
+        check.reference(
+            index,
+            &format!("spec.scope.domains[{i}]"),
+            Kind::Domain,
+            domain,
+        );
     }
     for (i, route) in spec.scope.routes.iter().enumerate() {
-        check.reference(index, &format!("spec.scope.routes[{i}]"), Kind::Route, route);
+        check.reference(
+            index,
+            &format!("spec.scope.routes[{i}]"),
+            Kind::Route,
+            route,
+        );
     }
     match &spec.config {
         PolicyConfig::JwtAuth(c) => jwt_checks(check, c),
         PolicyConfig::KeyAuth(c) => token_sources(check, "spec.config.key_from", &c.key_from),
         PolicyConfig::BasicAuth(c) => {
-            if c.realm.is_empty() || c.realm.contains('"') || syntax::header_value(&c.realm).is_err() {
-                check.fail("spec.config.realm", "must be non-empty, without quotes or line breaks");
+            if c.realm.is_empty()
+                || c.realm.contains('"')
+                || syntax::header_value(&c.realm).is_err()
+            {
+                check.fail(
+                    "spec.config.realm",
+                    "must be non-empty, without quotes or line breaks",
+                );
             }
         }
         PolicyConfig::HmacAuth(c) => {
@@ -383,9 +563,17 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
                 check.fail("spec.config.algorithms", "at least one algorithm is needed");
             }
             for (i, h) in c.signed_headers.iter().enumerate() {
-                check.result(&format!("spec.config.signed_headers[{i}]"), syntax::header_name(h));
+                check.result(
+                    &format!("spec.config.signed_headers[{i}]"),
+                    syntax::header_name(h),
+                );
             }
-            check.duration("spec.config.clock_skew", c.clock_skew, Duration::from_secs(1), Duration::from_secs(3600));
+            check.duration(
+                "spec.config.clock_skew",
+                c.clock_skew,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            );
         }
         PolicyConfig::KeyRateLimit(c) => {
             limit_key(check, "spec.config.key", &c.key);
@@ -394,10 +582,20 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
                 rate_checks(check, &format!("spec.config.overrides.{key}"), rate);
             }
             if let LimitBackend::Redis { url, timeout, .. } = &c.backend {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) || url.len() <= "redis://".len() {
-                    check.fail("spec.config.backend.url", format!("`{url}` must be a redis:// or rediss:// URL"));
+                if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                    || url.len() <= "redis://".len()
+                {
+                    check.fail(
+                        "spec.config.backend.url",
+                        format!("`{url}` must be a redis:// or rediss:// URL"),
+                    );
                 }
-                check.duration("spec.config.backend.timeout", *timeout, Duration::from_millis(1), Duration::from_secs(5));
+                check.duration(
+                    "spec.config.backend.timeout",
+                    *timeout,
+                    Duration::from_millis(1),
+                    Duration::from_secs(5),
+                );
             }
         }
         PolicyConfig::IpRestriction(c) => {
@@ -411,13 +609,24 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
                 check.result(&format!("spec.config.deny[{i}]"), syntax::cidr(net));
             }
             if let ClientIpSource::Header { name, trusted_hops } = &c.client_ip {
-                check.result("spec.config.client_ip.header.name", syntax::header_name(name));
-                check.range("spec.config.client_ip.header.trusted_hops", *trusted_hops, 1, 16);
+                check.result(
+                    "spec.config.client_ip.header.name",
+                    syntax::header_name(name),
+                );
+                check.range(
+                    "spec.config.client_ip.header.trusted_hops",
+                    *trusted_hops,
+                    1,
+                    16,
+                );
             }
         }
         PolicyConfig::Cors(c) => {
             if c.allow_origins.is_empty() {
-                check.fail("spec.config.allow_origins", "at least one origin (or `*`) is needed");
+                check.fail(
+                    "spec.config.allow_origins",
+                    "at least one origin (or `*`) is needed",
+                );
             }
             for (i, origin) in c.allow_origins.iter().enumerate() {
                 let path = format!("spec.config.allow_origins[{i}]");
@@ -426,26 +635,45 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
                         check.fail(&path, "`*` cannot be combined with allow_credentials (browsers refuse it); list the origins");
                     }
                 } else {
-                    check.result(&path, syntax::http_url(origin).and_then(|()| {
-                        if origin.trim_start_matches("https://").trim_start_matches("http://").contains('/') {
-                            Err(format!("`{origin}` is not an origin: no path is allowed"))
-                        } else {
-                            Ok(())
-                        }
-                    }));
+                    check.result(
+                        &path,
+                        syntax::http_url(origin).and_then(|()| {
+                            if origin
+                                .trim_start_matches("https://")
+                                .trim_start_matches("http://")
+                                .contains('/')
+                            {
+                                Err(format!("`{origin}` is not an origin: no path is allowed"))
+                            } else {
+                                Ok(())
+                            }
+                        }),
+                    );
                 }
             }
             for (i, m) in c.allow_methods.iter().enumerate() {
-                check.result(&format!("spec.config.allow_methods[{i}]"), syntax::method(m));
+                check.result(
+                    &format!("spec.config.allow_methods[{i}]"),
+                    syntax::method(m),
+                );
             }
             for (i, h) in c.allow_headers.iter().chain(&c.expose_headers).enumerate() {
-                let field = if i < c.allow_headers.len() { format!("allow_headers[{i}]") } else { format!("expose_headers[{}]", i - c.allow_headers.len()) };
+                let field = if i < c.allow_headers.len() {
+                    format!("allow_headers[{i}]")
+                } else {
+                    format!("expose_headers[{}]", i - c.allow_headers.len())
+                };
                 if h != "*" {
                     check.result(&format!("spec.config.{field}"), syntax::header_name(h));
                 }
             }
             if let Some(age) = c.max_age {
-                check.duration("spec.config.max_age", age, Duration::from_secs(0), Duration::from_secs(86_400));
+                check.duration(
+                    "spec.config.max_age",
+                    age,
+                    Duration::from_secs(0),
+                    Duration::from_secs(86_400),
+                );
             }
         }
         PolicyConfig::BotDetect(c) => {
@@ -458,12 +686,22 @@ fn policy_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &PolicySpec) {
         }
         PolicyConfig::Waf(c) => {
             check.range("spec.config.paranoia_level", c.paranoia_level, 1, 4);
-            check.range("spec.config.request_body_limit", c.request_body_limit, 1, 64 * 1024 * 1024);
+            check.range(
+                "spec.config.request_body_limit",
+                c.request_body_limit,
+                1,
+                64 * 1024 * 1024,
+            );
         }
         PolicyConfig::CcProtection(c) => {
             limit_key(check, "spec.config.key", &c.key);
             rate_checks(check, "spec.config.threshold", &c.threshold);
-            check.duration("spec.config.ban", c.ban, Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+            check.duration(
+                "spec.config.ban",
+                c.ban,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            );
         }
         PolicyConfig::RequestSizeLimit(c) => {
             check.range("spec.config.max_body_bytes", c.max_body_bytes, 1, 1 << 40);
@@ -489,27 +727,56 @@ fn jwt_checks(check: &mut Check<'_>, c: &JwtAuth) {
     for (i, key) in c.keys.iter().enumerate() {
         let path = format!("spec.config.keys[{i}]");
         if !c.algorithms.contains(&key.algorithm) {
-            check.fail(&format!("{path}.algorithm"), format!("{:?} is not in the policy's algorithms", key.algorithm));
+            check.fail(
+                &format!("{path}.algorithm"),
+                format!("{:?} is not in the policy's algorithms", key.algorithm),
+            );
         }
-        match (key.algorithm.is_symmetric(), &key.secret, &key.public_key_pem) {
+        match (
+            key.algorithm.is_symmetric(),
+            &key.secret,
+            &key.public_key_pem,
+        ) {
             (true, Some(secret), None) => {
                 if secret.len() < 32 {
-                    check.fail(&format!("{path}.secret"), "HS secrets must be at least 32 bytes long");
+                    check.fail(
+                        &format!("{path}.secret"),
+                        "HS secrets must be at least 32 bytes long",
+                    );
                 }
             }
             (true, _, _) => check.fail(&path, "an HS key needs `secret` and no `public_key_pem`"),
-            (false, None, Some(pem)) => check.result(&format!("{path}.public_key_pem"), certificate::public_key(pem)),
-            (false, _, _) => check.fail(&path, "a public-key algorithm needs `public_key_pem` and no `secret`"),
+            (false, None, Some(pem)) => check.result(
+                &format!("{path}.public_key_pem"),
+                certificate::public_key(pem),
+            ),
+            (false, _, _) => check.fail(
+                &path,
+                "a public-key algorithm needs `public_key_pem` and no `secret`",
+            ),
         }
     }
     if let Some(jwks) = &c.jwks {
         check.result("spec.config.jwks.url", syntax::http_url(&jwks.url));
-        check.duration("spec.config.jwks.refresh", jwks.refresh, Duration::from_secs(10), Duration::from_secs(86_400));
+        check.duration(
+            "spec.config.jwks.refresh",
+            jwks.refresh,
+            Duration::from_secs(10),
+            Duration::from_secs(86_400),
+        );
     }
-    check.duration("spec.config.clock_skew", c.clock_skew, Duration::from_secs(0), JwtAuth::MAX_SKEW);
+    check.duration(
+        "spec.config.clock_skew",
+        c.clock_skew,
+        Duration::from_secs(0),
+        JwtAuth::MAX_SKEW,
+    );
     token_sources(check, "spec.config.token_from", &c.token_from);
     for (claim, header) in &c.claims_to_headers {
-        check.result(&format!("spec.config.claims_to_headers.{claim}"), syntax::header_name(header));
+        check.result(
+            &format!("spec.config.claims_to_headers.{claim}"),
+            syntax::header_name(header),
+        );
     }
 }
 
@@ -520,9 +787,15 @@ fn route_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &RouteSpec) {
     for (i, m) in spec.matches.iter().enumerate() {
         let path = format!("spec.matches[{i}]");
         match &m.path {
-            Some(PathMatch::Exact(p)) => check.result(&format!("{path}.path.exact"), syntax::url_path(p)),
-            Some(PathMatch::Prefix(p)) => check.result(&format!("{path}.path.prefix"), syntax::url_path(p)),
-            Some(PathMatch::Regex(r)) => check.result(&format!("{path}.path.regex"), syntax::regex(r)),
+            Some(PathMatch::Exact(p)) => {
+                check.result(&format!("{path}.path.exact"), syntax::url_path(p))
+            }
+            Some(PathMatch::Prefix(p)) => {
+                check.result(&format!("{path}.path.prefix"), syntax::url_path(p))
+            }
+            Some(PathMatch::Regex(r)) => {
+                check.result(&format!("{path}.path.regex"), syntax::regex(r))
+            }
             None => {}
         }
         for (j, method) in m.methods.iter().enumerate() {
@@ -535,9 +808,16 @@ fn route_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &RouteSpec) {
             value_match(check, &format!("{path}.query[{j}]"), q, false);
         }
     }
-    let actions = [spec.forward.is_some(), spec.redirect.is_some(), spec.direct_response.is_some()];
+    let actions = [
+        spec.forward.is_some(),
+        spec.redirect.is_some(),
+        spec.direct_response.is_some(),
+    ];
     if actions.iter().filter(|a| **a).count() != 1 {
-        check.fail("spec", "a route needs exactly one of forward, redirect and direct_response");
+        check.fail(
+            "spec",
+            "a route needs exactly one of forward, redirect and direct_response",
+        );
     }
     if let Some(fwd) = &spec.forward {
         backends(check, index, "spec.forward.backends", &fwd.backends);
@@ -546,34 +826,66 @@ fn route_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &RouteSpec) {
             match (&rule.header, &rule.cookie) {
                 (Some(h), None) => value_match(check, &format!("{path}.header"), h, true),
                 (None, Some(c)) => value_match(check, &format!("{path}.cookie"), c, false),
-                _ => check.fail(&path, "a canary rule needs exactly one of header and cookie"),
+                _ => check.fail(
+                    &path,
+                    "a canary rule needs exactly one of header and cookie",
+                ),
             }
             backends(check, index, &format!("{path}.backends"), &rule.backends);
         }
         if let Some(t) = fwd.timeouts.request {
-            check.duration("spec.forward.timeouts.request", t, Duration::from_millis(1), Duration::from_secs(3600));
+            check.duration(
+                "spec.forward.timeouts.request",
+                t,
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            );
         }
         if let Some(t) = fwd.timeouts.idle {
-            check.duration("spec.forward.timeouts.idle", t, Duration::from_millis(1), Duration::from_secs(7 * 86_400));
+            check.duration(
+                "spec.forward.timeouts.idle",
+                t,
+                Duration::from_millis(1),
+                Duration::from_secs(7 * 86_400),
+            );
         }
         if let Some(r) = &fwd.retries {
             check.range("spec.forward.retries.attempts", r.attempts, 1, 10);
-            check.range("spec.forward.retries.budget_percent", r.budget_percent, 1, 100);
+            check.range(
+                "spec.forward.retries.budget_percent",
+                r.budget_percent,
+                1,
+                100,
+            );
         }
         if let Some(m) = &fwd.mirror {
-            check.reference(index, "spec.forward.mirror.service", Kind::Service, &m.service);
+            check.reference(
+                index,
+                "spec.forward.mirror.service",
+                Kind::Service,
+                &m.service,
+            );
             check.range("spec.forward.mirror.percent", m.percent, 1, 100);
         }
     }
     if let Some(r) = &spec.redirect {
         if !matches!(r.status, 301 | 302 | 303 | 307 | 308) {
-            check.fail("spec.redirect.status", format!("{} is not a redirect status; use 301, 302, 303, 307 or 308", r.status));
+            check.fail(
+                "spec.redirect.status",
+                format!(
+                    "{} is not a redirect status; use 301, 302, 303, 307 or 308",
+                    r.status
+                ),
+            );
         }
         if let Some(s) = &r.scheme
             && s != "http"
             && s != "https"
         {
-            check.fail("spec.redirect.scheme", format!("`{s}` must be http or https"));
+            check.fail(
+                "spec.redirect.scheme",
+                format!("`{s}` must be http or https"),
+            );
         }
         if let Some(h) = &r.host {
             check.result("spec.redirect.host", syntax::hostname(h));
@@ -588,38 +900,72 @@ fn route_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &RouteSpec) {
     if let Some(d) = &spec.direct_response {
         check.range("spec.direct_response.status", d.status, 200, 599);
         if let Some(ct) = &d.content_type {
-            check.result("spec.direct_response.content_type", syntax::header_value(ct));
+            check.result(
+                "spec.direct_response.content_type",
+                syntax::header_value(ct),
+            );
         }
     }
     if let Some(rw) = &spec.filters.rewrite {
-        let ways = [rw.path.is_some(), rw.path_prefix.is_some(), rw.path_regex.is_some()];
+        let ways = [
+            rw.path.is_some(),
+            rw.path_prefix.is_some(),
+            rw.path_regex.is_some(),
+        ];
         if ways.iter().filter(|w| **w).count() > 1 {
-            check.fail("spec.filters.rewrite", "give at most one of path, path_prefix and path_regex");
+            check.fail(
+                "spec.filters.rewrite",
+                "give at most one of path, path_prefix and path_regex",
+            );
         }
         if let Some(p) = &rw.path {
             check.result("spec.filters.rewrite.path", syntax::url_path(p));
         }
         if let Some(p) = &rw.path_prefix {
             check.result("spec.filters.rewrite.path_prefix", syntax::url_path(p));
-            let all_prefix = !spec.matches.is_empty() && spec.matches.iter().all(|m| matches!(m.path, Some(PathMatch::Prefix(_))));
+            let all_prefix = !spec.matches.is_empty()
+                && spec
+                    .matches
+                    .iter()
+                    .all(|m| matches!(m.path, Some(PathMatch::Prefix(_))));
             if !all_prefix {
-                check.fail("spec.filters.rewrite.path_prefix", "needs every match to be a path prefix match");
+                check.fail(
+                    "spec.filters.rewrite.path_prefix",
+                    "needs every match to be a path prefix match",
+                );
             }
         }
         if let Some(r) = &rw.path_regex {
-            check.result("spec.filters.rewrite.path_regex.pattern", syntax::regex(&r.pattern));
+            check.result(
+                "spec.filters.rewrite.path_regex.pattern",
+                syntax::regex(&r.pattern),
+            );
         }
         if let Some(h) = &rw.host {
             check.result("spec.filters.rewrite.host", syntax::hostname(h));
         }
     }
-    header_edits(check, "spec.filters.request_headers", &spec.filters.request_headers);
-    header_edits(check, "spec.filters.response_headers", &spec.filters.response_headers);
+    header_edits(
+        check,
+        "spec.filters.request_headers",
+        &spec.filters.request_headers,
+    );
+    header_edits(
+        check,
+        "spec.filters.response_headers",
+        &spec.filters.response_headers,
+    );
     check.policies(index, "spec.policies", &spec.policies);
 }
 
 fn value_match(check: &mut Check<'_>, path: &str, m: &ValueMatch, header: bool) {
-    let name_ok = if header { syntax::header_name(&m.name) } else if m.name.is_empty() { Err("must not be empty".into()) } else { Ok(()) };
+    let name_ok = if header {
+        syntax::header_name(&m.name)
+    } else if m.name.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(())
+    };
     check.result(&format!("{path}.name"), name_ok);
     let given = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
@@ -640,26 +986,52 @@ fn backends(check: &mut Check<'_>, index: &Index<'_>, path: &str, list: &[Backen
         check.range(&format!("{bpath}.weight"), b.weight, 0, Backend::MAX_WEIGHT);
         total += u64::from(b.weight);
         match index.service(&b.service) {
-            None => check.reference(index, &format!("{bpath}.service"), Kind::Service, &b.service),
+            None => check.reference(
+                index,
+                &format!("{bpath}.service"),
+                Kind::Service,
+                &b.service,
+            ),
             Some(svc) if !b.subset.is_empty() && svc.dns.is_none() => {
-                let selects = svc.endpoints.iter().any(|ep| b.subset.iter().all(|(k, v)| ep.labels.get(k) == Some(v)));
+                let selects = svc
+                    .endpoints
+                    .iter()
+                    .any(|ep| b.subset.iter().all(|(k, v)| ep.labels.get(k) == Some(v)));
                 if !selects {
-                    let wanted: Vec<String> = b.subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    check.fail(&format!("{bpath}.subset"), format!("selects no endpoint of service/{} ({})", b.service, wanted.join(", ")));
+                    let wanted: Vec<String> =
+                        b.subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    check.fail(
+                        &format!("{bpath}.subset"),
+                        format!(
+                            "selects no endpoint of service/{} ({})",
+                            b.service,
+                            wanted.join(", ")
+                        ),
+                    );
                 }
             }
             Some(_) => {}
         }
     }
     if !list.is_empty() && total == 0 {
-        check.fail(path, "the backends' weights add up to 0: no request could be served");
+        check.fail(
+            path,
+            "the backends' weights add up to 0: no request could be served",
+        );
     }
 }
 
 fn header_edits(check: &mut Check<'_>, path: &str, edits: &HeaderEdits) {
     for (name, value) in edits.add.iter().chain(&edits.set) {
-        let field = if edits.add.contains_key(name) { "add" } else { "set" };
-        check.result(&format!("{path}.{field}.{name}"), syntax::header_name(name).and_then(|()| syntax::header_value(value)));
+        let field = if edits.add.contains_key(name) {
+            "add"
+        } else {
+            "set"
+        };
+        check.result(
+            &format!("{path}.{field}.{name}"),
+            syntax::header_name(name).and_then(|()| syntax::header_value(value)),
+        );
     }
     for (i, name) in edits.remove.iter().enumerate() {
         check.result(&format!("{path}.remove[{i}]"), syntax::header_name(name));
@@ -670,7 +1042,11 @@ fn header_edits(check: &mut Check<'_>, path: &str, edits: &HeaderEdits) {
 /// shared by two consumers, and routes that could never be told apart.
 fn cross_resource_checks(resources: &[Resource], errors: &mut Vec<ValidationError>) {
     let mut push = |r: &Resource, path: String, message: String| {
-        errors.push(ValidationError { resource: r.key().to_string(), path, message });
+        errors.push(ValidationError {
+            resource: r.key().to_string(),
+            path,
+            message,
+        });
     };
     let mut domain_hosts: BTreeMap<&str, &str> = BTreeMap::new();
     let mut credentials: BTreeMap<(&str, &str), &str> = BTreeMap::new();
@@ -682,29 +1058,69 @@ fn cross_resource_checks(resources: &[Resource], errors: &mut Vec<ValidationErro
                     if let Some(owner) = domain_hosts.insert(host, &r.name)
                         && owner != r.name
                     {
-                        push(r, format!("spec.hosts[{i}]"), format!("`{host}` is also claimed by domain/{owner}"));
+                        push(
+                            r,
+                            format!("spec.hosts[{i}]"),
+                            format!("`{host}` is also claimed by domain/{owner}"),
+                        );
                     }
                 }
             }
             Spec::Consumer(c) => {
                 let creds = &c.credentials;
                 let mut owned: Vec<(&str, &str, String)> = Vec::new();
-                owned.extend(creds.keys.iter().enumerate().map(|(i, k)| ("API key", k.as_str(), format!("spec.credentials.keys[{i}]"))));
-                owned.extend(creds.hmac.iter().enumerate().map(|(i, h)| ("HMAC key id", h.key_id.as_str(), format!("spec.credentials.hmac[{i}].key_id"))));
-                owned.extend(creds.jwt.iter().map(|j| ("JWT subject", j.subject.as_str(), "spec.credentials.jwt.subject".to_owned())));
-                owned.extend(creds.basic.iter().map(|b| ("basic-auth username", b.username.as_str(), "spec.credentials.basic.username".to_owned())));
+                owned.extend(
+                    creds.keys.iter().enumerate().map(|(i, k)| {
+                        ("API key", k.as_str(), format!("spec.credentials.keys[{i}]"))
+                    }),
+                );
+                owned.extend(creds.hmac.iter().enumerate().map(|(i, h)| {
+                    (
+                        "HMAC key id",
+                        h.key_id.as_str(),
+                        format!("spec.credentials.hmac[{i}].key_id"),
+                    )
+                }));
+                owned.extend(creds.jwt.iter().map(|j| {
+                    (
+                        "JWT subject",
+                        j.subject.as_str(),
+                        "spec.credentials.jwt.subject".to_owned(),
+                    )
+                }));
+                owned.extend(creds.basic.iter().map(|b| {
+                    (
+                        "basic-auth username",
+                        b.username.as_str(),
+                        "spec.credentials.basic.username".to_owned(),
+                    )
+                }));
                 for (what, value, path) in owned {
                     if let Some(owner) = credentials.insert((what, value), &r.name)
                         && owner != r.name
                     {
-                        push(r, path, format!("this {what} also belongs to consumer/{owner}: it would identify two consumers"));
+                        push(
+                            r,
+                            path,
+                            format!(
+                                "this {what} also belongs to consumer/{owner}: it would identify two consumers"
+                            ),
+                        );
                     }
                 }
             }
             Spec::Route(route) => {
-                let hosts: Vec<&str> = if route.hosts.is_empty() { vec!["*"] } else { route.hosts.iter().map(String::as_str).collect() };
+                let hosts: Vec<&str> = if route.hosts.is_empty() {
+                    vec!["*"]
+                } else {
+                    route.hosts.iter().map(String::as_str).collect()
+                };
                 let default_match = [RouteMatch::default()];
-                let matches = if route.matches.is_empty() { &default_match[..] } else { &route.matches[..] };
+                let matches = if route.matches.is_empty() {
+                    &default_match[..]
+                } else {
+                    &route.matches[..]
+                };
                 for (i, m) in matches.iter().enumerate() {
                     let mut normal = m.clone();
                     normal.methods.sort();
@@ -716,7 +1132,11 @@ fn cross_resource_checks(resources: &[Resource], errors: &mut Vec<ValidationErro
                         if let Some(owner) = route_keys.insert(key, &r.name)
                             && owner != r.name
                         {
-                            let path = if route.matches.is_empty() { "spec.matches".to_owned() } else { format!("spec.matches[{i}]") };
+                            let path = if route.matches.is_empty() {
+                                "spec.matches".to_owned()
+                            } else {
+                                format!("spec.matches[{i}]")
+                            };
                             push(
                                 r,
                                 path,

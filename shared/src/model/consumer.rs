@@ -40,7 +40,10 @@ impl std::fmt::Debug for ConsumerCredentials {
         f.debug_struct("ConsumerCredentials")
             .field("keys", &self.keys.len())
             .field("jwt", &self.jwt)
-            .field("hmac", &self.hmac.iter().map(|h| &h.key_id).collect::<Vec<_>>())
+            .field(
+                "hmac",
+                &self.hmac.iter().map(|h| &h.key_id).collect::<Vec<_>>(),
+            )
             .field("basic", &self.basic.as_ref().map(|b| &b.username))
             .finish()
     }
@@ -63,7 +66,9 @@ pub struct HmacCredential {
 
 impl std::fmt::Debug for HmacCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HmacCredential").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("HmacCredential")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -63,7 +63,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -84,11 +87,19 @@ mod tests {
 
     #[test]
     fn not_in_and_does_not_exist_select_agents_without_the_label() {
-        let not_in = SelectorRequirement { key: "env".into(), operator: SelectorOperator::NotIn, values: vec!["prod".into()] };
+        let not_in = SelectorRequirement {
+            key: "env".into(),
+            operator: SelectorOperator::NotIn,
+            values: vec!["prod".into()],
+        };
         assert!(not_in.holds(&labels(&[])));
         assert!(not_in.holds(&labels(&[("env", "dev")])));
         assert!(!not_in.holds(&labels(&[("env", "prod")])));
-        let absent = SelectorRequirement { key: "env".into(), operator: SelectorOperator::DoesNotExist, values: vec![] };
+        let absent = SelectorRequirement {
+            key: "env".into(),
+            operator: SelectorOperator::DoesNotExist,
+            values: vec![],
+        };
         assert!(absent.holds(&labels(&[])));
         assert!(!absent.holds(&labels(&[("env", "dev")])));
     }

@@ -46,7 +46,10 @@ pub enum Phase {
 }
 
 /// One typed configuration per plugin type.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized as `type` + `config`; parsed by [`crate::bundle`], which decodes `config` by
+/// `type` so that errors carry the path inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", content = "config", rename_all = "kebab-case")]
 pub enum PolicyConfig {
     JwtAuth(JwtAuth),
@@ -138,8 +141,12 @@ pub enum TokenSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prefix: Option<String>,
     },
-    Query { name: String },
-    Cookie { name: String },
+    Query {
+        name: String,
+    },
+    Cookie {
+        name: String,
+    },
 }
 
 /// JWT validation.
@@ -186,7 +193,10 @@ impl JwtAuth {
         Self::DEFAULT_SKEW
     }
     fn default_sources() -> Vec<TokenSource> {
-        vec![TokenSource::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }]
+        vec![TokenSource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }]
     }
 }
 
@@ -210,7 +220,10 @@ pub enum JwtAlgorithm {
 impl JwtAlgorithm {
     /// Whether this is a shared-secret (HMAC) algorithm.
     pub fn is_symmetric(self) -> bool {
-        matches!(self, JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512)
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
     }
 }
 
@@ -264,7 +277,10 @@ pub struct KeyAuth {
 
 impl KeyAuth {
     fn default_sources() -> Vec<TokenSource> {
-        vec![TokenSource::Header { name: "x-api-key".into(), prefix: None }]
+        vec![TokenSource::Header {
+            name: "x-api-key".into(),
+            prefix: None,
+        }]
     }
 }
 

@@ -103,7 +103,10 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub subset: Labels,
     /// Relative share among this route's backends, 0..=10000 (0 drains a backend).
-    #[serde(default = "Backend::default_weight", skip_serializing_if = "Backend::is_default_weight")]
+    #[serde(
+        default = "Backend::default_weight",
+        skip_serializing_if = "Backend::is_default_weight"
+    )]
     pub weight: u32,
 }
 

@@ -36,7 +36,10 @@ pub struct Endpoint {
     /// `host:port`, where host is an IP address or a hostname (`[::1]:8080` for IPv6).
     pub address: String,
     /// Relative share of traffic, 1..=10000.
-    #[serde(default = "Endpoint::default_weight", skip_serializing_if = "Endpoint::is_default_weight")]
+    #[serde(
+        default = "Endpoint::default_weight",
+        skip_serializing_if = "Endpoint::is_default_weight"
+    )]
     pub weight: u32,
     /// Labels that route subsets select on (`stage: green`).
     #[serde(default, skip_serializing_if = "Labels::is_empty")]

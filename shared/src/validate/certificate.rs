@@ -23,21 +23,32 @@ pub struct CertificateInfo {
 pub fn certificate_info(spec: &CertificateSpec) -> Result<CertificateInfo, Vec<(String, String)>> {
     let mut errors = Vec::new();
     let chain: Vec<CertificateDer<'static>> =
-        match CertificateDer::pem_slice_iter(spec.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>() {
+        match CertificateDer::pem_slice_iter(spec.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+        {
             Ok(chain) if chain.is_empty() => {
-                errors.push(("spec.cert_pem".into(), "no PEM `CERTIFICATE` block found".into()));
+                errors.push((
+                    "spec.cert_pem".into(),
+                    "no PEM `CERTIFICATE` block found".into(),
+                ));
                 Vec::new()
             }
             Ok(chain) => chain,
             Err(e) => {
-                errors.push(("spec.cert_pem".into(), format!("not a PEM certificate chain: {e:?}")));
+                errors.push((
+                    "spec.cert_pem".into(),
+                    format!("not a PEM certificate chain: {e:?}"),
+                ));
                 Vec::new()
             }
         };
     let key = match PrivateKeyDer::from_pem_slice(spec.key_pem.as_bytes()) {
         Ok(key) => Some(key),
         Err(e) => {
-            errors.push(("spec.key_pem".into(), format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e:?}")));
+            errors.push((
+                "spec.key_pem".into(),
+                format!("no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e:?}"),
+            ));
             None
         }
     };
@@ -46,15 +57,23 @@ pub fn certificate_info(spec: &CertificateSpec) -> Result<CertificateInfo, Vec<(
         match X509Certificate::from_der(der.as_ref()) {
             Ok((_, cert)) if i == 0 => info = Some(describe(&cert)),
             Ok(_) => {}
-            Err(e) => errors.push((format!("spec.cert_pem (certificate {})", i + 1), format!("not a valid X.509 certificate: {e}"))),
+            Err(e) => errors.push((
+                format!("spec.cert_pem (certificate {})", i + 1),
+                format!("not a valid X.509 certificate: {e}"),
+            )),
         }
     }
     if let (Some(leaf), Some(key)) = (chain.first(), key) {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         match provider.key_provider.load_private_key(key) {
-            Err(e) => errors.push(("spec.key_pem".into(), format!("unsupported private key: {e}"))),
+            Err(e) => errors.push((
+                "spec.key_pem".into(),
+                format!("unsupported private key: {e}"),
+            )),
             Ok(signing_key) => {
-                let leaf_spki = X509Certificate::from_der(leaf.as_ref()).ok().map(|(_, c)| c.public_key().raw.to_vec());
+                let leaf_spki = X509Certificate::from_der(leaf.as_ref())
+                    .ok()
+                    .map(|(_, c)| c.public_key().raw.to_vec());
                 match (signing_key.public_key(), leaf_spki) {
                     (Some(key_spki), Some(leaf_spki)) if key_spki.as_ref() != leaf_spki.as_slice() => errors.push((
                         "spec.key_pem".into(),
@@ -79,8 +98,12 @@ fn describe(cert: &X509Certificate<'_>) -> CertificateInfo {
                 GeneralName::DNSName(dns) => names.push(dns.to_ascii_lowercase()),
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                        4 => <[u8; 4]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(|b| std::net::IpAddr::from(b).to_string()),
                         _ => None,
                     };
                     names.extend(ip);
@@ -90,7 +113,12 @@ fn describe(cert: &X509Certificate<'_>) -> CertificateInfo {
         }
     }
     if names.is_empty() {
-        names.extend(cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase));
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
     }
     CertificateInfo {
         names,
@@ -108,7 +136,8 @@ pub fn ca_bundle(pem: &str) -> Result<(), String> {
         return Err("no PEM `CERTIFICATE` block found".into());
     }
     for der in certs {
-        X509Certificate::from_der(der.as_ref()).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+        X509Certificate::from_der(der.as_ref())
+            .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
     }
     Ok(())
 }

@@ -16,7 +16,10 @@ pub fn resource_name(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > 253 {
-        return Err(format!("is {} bytes long; at most 253 are allowed", name.len()));
+        return Err(format!(
+            "is {} bytes long; at most 253 are allowed",
+            name.len()
+        ));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -33,8 +36,13 @@ pub fn label(text: &str) -> Result<(), String> {
     if text.is_empty() || text.len() > 63 {
         return Err(format!("`{text}` must be 1 to 63 bytes long"));
     }
-    if !text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')) {
-        return Err(format!("`{text}` may only contain letters, digits, `-`, `_`, `.` and `/`"));
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    {
+        return Err(format!(
+            "`{text}` may only contain letters, digits, `-`, `_`, `.` and `/`"
+        ));
     }
     Ok(())
 }
@@ -53,15 +61,22 @@ pub fn dns_name(host: &str) -> Result<(), String> {
         return Err("hostname must not be empty".into());
     }
     if host.len() > 253 {
-        return Err(format!("hostname is {} bytes long; at most 253 are allowed", host.len()));
+        return Err(format!(
+            "hostname is {} bytes long; at most 253 are allowed",
+            host.len()
+        ));
     }
     if host.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!("`{host}` must be lower case (hostnames are matched case-insensitively)"));
+        return Err(format!(
+            "`{host}` must be lower case (hostnames are matched case-insensitively)"
+        ));
     }
     for label in host.split('.') {
         let valid = !label.is_empty()
             && label.len() <= 63
-            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !valid {
@@ -78,11 +93,15 @@ pub fn host_pattern(host: &str) -> Result<(), String> {
     match host.strip_prefix("*.") {
         Some(rest) => {
             if rest.contains('*') {
-                return Err(format!("`{host}`: only one leading `*.` is allowed in a wildcard"));
+                return Err(format!(
+                    "`{host}`: only one leading `*.` is allowed in a wildcard"
+                ));
             }
             dns_name(rest).map_err(|e| format!("wildcard `{host}`: {e}"))
         }
-        None if host.contains('*') => Err(format!("`{host}`: a wildcard must be a leading `*.` (as in `*.example.com`)")),
+        None if host.contains('*') => Err(format!(
+            "`{host}`: a wildcard must be a leading `*.` (as in `*.example.com`)"
+        )),
         None => hostname(host),
     }
 }
@@ -93,9 +112,9 @@ pub fn name_covers(cert_name: &str, host: &str) -> bool {
         return true;
     }
     match cert_name.strip_prefix("*.") {
-        Some(suffix) => host
-            .split_once('.')
-            .is_some_and(|(first, rest)| first != "*" && !first.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        Some(suffix) => host.split_once('.').is_some_and(|(first, rest)| {
+            first != "*" && !first.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }),
         None => false,
     }
 }
@@ -103,17 +122,25 @@ pub fn name_covers(cert_name: &str, host: &str) -> bool {
 /// `host:port` with an IP address (`[::1]:80` for IPv6) or a hostname, and a port 1..=65535.
 pub fn address(address: &str) -> Result<(), String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
-        return if addr.port() == 0 { Err(format!("`{address}`: port 0 is not a usable port")) } else { Ok(()) };
+        return if addr.port() == 0 {
+            Err(format!("`{address}`: port 0 is not a usable port"))
+        } else {
+            Ok(())
+        };
     }
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("`{address}` is not an address: expected host:port"));
     };
-    let port: u16 = port.parse().map_err(|_| format!("`{address}`: `{port}` is not a port (1 to 65535)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{address}`: `{port}` is not a port (1 to 65535)"))?;
     if port == 0 {
         return Err(format!("`{address}`: port 0 is not a usable port"));
     }
     if host.contains(':') {
-        return Err(format!("`{address}`: an IPv6 address must be in brackets, as in [::1]:{port}"));
+        return Err(format!(
+            "`{address}`: an IPv6 address must be in brackets, as in [::1]:{port}"
+        ));
     }
     dns_name(host).map_err(|e| format!("`{address}`: {e}"))
 }
@@ -138,7 +165,9 @@ pub fn header_value(value: &str) -> Result<(), String> {
 /// An HTTP method token, upper case.
 pub fn method(method: &str) -> Result<(), String> {
     if method.is_empty() || !method.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!("`{method}` is not an upper-case HTTP method such as GET or POST"));
+        return Err(format!(
+            "`{method}` is not an upper-case HTTP method such as GET or POST"
+        ));
     }
     Ok(())
 }
@@ -153,7 +182,14 @@ pub fn regex(pattern: &str) -> Result<(), String> {
             regex::Error::CompiledTooBig(limit) => {
                 format!("regex compiles to more than {limit} bytes; simplify it")
             }
-            other => format!("invalid regex: {}", other.to_string().lines().last().unwrap_or_default().trim()),
+            other => {
+                let text = other.to_string();
+                let last = text.lines().last().unwrap_or_default().trim();
+                format!(
+                    "invalid regex: {}",
+                    last.strip_prefix("error: ").unwrap_or(last)
+                )
+            }
         })
 }
 
@@ -186,7 +222,9 @@ pub fn cidr(text: &str) -> Result<(), String> {
     if text.parse::<ipnet::IpNet>().is_ok() || text.parse::<IpAddr>().is_ok() {
         Ok(())
     } else {
-        Err(format!("`{text}` is not an IP network (such as 10.0.0.0/8) or an IP address"))
+        Err(format!(
+            "`{text}` is not an IP network (such as 10.0.0.0/8) or an IP address"
+        ))
     }
 }
 
@@ -200,7 +238,11 @@ mod tests {
         assert!(host_pattern("*.example.com").is_ok());
         assert!(host_pattern("127.0.0.1").is_ok());
         assert!(host_pattern("localhost").is_ok());
-        assert!(host_pattern("API.example.com").unwrap_err().contains("lower case"));
+        assert!(
+            host_pattern("API.example.com")
+                .unwrap_err()
+                .contains("lower case")
+        );
         assert!(host_pattern("a.*.example.com").is_err());
         assert!(host_pattern("*.*.example.com").is_err());
         assert!(host_pattern("-bad.example.com").is_err());
