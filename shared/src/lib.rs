@@ -14,6 +14,7 @@
 pub mod bundle;
 pub mod duration;
 pub mod model;
+pub mod password;
 pub mod snapshot;
 pub mod validate;
 

@@ -155,7 +155,7 @@ spec:
     backends: [{ service: web, subset: { stage: green }, weight: 100 }]
     canary: [{ header: { name: x-canary, exact: 'yes' }, backends: [{ service: web, subset: { stage: blue } }] }]
     timeouts: { request: 30s, idle: 1h }
-    retries: { attempts: 2, on: [connect-failure, '503'] }
+    retries: { attempts: 2, retry_on: [connect-failure, '503'] }
     mirror: { service: web, percent: 5 }
   filters:
     rewrite: { host: chat.internal }

@@ -30,6 +30,14 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Hash a basic-auth password for a Consumer's `credentials.basic.password_hash`. The
+    /// password is read from standard input (one line), never from the command line, so that
+    /// it stays out of shell history and process listings.
+    HashPassword {
+        /// PBKDF2 iterations; more is slower to verify and slower to crack.
+        #[arg(long, default_value_t = fleetgate_shared::password::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 const EXIT_INVALID: u8 = 1;
@@ -39,6 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths } => run_validate(&paths),
+        Command::HashPassword { iterations } => run_hash_password(iterations),
     }
 }
 
@@ -79,6 +88,36 @@ fn run_validate(paths: &[PathBuf]) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn run_hash_password(iterations: u32) -> ExitCode {
+    let Some(iterations) = std::num::NonZeroU32::new(iterations).filter(|n| n.get() >= 10_000)
+    else {
+        eprintln!("error: --iterations must be at least 10000");
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from standard input: {e}");
+        return ExitCode::from(EXIT_UNREADABLE);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!(
+            "error: empty password: write it to standard input, e.g. `read -s P; printf %s \"$P\" | fleetgate hash-password`"
+        );
+        return ExitCode::from(EXIT_INVALID);
+    }
+    match fleetgate_shared::password::hash_new(password, iterations) {
+        Ok(encoded) => {
+            println!("{encoded}");
+            ExitCode::SUCCESS
+        }
+        Err(_) => {
+            eprintln!("error: the system random number generator failed; try again");
+            ExitCode::from(EXIT_UNREADABLE)
         }
     }
 }

@@ -161,3 +161,34 @@ fn ten_megabytes_of_garbage_is_an_error_not_a_crash() {
         &stderr[..stderr.len().min(500)]
     );
 }
+
+#[test]
+fn hash_password_reads_stdin_and_its_output_validates_and_verifies() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["hash-password", "--iterations", "10000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(fleetgate_shared::password::verify(&hash, "s3cret pass"));
+    assert!(!fleetgate_shared::password::verify(&hash, "s3cret pass\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "kind: Consumer\nname: ops\nspec:\n  credentials:\n    basic: {{ username: ops, password_hash: '{hash}' }}\n"
+        ),
+    );
+    assert_eq!(validate(&[&consumer]).status.code(), Some(0));
+}

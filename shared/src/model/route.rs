@@ -153,7 +153,7 @@ pub struct Retries {
     pub attempts: u32,
     /// What is retried; empty means connect failures, resets, 502, 503 and 504.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub on: Vec<RetryOn>,
+    pub retry_on: Vec<RetryOn>,
     /// Retry non-idempotent methods too (POST, PATCH). Off by default: a retried POST may run twice.
     #[serde(default, skip_serializing_if = "is_default")]
     pub non_idempotent: bool,
