@@ -23,7 +23,9 @@ pub struct DomainSpec {
 }
 
 /// A TLS protocol version floor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum TlsVersion {
     /// TLS 1.2 and 1.3: the default, since clients older than TLS 1.2 are no longer supported
     /// by any maintained browser.

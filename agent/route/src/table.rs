@@ -1,0 +1,545 @@
+//! The route table: compiled routes, indexed by host and path, and the lookup over the index.
+//!
+//! # Index
+//!
+//! Every (route, host pattern, match) triple is one [`Entry`] holding its precedence key. The
+//! entries sit in three host tiers (exact hosts in a map, wildcard suffixes in a map keyed by
+//! what follows `*.`, and the routes without hosts), and inside each tier in four path lists:
+//! exact paths in a map, normalized prefixes in a map, regexes, and no path condition. Every
+//! list is sorted by key, greatest first.
+//!
+//! A lookup visits at most one exact-host tier, one wildcard tier (a host has exactly one
+//! wildcard suffix that can match it: everything after its first label) and the any-host tier;
+//! in each, one exact-path list, one prefix list per segment of the path, the regex list and the
+//! no-path list. In each list it stops at the first entry whose conditions hold, or at the first
+//! entry whose key cannot beat the best found so far. So the cost follows the request's shape
+//! (segments, matching candidates), not the number of routes.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use fleetgate_shared::model::RouteSpec;
+use fleetgate_shared::{Snapshot, Spec, ValidationError};
+
+use crate::matcher::CompiledMatch;
+use crate::path::{PathCondition, segment_prefixes};
+use crate::precedence::{HostRank, Precedence, small};
+use crate::request::RequestView;
+use crate::route::CompiledRoute;
+
+/// An immutable, indexed set of compiled routes. Build one per config version, off the request
+/// path, and share it behind an `Arc`.
+pub struct RouteTable {
+    /// Sorted by name, so that a route's index is its name rank for precedence rule (7).
+    routes: Vec<CompiledRoute>,
+    exact_hosts: HashMap<Box<str>, Tier>,
+    /// Keyed by the suffix after `*.`: `*.example.com` is under `example.com`.
+    wildcard_hosts: HashMap<Box<str>, Tier>,
+    any_host: Tier,
+}
+
+/// The routes winning a request: the route, and which of its matches and prefix took it.
+#[derive(Clone, Copy, Debug)]
+pub struct Matched<'t> {
+    pub route: &'t CompiledRoute,
+    /// The index in `route.spec.matches` of the match that won; `None` when the route has no
+    /// matches (it takes every request on its hosts).
+    pub match_index: Option<usize>,
+    /// The prefix when the winning match is a prefix match, normalized (without a trailing
+    /// slash, except for `/` itself); what `rewrite.path_prefix` replaces.
+    pub matched_prefix: Option<&'t str>,
+}
+
+/// The entries of one host tier, by path condition.
+#[derive(Default)]
+struct Tier {
+    exact_paths: HashMap<Box<str>, Vec<Entry>>,
+    prefixes: HashMap<Box<str>, Vec<Entry>>,
+    regexes: Vec<Entry>,
+    no_path: Vec<Entry>,
+}
+
+/// One (route, host pattern, match) triple.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: Precedence,
+    route: u32,
+    match_index: u32,
+}
+
+impl RouteTable {
+    /// Validates the snapshot's resources with [`fleetgate_shared::validate`] and compiles every
+    /// route. Fails with every validation error; a snapshot that validates compiles.
+    pub fn compile(snapshot: &Snapshot) -> Result<RouteTable, Vec<ValidationError>> {
+        let resources: Vec<_> = snapshot.resources().cloned().collect();
+        fleetgate_shared::validate(&resources)?;
+        let mut specs: Vec<(String, RouteSpec)> = resources
+            .into_iter()
+            .filter_map(|r| match r.spec {
+                Spec::Route(spec) => Some((r.name, spec)),
+                _ => None,
+            })
+            .collect();
+        // Snapshots already list resources by name; sorting states the dependency instead of
+        // relying on it.
+        specs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut routes = Vec::with_capacity(specs.len());
+        let mut errors = Vec::new();
+        for (name, spec) in specs {
+            match CompiledRoute::compile(&name, spec) {
+                Ok(route) => routes.push(route),
+                Err(found) => errors.extend(found),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self::index(routes))
+    }
+
+    /// A table without routes: every request is a 404.
+    pub fn empty() -> RouteTable {
+        Self::index(Vec::new())
+    }
+
+    /// The number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The routes, by name.
+    pub fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
+        self.routes.iter()
+    }
+
+    /// The best route for the request by the precedence rules of `docs/routing.md`, or `None`
+    /// when no route takes it (a 404).
+    pub fn find<'t>(&'t self, req: &RequestView<'_>) -> Option<Matched<'t>> {
+        let mut best: Option<&'t Entry> = None;
+        // Most specific tier first, so that its winner prunes the later tiers' candidates.
+        if let Some(tier) = self.exact_hosts.get(req.host) {
+            self.search_tier(tier, req, &mut best);
+        }
+        if !self.wildcard_hosts.is_empty()
+            && let Some((label, suffix)) = req.host.split_once('.')
+            && !label.is_empty()
+            && let Some(tier) = self.wildcard_hosts.get(suffix)
+        {
+            self.search_tier(tier, req, &mut best);
+        }
+        self.search_tier(&self.any_host, req, &mut best);
+        best.map(|entry| self.matched(entry))
+    }
+
+    fn search_tier<'t>(
+        &'t self,
+        tier: &'t Tier,
+        req: &RequestView<'_>,
+        best: &mut Option<&'t Entry>,
+    ) {
+        if !tier.exact_paths.is_empty()
+            && let Some(list) = tier.exact_paths.get(req.path)
+        {
+            self.scan(list, req, best, false);
+        }
+        if !tier.prefixes.is_empty() {
+            for prefix in segment_prefixes(req.path) {
+                if let Some(list) = tier.prefixes.get(prefix) {
+                    self.scan(list, req, best, false);
+                }
+            }
+            if let Some(list) = tier.prefixes.get("/") {
+                self.scan(list, req, best, false);
+            }
+        }
+        self.scan(&tier.regexes, req, best, true);
+        self.scan(&tier.no_path, req, best, false);
+    }
+
+    /// Replaces `best` with the first entry of `list` (sorted greatest first) that beats it and
+    /// whose conditions hold. The index has already checked exact and prefix paths; regex paths
+    /// are checked here (`check_path`), last, being the dearest condition.
+    fn scan<'t>(
+        &'t self,
+        list: &'t [Entry],
+        req: &RequestView<'_>,
+        best: &mut Option<&'t Entry>,
+        check_path: bool,
+    ) {
+        for entry in list {
+            if best.is_some_and(|b| entry.key <= b.key) {
+                return;
+            }
+            let m = self.compiled_match(entry);
+            if m.holds_except_path(req) && (!check_path || m.path.holds(req.path)) {
+                *best = Some(entry);
+                return;
+            }
+        }
+    }
+
+    fn compiled_match(&self, entry: &Entry) -> &CompiledMatch {
+        &self.routes[entry.route as usize].matches[entry.match_index as usize]
+    }
+
+    fn matched(&self, entry: &Entry) -> Matched<'_> {
+        let route = &self.routes[entry.route as usize];
+        let matched_prefix = match &self.compiled_match(entry).path {
+            PathCondition::Prefix(prefix) => Some(&**prefix),
+            _ => None,
+        };
+        Matched {
+            route,
+            match_index: (!route.spec.matches.is_empty()).then_some(entry.match_index as usize),
+            matched_prefix,
+        }
+    }
+
+    /// Builds the index over `routes`, which must be sorted by name.
+    fn index(routes: Vec<CompiledRoute>) -> RouteTable {
+        let mut table = RouteTable {
+            routes: Vec::new(),
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: HashMap::new(),
+            any_host: Tier::default(),
+        };
+        for (route_index, route) in routes.iter().enumerate() {
+            let mut hosts: Vec<String> = route
+                .spec
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            for (match_index, m) in route.matches.iter().enumerate() {
+                let key = |host: HostRank| Precedence {
+                    priority: route.spec.priority,
+                    host,
+                    path: m.path_rank(),
+                    headers: small(m.header_count()),
+                    query: small(m.query_count()),
+                    method: m.has_methods(),
+                    name: std::cmp::Reverse(small(route_index)),
+                    match_index: std::cmp::Reverse(small(match_index)),
+                };
+                let entry = |host: HostRank| Entry {
+                    key: key(host),
+                    route: small(route_index),
+                    match_index: small(match_index),
+                };
+                if hosts.is_empty() {
+                    table.any_host.insert(&m.path, entry(HostRank::Any));
+                }
+                for host in &hosts {
+                    match host.strip_prefix("*.") {
+                        Some(suffix) => table
+                            .wildcard_hosts
+                            .entry(suffix.into())
+                            .or_default()
+                            .insert(
+                                &m.path,
+                                entry(HostRank::Wildcard {
+                                    suffix_len: small(suffix.len()),
+                                }),
+                            ),
+                        None => table
+                            .exact_hosts
+                            .entry(host.as_str().into())
+                            .or_default()
+                            .insert(&m.path, entry(HostRank::Exact)),
+                    }
+                }
+            }
+        }
+        for tier in table
+            .exact_hosts
+            .values_mut()
+            .chain(table.wildcard_hosts.values_mut())
+            .chain(std::iter::once(&mut table.any_host))
+        {
+            tier.sort();
+        }
+        table.routes = routes;
+        table
+    }
+}
+
+impl Tier {
+    fn insert(&mut self, path: &PathCondition, entry: Entry) {
+        match path {
+            PathCondition::Any => self.no_path.push(entry),
+            PathCondition::Exact(exact) => self
+                .exact_paths
+                .entry(exact.clone())
+                .or_default()
+                .push(entry),
+            PathCondition::Prefix(prefix) => {
+                self.prefixes.entry(prefix.clone()).or_default().push(entry)
+            }
+            PathCondition::Regex(_) => self.regexes.push(entry),
+        }
+    }
+
+    /// Sorts every list greatest key first, which is what lets [`RouteTable::scan`] stop early.
+    fn sort(&mut self) {
+        let lists = self
+            .exact_paths
+            .values_mut()
+            .chain(self.prefixes.values_mut())
+            .chain([&mut self.regexes, &mut self.no_path]);
+        for list in lists {
+            list.sort_by_key(|e| std::cmp::Reverse(e.key));
+            list.shrink_to_fit();
+        }
+    }
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl TryFrom<&Snapshot> for RouteTable {
+    type Error = Vec<ValidationError>;
+
+    /// [`RouteTable::compile`].
+    fn try_from(snapshot: &Snapshot) -> Result<Self, Self::Error> {
+        Self::compile(snapshot)
+    }
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("routes", &self.routes.len())
+            .field("exact_hosts", &self.exact_hosts.len())
+            .field("wildcard_hosts", &self.wildcard_hosts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Req, table};
+
+    fn winner(t: &RouteTable, req: Req) -> Option<String> {
+        t.find(&req.view()).map(|m| m.route.name.clone())
+    }
+
+    #[test]
+    fn table_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RouteTable>();
+    }
+
+    #[test]
+    fn empty_table_finds_nothing() {
+        let t = RouteTable::empty();
+        assert!(t.is_empty());
+        assert_eq!(t.len(), 0);
+        assert_eq!(winner(&t, Req::get("a", "/")), None);
+        assert_eq!(
+            winner(
+                &RouteTable::compile(&Snapshot::default()).unwrap(),
+                Req::get("a", "/")
+            ),
+            None
+        );
+    }
+
+    const PATHS: &str = r#"
+kind: Route
+name: exact
+spec:
+  matches: [{path: {exact: /login}}]
+  direct_response: {status: 200}
+---
+kind: Route
+name: prefix
+spec:
+  matches: [{path: {prefix: /api}}]
+  direct_response: {status: 200}
+---
+kind: Route
+name: prefix-slash
+spec:
+  matches: [{path: {prefix: /static/}}]
+  direct_response: {status: 200}
+---
+kind: Route
+name: regex
+spec:
+  matches: [{path: {regex: "/users/[0-9]+"}}]
+  direct_response: {status: 200}
+"#;
+
+    #[test]
+    fn path_exact_prefix_and_regex() {
+        let t = table(PATHS);
+        assert_eq!(t.len(), 4);
+        let w = |path: &str| winner(&t, Req::get("any.host", path));
+        assert_eq!(w("/login").as_deref(), Some("exact"));
+        assert_eq!(w("/login/"), None);
+        assert_eq!(w("/api").as_deref(), Some("prefix"));
+        assert_eq!(w("/api/").as_deref(), Some("prefix"));
+        assert_eq!(w("/api/x/y").as_deref(), Some("prefix"));
+        assert_eq!(w("/apix"), None);
+        assert_eq!(w("/static").as_deref(), Some("prefix-slash"));
+        assert_eq!(w("/static/app.js").as_deref(), Some("prefix-slash"));
+        assert_eq!(w("/staticx"), None);
+        assert_eq!(w("/users/42").as_deref(), Some("regex"));
+        assert_eq!(w("/users/42/x"), None);
+        assert_eq!(w("/v1/users/42"), None);
+    }
+
+    #[test]
+    fn matched_reports_match_index_and_prefix() {
+        let t = table(
+            r#"
+kind: Route
+name: multi
+spec:
+  matches: [{path: {exact: /a}}, {path: {prefix: /b/}}]
+  direct_response: {status: 200}
+---
+kind: Route
+name: all
+spec:
+  hosts: [all.example.com]
+  direct_response: {status: 200}
+"#,
+        );
+        let req = Req::get("x", "/a");
+        let m = t.find(&req.view()).unwrap();
+        assert_eq!((m.match_index, m.matched_prefix), (Some(0), None));
+        let req = Req::get("x", "/b/c");
+        let m = t.find(&req.view()).unwrap();
+        assert_eq!((m.match_index, m.matched_prefix), (Some(1), Some("/b")));
+        let req = Req::get("all.example.com", "/zzz");
+        let m = t.find(&req.view()).unwrap();
+        assert_eq!(m.route.name, "all");
+        assert_eq!((m.match_index, m.matched_prefix), (None, None));
+    }
+
+    #[test]
+    fn prefix_slash_matches_everything() {
+        let t = table(
+            "kind: Route\nname: root\nspec:\n  matches: [{path: {prefix: /}}]\n  direct_response: {status: 200}\n",
+        );
+        for path in ["/", "/x", "/x/y/z", ""] {
+            let req = Req::get("h", path);
+            let m = t.find(&req.view()).unwrap();
+            assert_eq!(m.matched_prefix, Some("/"), "{path}");
+        }
+    }
+
+    #[test]
+    fn methods_headers_and_query_filter_candidates() {
+        let t = table(
+            r#"
+kind: Route
+name: m
+spec:
+  matches: [{methods: [POST], headers: [{name: x-a, exact: "1"}], query: [{name: q, invert: true}]}]
+  direct_response: {status: 200}
+"#,
+        );
+        let ok = Req::get("h", "/").method("POST").header("X-A", "1");
+        assert_eq!(winner(&t, ok.clone()).as_deref(), Some("m"));
+        assert_eq!(winner(&t, ok.clone().method("GET")), None);
+        assert_eq!(winner(&t, ok.clone().query("q=1")), None);
+        assert_eq!(winner(&t, ok.clone().query("r=1")).as_deref(), Some("m"));
+        assert_eq!(
+            winner(&t, Req::get("h", "/").method("POST").header("x-a", "2")),
+            None
+        );
+    }
+
+    const HOSTS: &str = r#"
+kind: Route
+name: exact
+spec:
+  hosts: [api.example.com]
+  direct_response: {status: 200}
+---
+kind: Route
+name: wildcard
+spec:
+  hosts: ["*.example.com"]
+  direct_response: {status: 200}
+---
+kind: Route
+name: ip
+spec:
+  hosts: ["::1", 127.0.0.1]
+  direct_response: {status: 200}
+"#;
+
+    #[test]
+    fn hosts_exact_wildcard_and_any() {
+        let t = table(HOSTS);
+        let w = |host: &str| winner(&t, Req::get(host, "/"));
+        assert_eq!(w("api.example.com").as_deref(), Some("exact"));
+        assert_eq!(w("www.example.com").as_deref(), Some("wildcard"));
+        // `*.` is exactly one label: not the apex, not two labels.
+        assert_eq!(w("example.com"), None);
+        assert_eq!(w("a.b.example.com"), None);
+        assert_eq!(w(".example.com"), None);
+        assert_eq!(w("::1").as_deref(), Some("ip"));
+        assert_eq!(
+            w(&crate::normalize_host("[::1]:443")).as_deref(),
+            Some("ip")
+        );
+        assert_eq!(w("127.0.0.1").as_deref(), Some("ip"));
+        assert_eq!(w("other.org"), None);
+
+        let with_any = table(&format!(
+            "{HOSTS}---\nkind: Route\nname: any\nspec:\n  direct_response: {{status: 200}}\n"
+        ));
+        let w = |host: &str| winner(&with_any, Req::get(host, "/"));
+        assert_eq!(w("other.org").as_deref(), Some("any"));
+        assert_eq!(w("example.com").as_deref(), Some("any"));
+        assert_eq!(w("api.example.com").as_deref(), Some("exact"));
+    }
+
+    #[test]
+    fn a_route_with_several_hosts_ranks_by_the_host_that_matched() {
+        // `both` is listed under its exact host and its wildcard; `rival` has the same exact
+        // host and loses on name, but beats `both` where only the wildcard matches `both`.
+        let t = table(
+            r#"
+kind: Route
+name: both
+spec:
+  hosts: [a.example.com, "*.example.com"]
+  direct_response: {status: 200}
+---
+kind: Route
+name: rival
+spec:
+  hosts: [b.example.com]
+  direct_response: {status: 200}
+"#,
+        );
+        assert_eq!(
+            winner(&t, Req::get("a.example.com", "/")).as_deref(),
+            Some("both")
+        );
+        assert_eq!(
+            winner(&t, Req::get("b.example.com", "/")).as_deref(),
+            Some("rival")
+        );
+        assert_eq!(
+            winner(&t, Req::get("c.example.com", "/")).as_deref(),
+            Some("both")
+        );
+    }
+}

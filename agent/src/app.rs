@@ -1,0 +1,162 @@
+//! Process wiring: runtime, listeners, config source, signals, drain.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::gateway::Gateway;
+use crate::generation::ConfigSource;
+use crate::server::{self, ServerSettings};
+use crate::source;
+
+/// A built agent: listeners bound, runtime ready. [`App::run`] serves until SIGTERM/SIGINT.
+#[derive(Debug)]
+pub struct App {
+    config: AgentConfig,
+    runtime: tokio::runtime::Runtime,
+    listeners: Listeners,
+}
+
+#[derive(Debug)]
+struct Listeners {
+    plain: std::net::TcpListener,
+    tls: Option<std::net::TcpListener>,
+    admin: std::net::TcpListener,
+}
+
+fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl App {
+    /// Builds the runtime and binds every listener, so that a busy port fails here with a
+    /// clear message before anything is served.
+    pub fn build(config: AgentConfig) -> anyhow::Result<Self> {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime.enable_all().thread_name("fleetgate-worker");
+        if let Some(workers) = config.workers {
+            runtime.worker_threads(workers.max(1));
+        }
+        let runtime = runtime.build().context("cannot start the async runtime")?;
+        let listeners = Listeners {
+            plain: bind(config.listen, "HTTP")?,
+            tls: config.listen_tls.map(|a| bind(a, "HTTPS")).transpose()?,
+            admin: bind(config.admin, "the admin API")?,
+        };
+        Ok(Self {
+            config,
+            runtime,
+            listeners,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains.
+    pub fn run(self) -> anyhow::Result<()> {
+        let App {
+            config,
+            runtime,
+            listeners,
+        } = self;
+        runtime.block_on(async move {
+            let gateway = Gateway::new(config.access_log, config.data_dir.clone());
+            let (stop, stopped) = watch::channel(false);
+            let servers = start(&gateway, &config, listeners, stopped)?;
+            wait_for_signal().await;
+            tracing::info!(
+                "shutting down: no new connections; draining open ones for up to {}s",
+                config.drain_timeout
+            );
+            let _ = stop.send(true);
+            // Each listener returns once its connections finished or its drain deadline passed.
+            for server in servers {
+                let _ = server.await;
+            }
+            tracing::info!("stopped");
+            Ok::<_, anyhow::Error>(())
+        })?;
+        // Upgraded connections and background tasks still running end with the runtime.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        Ok(())
+    }
+}
+
+fn start(
+    gateway: &Arc<Gateway>,
+    config: &AgentConfig,
+    listeners: Listeners,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    // Serve something before anything else: the config file, else the last persisted snapshot.
+    if !source::load_and_apply(gateway, &config.config, 1) {
+        match gateway.load_persisted() {
+            Some(snapshot) => {
+                tracing::warn!(
+                    revision = snapshot.revision,
+                    "config file unusable at start; serving the persisted snapshot until it is fixed"
+                );
+                let _ = gateway.apply(&snapshot, ConfigSource::Disk);
+            }
+            None => tracing::warn!(
+                "no usable config yet; answering 404 until {} is fixed",
+                config.config.display()
+            ),
+        }
+    }
+    let settings = ServerSettings {
+        header_timeout: config.header_timeout(),
+        max_header_bytes: config.max_header_bytes,
+        drain_timeout: config.drain_timeout(),
+    };
+    let plain = TcpListener::from_std(listeners.plain)?;
+    tracing::info!(addr = %plain.local_addr()?, "listening for HTTP");
+    let mut servers = vec![tokio::spawn(server::serve(
+        plain,
+        gateway.clone(),
+        settings,
+        false,
+        stopped.clone(),
+    ))];
+    if let Some(tls) = listeners.tls {
+        let tls = TcpListener::from_std(tls)?;
+        tracing::info!(addr = %tls.local_addr()?, "listening for HTTPS");
+        servers.push(tokio::spawn(server::serve(
+            tls,
+            gateway.clone(),
+            settings,
+            true,
+            stopped.clone(),
+        )));
+    }
+    let admin = TcpListener::from_std(listeners.admin)?;
+    tracing::info!(addr = %admin.local_addr()?, "admin API listening");
+    tokio::spawn(crate::admin::serve(admin, gateway.clone(), stopped.clone()));
+    tokio::spawn(source::watch_file(
+        gateway.clone(),
+        config.config.clone(),
+        config.watch_interval(),
+        stopped,
+    ));
+    Ok(servers)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,182 @@
+//! One compiled config version: everything a request needs, immutable once built.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use fleetgate_agent_route::RouteTable;
+use fleetgate_shared::model::{Kind, Spec};
+use fleetgate_shared::{Checksum, Snapshot, ValidationError};
+
+use crate::tls::TlsTable;
+use crate::upstream::{ServiceRuntime, UpstreamClients};
+
+/// Where a generation's snapshot came from, as reported on `/config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// Nothing loaded yet.
+    None,
+    /// A file or directory in standalone mode.
+    File,
+    /// The agent's persisted snapshot, loaded at start.
+    Disk,
+    /// A manager, over the sync protocol.
+    Manager,
+}
+
+/// A compiled config: the route table, the services it forwards to, TLS by SNI, and the
+/// HTTPS-redirect hosts. Built off the request path and published with one pointer swap.
+#[derive(Debug)]
+pub struct Generation {
+    pub revision: u64,
+    pub checksum: Checksum,
+    pub source: ConfigSource,
+    pub applied_at: SystemTime,
+    pub resource_count: usize,
+    pub routes: RouteTable,
+    pub services: HashMap<String, Arc<ServiceRuntime>>,
+    pub tls: TlsTable,
+    /// Hosts whose plain-HTTP requests are redirected to HTTPS.
+    pub https_redirect: crate::hosts::HostMap<()>,
+    /// Retry budgets of the routes that retry.
+    retry_budgets: HashMap<String, RetryBudget>,
+}
+
+impl Generation {
+    /// The generation before any config is loaded: every request gets 404.
+    pub fn empty() -> Self {
+        Self {
+            revision: 0,
+            checksum: Snapshot::default().checksum(),
+            source: ConfigSource::None,
+            applied_at: SystemTime::now(),
+            resource_count: 0,
+            routes: RouteTable::empty(),
+            services: HashMap::new(),
+            tls: TlsTable::default(),
+            https_redirect: Default::default(),
+            retry_budgets: HashMap::new(),
+        }
+    }
+
+    /// The retry budget of a route that has retries.
+    pub fn retry_budget(&self, route: &str) -> Option<&RetryBudget> {
+        self.retry_budgets.get(route)
+    }
+
+    /// Validates and compiles `snapshot`. Service runtimes whose spec is unchanged from
+    /// `previous` are reused, keeping their balancer, health and ejection state. Any error
+    /// (validation, or a certificate this host cannot load) rejects the whole snapshot and
+    /// returns every problem; the caller keeps serving `previous`.
+    pub fn compile(
+        snapshot: &Snapshot,
+        source: ConfigSource,
+        previous: &Generation,
+        clients: &UpstreamClients,
+    ) -> Result<Generation, Vec<ValidationError>> {
+        let routes = RouteTable::compile(snapshot)?;
+        let mut services = HashMap::new();
+        let mut domains = Vec::new();
+        let mut certificates = HashMap::new();
+        for resource in snapshot.resources() {
+            match &resource.spec {
+                Spec::Service(spec) => {
+                    let runtime = match previous.services.get(&resource.name) {
+                        Some(old) if old.spec == *spec => old.clone(),
+                        _ => ServiceRuntime::new(&resource.name, spec, clients),
+                    };
+                    services.insert(resource.name.clone(), runtime);
+                }
+                Spec::Domain(spec) => domains.push((resource.name.as_str(), spec)),
+                Spec::Certificate(spec) => {
+                    certificates.insert(resource.name.as_str(), spec);
+                }
+                _ => {}
+            }
+        }
+        let tls = TlsTable::build(&domains, &certificates).map_err(|(domain, message)| {
+            vec![ValidationError {
+                resource: fleetgate_shared::ResourceKey::new(Kind::Domain, domain).to_string(),
+                path: "spec.certificate".into(),
+                message,
+            }]
+        })?;
+        let mut https_redirect = crate::hosts::HostMap::default();
+        for (_, spec) in &domains {
+            if spec.https_redirect {
+                for host in &spec.hosts {
+                    https_redirect.insert(host, ());
+                }
+            }
+        }
+        let retry_budgets = routes
+            .routes()
+            .filter(|r| r.spec.forward.as_ref().is_some_and(|f| f.retries.is_some()))
+            .map(|r| (r.name.clone(), RetryBudget::default()))
+            .collect();
+        Ok(Generation {
+            revision: snapshot.revision,
+            checksum: snapshot.checksum(),
+            source,
+            applied_at: SystemTime::now(),
+            resource_count: snapshot.len(),
+            routes,
+            services,
+            tls,
+            https_redirect,
+            retry_budgets,
+        })
+    }
+}
+
+/// Retries allowed per window even when the percentage would allow none, so that a route
+/// with little traffic can still retry a failed connect.
+const RETRY_FLOOR: u64 = 10;
+/// The budget counts requests and retries over windows of this length.
+const RETRY_WINDOW_MS: u64 = 10_000;
+
+/// Caps retries at a share of a route's requests, so that retries absorb a failing endpoint
+/// without multiplying an overload.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    window_start: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    fn roll(&self) {
+        let now = crate::upstream::now_ms();
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= RETRY_WINDOW_MS
+            && self
+                .window_start
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one request.
+    pub fn record_request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget if `percent` of this window's requests (plus a small
+    /// floor) allows it.
+    pub fn try_spend(&self, percent: u8) -> bool {
+        let allowed =
+            self.requests.load(Ordering::Relaxed) * u64::from(percent) / 100 + RETRY_FLOOR;
+        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}

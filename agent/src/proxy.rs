@@ -1,0 +1,731 @@
+//! The request path: route, apply the action, forward with retries, stream the response.
+//!
+//! Every request loads the current [`Generation`] once and uses only it: a swap during the
+//! request changes nothing for it. Upgraded connections (WebSocket and any HTTP/1.1 Upgrade)
+//! become a byte tunnel owned by its own task, holding only the two sockets, so no later swap
+//! can reach them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use fleetgate_agent_route::{Matched, RequestView, normalize_host};
+use fleetgate_shared::model::{
+    Backend, DirectResponse, Forward, HashOn, LoadBalancing, Redirect, RetryOn,
+};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::error::{ProxyError, empty, full};
+use crate::gateway::Gateway;
+use crate::generation::Generation;
+use crate::headers;
+use crate::telemetry::AccessRecord;
+use crate::upstream::{Endpoint, InFlight, Outcome, ServiceRuntime, UpstreamBody};
+use crate::{BoxError, ResponseBody};
+
+/// Request bodies up to this size are buffered when the route retries or mirrors, so that
+/// they can be sent more than once; larger or unsized bodies stream once and are not retried.
+const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
+
+/// What the connection tells the request about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Handles one request. Never fails: every error becomes a response here.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let generation = gateway.current();
+    let request_id = headers::request_id(req.headers());
+    let host = request_host(&req);
+    let mut record = AccessRecord::new(
+        &request_id,
+        conn.peer,
+        req.method(),
+        &host,
+        req.uri(),
+        req.version(),
+    );
+    let result = route(
+        &gateway,
+        &generation,
+        conn,
+        &host,
+        &request_id,
+        req,
+        &mut record,
+    )
+    .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            record.error = Some(error.code());
+            if error.source() != crate::error::Source::Client {
+                tracing::debug!(request_id = %request_id, "{error}");
+            }
+            error.into_response(&request_id)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), value);
+    }
+    record.status = response.status().as_u16();
+    record.headers_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (parts, body) = response.into_parts();
+    let metered = Metered {
+        inner: body,
+        bytes: 0,
+        started,
+        record: Some(record),
+        gateway,
+    };
+    Ok(Response::from_parts(parts, metered.boxed()))
+}
+
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    normalize_host(raw)
+}
+
+async fn route(
+    gateway: &Arc<Gateway>,
+    generation: &Arc<Generation>,
+    conn: ConnInfo,
+    host: &str,
+    request_id: &str,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let view = RequestView {
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let Some(matched) = generation.routes.find(&view) else {
+        return Err(ProxyError::NoRoute {
+            host: host.to_owned(),
+            path: req.uri().path().to_owned(),
+        });
+    };
+    let route = matched.route;
+    record.route = Some(route.name.clone());
+    if !conn.tls && generation.https_redirect.get(host).is_some() {
+        let location = format!(
+            "https://{host}{}",
+            req.uri().path_and_query().map_or("/", |pq| pq.as_str())
+        );
+        return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &location));
+    }
+    let spec = &route.spec;
+    let mut response = if let Some(direct) = &spec.direct_response {
+        direct_response(direct)
+    } else if let Some(redirect) = &spec.redirect {
+        let location = redirect_location(redirect, conn.tls, host, req.uri());
+        redirect_response(
+            StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND),
+            &location,
+        )
+    } else if let Some(forward) = &spec.forward {
+        let canary = route.canary_for(&view).and_then(|i| forward.canary.get(i));
+        let backends = canary.map_or(&forward.backends, |rule| &rule.backends);
+        let upstream_path = {
+            let path = route.rewritten_path(&matched, req.uri().path());
+            match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            }
+        };
+        forward_request(
+            gateway,
+            generation,
+            conn,
+            host,
+            request_id,
+            &matched,
+            forward,
+            backends,
+            upstream_path,
+            req,
+            record,
+        )
+        .await?
+    } else {
+        // Validation guarantees one action; an empty route answers rather than panicking.
+        direct_response(&DirectResponse {
+            status: 500,
+            body: "route has no action".into(),
+            content_type: None,
+        })
+    };
+    headers::apply_edits(response.headers_mut(), &spec.filters.response_headers);
+    Ok(response)
+}
+
+fn direct_response(direct: &DirectResponse) -> Response<ResponseBody> {
+    let mut response = Response::new(full(direct.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK);
+    if let Some(ct) = direct
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    } else if !direct.body.is_empty() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
+}
+
+fn redirect_location(redirect: &Redirect, tls: bool, host: &str, uri: &Uri) -> String {
+    let scheme = redirect
+        .scheme
+        .as_deref()
+        .unwrap_or(if tls { "https" } else { "http" });
+    let host = redirect.host.as_deref().unwrap_or(host);
+    let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let path = redirect.path.as_deref().unwrap_or(uri.path());
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{path}{query}")
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Picks one backend by weight; backends with weight 0 are drained and never picked.
+fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = fastrand::u64(..total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if ticket < w {
+            true
+        } else {
+            ticket -= w;
+            false
+        }
+    })
+}
+
+fn hash_key(service: &ServiceRuntime, req: &Request<Incoming>, conn: ConnInfo) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let LoadBalancing::ConsistentHash { hash_on } = &service.spec.load_balancing else {
+        return None;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match hash_on {
+        HashOn::Header(name) => req.headers().get(name.as_str())?.as_bytes().hash(&mut h),
+        HashOn::Cookie(name) => cookie(req.headers(), name)?.hash(&mut h),
+        HashOn::SourceIp => conn.peer.ip().hash(&mut h),
+    }
+    Some(h.finish())
+}
+
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request body, either still streaming (sent once) or buffered (sendable again).
+enum RequestBody {
+    Streaming(Incoming),
+    Replayable(Bytes),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> UpstreamBody {
+        match std::mem::replace(self, RequestBody::Replayable(Bytes::new())) {
+            RequestBody::Streaming(body) => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            RequestBody::Replayable(bytes) => {
+                *self = RequestBody::Replayable(bytes.clone());
+                http_body_util::Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed()
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable(_))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_request(
+    gateway: &Arc<Gateway>,
+    generation: &Arc<Generation>,
+    conn: ConnInfo,
+    host: &str,
+    request_id: &str,
+    matched: &Matched<'_>,
+    forward: &Forward,
+    backends: &[Backend],
+    upstream_path: String,
+    mut req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let route = matched.route;
+    let backend = pick_backend(backends).ok_or_else(|| ProxyError::NoHealthyEndpoint {
+        service: backends
+            .first()
+            .map(|b| b.service.clone())
+            .unwrap_or_default(),
+        subset: "(all backends have weight 0)".into(),
+    })?;
+    let service = generation
+        .services
+        .get(&backend.service)
+        .ok_or_else(|| ProxyError::MissingService(backend.service.clone()))?;
+    let key = hash_key(service, &req, conn);
+    let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut upstream_headers = parts.headers.clone();
+    headers::strip_hop_by_hop(&mut upstream_headers, upgrade);
+    let original_host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or(host);
+    headers::add_forwarded(
+        &mut upstream_headers,
+        conn.peer.ip(),
+        conn.tls,
+        original_host,
+    );
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        upstream_headers.insert(headers::X_REQUEST_ID.clone(), value);
+    }
+    let host_header = route
+        .spec
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.host.clone())
+        .unwrap_or_else(|| {
+            parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| host.to_owned())
+        });
+    if let Ok(value) = HeaderValue::from_str(&host_header) {
+        upstream_headers.insert(header::HOST, value);
+    }
+    headers::apply_edits(&mut upstream_headers, &route.spec.filters.request_headers);
+
+    let retries = forward.retries.as_ref();
+    let wants_replay = retries.is_some() || forward.mirror.is_some();
+    let declared_len = body.size_hint().exact();
+    let mut body = if body.is_end_stream() {
+        RequestBody::Replayable(Bytes::new())
+    } else if wants_replay && declared_len.is_some_and(|n| n <= REPLAYABLE_BODY_LIMIT) {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+            Err(e) => {
+                return Err(ProxyError::Upstream {
+                    endpoint: "client".into(),
+                    reason: format!("request body: {e}"),
+                });
+            }
+        }
+    } else {
+        RequestBody::Streaming(body)
+    };
+
+    if let Some(mirror) = &forward.mirror
+        && body.replayable()
+        && fastrand::u8(..100) < mirror.percent
+        && let Some(target) = generation.services.get(&mirror.service)
+    {
+        send_mirror(
+            target.clone(),
+            &parts.method,
+            &upstream_path,
+            &upstream_headers,
+            body.take(),
+        );
+    }
+
+    let budget = generation.retry_budget(&route.name);
+    if let Some(budget) = budget {
+        budget.record_request();
+    }
+    let may_retry = retries.is_some_and(|r| is_idempotent(&parts.method) || r.non_idempotent);
+    let max_attempts = 1 + retries.map_or(0, |r| r.attempts);
+    let timeout = forward.timeouts.request.map(|d| d.to_std());
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        record.attempts = attempt;
+        let endpoint =
+            service
+                .pick(&backend.subset, key)
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                    service: service.name.clone(),
+                    subset: ServiceRuntime::describe_subset(&backend.subset),
+                })?;
+        record.upstream = Some(endpoint.address.clone());
+        let in_flight = InFlight::new(endpoint.clone());
+        let request = upstream_request(
+            &endpoint,
+            &parts.method,
+            &upstream_path,
+            &upstream_headers,
+            body.take(),
+            service,
+        )?;
+        let sent = service.client.request(request);
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
+                Ok(result) => result.map_err(|e| classify(&endpoint, e)),
+                Err(_) => Err(ProxyError::Timeout {
+                    endpoint: endpoint.address.clone(),
+                    timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+                }),
+            },
+            None => sent.await.map_err(|e| classify(&endpoint, e)),
+        };
+        let can_retry_now = may_retry
+            && attempt < max_attempts
+            && body.replayable()
+            && budget.is_none_or(|b| b.try_spend(retries.map_or(0, |r| r.budget_percent)));
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                service.report(
+                    &endpoint,
+                    if status.is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if can_retry_now
+                    && retries.is_some_and(|r| retry_on_status(r.retry_on.as_slice(), status))
+                {
+                    tracing::debug!(request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
+                    continue;
+                }
+                return Ok(finish_response(
+                    gateway,
+                    response,
+                    in_flight,
+                    downstream_upgrade,
+                ));
+            }
+            Err(error) => {
+                service.report(&endpoint, Outcome::Failure);
+                let retryable_kind = match &error {
+                    ProxyError::Connect { .. } => retries
+                        .is_some_and(|r| retry_on(r.retry_on.as_slice(), RetryOn::ConnectFailure)),
+                    ProxyError::Upstream { .. } => {
+                        retries.is_some_and(|r| retry_on(r.retry_on.as_slice(), RetryOn::Reset))
+                    }
+                    _ => false,
+                };
+                if can_retry_now && retryable_kind {
+                    tracing::debug!(request_id, "{error}; retrying (attempt {attempt})");
+                    continue;
+                }
+                return Err(error);
+            }
+        }
+    }
+}
+
+fn retry_on(list: &[RetryOn], condition: RetryOn) -> bool {
+    list.is_empty() || list.contains(&condition)
+}
+
+fn retry_on_status(list: &[RetryOn], status: StatusCode) -> bool {
+    let condition = match status.as_u16() {
+        502 => RetryOn::Status502,
+        503 => RetryOn::Status503,
+        504 => RetryOn::Status504,
+        _ => return false,
+    };
+    retry_on(list, condition)
+}
+
+fn classify(endpoint: &Endpoint, error: hyper_util::client::legacy::Error) -> ProxyError {
+    let reason =
+        std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
+    if error.is_connect() {
+        ProxyError::Connect {
+            endpoint: endpoint.address.clone(),
+            reason,
+        }
+    } else {
+        ProxyError::Upstream {
+            endpoint: endpoint.address.clone(),
+            reason,
+        }
+    }
+}
+
+fn upstream_request(
+    endpoint: &Endpoint,
+    method: &Method,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    body: UpstreamBody,
+    service: &ServiceRuntime,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::Upstream {
+            endpoint: endpoint.address.clone(),
+            reason: format!("bad upstream URI: {e}"),
+        })?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers.clone();
+    *request.version_mut() = match service.spec.protocol {
+        fleetgate_shared::model::UpstreamProtocol::Http1 => Version::HTTP_11,
+        fleetgate_shared::model::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    if request.version() == Version::HTTP_2 {
+        // HTTP/2 carries the authority in :authority; a Host header would be redundant.
+        request.headers_mut().remove(header::HOST);
+    }
+    Ok(request)
+}
+
+fn finish_response(
+    gateway: &Arc<Gateway>,
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let mut in_flight = Some(in_flight);
+    if switching && let Some(downstream) = downstream_upgrade {
+        let upstream = hyper::upgrade::on(&mut response);
+        tunnel(gateway.clone(), downstream, upstream, in_flight.take());
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    let body = InFlightBody {
+        inner: body,
+        _in_flight: in_flight,
+    }
+    .boxed();
+    Response::from_parts(parts, body)
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways
+/// until either side closes. The task owns both sockets and nothing of the config, which is
+/// why config swaps never touch an open WebSocket.
+fn tunnel(
+    gateway: Arc<Gateway>,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: Option<InFlight>,
+) {
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let (down, up) = tokio::join!(downstream, upstream);
+        let (down, up) = match (down, up) {
+            (Ok(down), Ok(up)) => (down, up),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!("upgrade did not complete: {e}");
+                return;
+            }
+        };
+        let _open = gateway.telemetry.tunnel_opened();
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!("upgraded connection ended: {e}");
+        }
+    });
+}
+
+fn send_mirror(
+    target: Arc<ServiceRuntime>,
+    method: &Method,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: UpstreamBody,
+) {
+    let Some(endpoint) = target.pick(&Default::default(), None) else {
+        return;
+    };
+    let Ok(request) = upstream_request(&endpoint, method, path, headers, body, &target) else {
+        return;
+    };
+    tokio::spawn(async move {
+        // The mirror's answer is ignored; only a bounded wait so a stuck mirror cannot pile up tasks.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            if let Ok(response) = target.client.request(request).await {
+                let _ = response.into_body().collect().await;
+            }
+        })
+        .await;
+    });
+}
+
+/// An upstream response body that keeps its endpoint's in-flight count raised until the
+/// body ends or the client goes away.
+struct InFlightBody {
+    inner: Incoming,
+    _in_flight: Option<InFlight>,
+}
+
+impl Body for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body as the client receives it: counts bytes and writes the access-log line
+/// and metrics when the body ends or is dropped.
+struct Metered {
+    inner: ResponseBody,
+    bytes: u64,
+    started: Instant,
+    record: Option<AccessRecord>,
+    gateway: Arc<Gateway>,
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.finish(None),
+            Poll::Ready(Some(Err(e))) => {
+                let reason = e.to_string();
+                self.finish(Some(reason));
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Metered {
+    fn finish(&mut self, stream_error: Option<String>) {
+        if let Some(mut record) = self.record.take() {
+            record.bytes_out = self.bytes;
+            record.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            record.stream_error = stream_error;
+            self.gateway.telemetry.record(record);
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            // hyper stops polling once a sized body reports its end, so ending here is normal.
+            let error = (!self.inner.is_end_stream())
+                .then(|| "client went away before the body ended".to_owned());
+            self.finish(error);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Listeners: accept loops for plain HTTP and TLS, connection settings, graceful drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+use crate::proxy::{self, ConnInfo};
+
+/// A TLS handshake slower than this is abandoned: it bounds sockets held by clients that
+/// connect and never finish the handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error (such as running out of file descriptors) before trying again,
+/// so that the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connection settings shared by both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub drain_timeout: Duration,
+}
+
+fn builder(settings: ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024);
+    builder
+}
+
+/// Accepts until `shutdown` flips, then lets open connections finish for up to the drain
+/// timeout. `tls` selects TLS termination with certificates chosen by SNI.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    settings: ServerSettings,
+    tls: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(builder(settings));
+    let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = ConnInfo { peer, tls };
+                    let watcher = graceful.watcher();
+                    let gateway = gateway.clone();
+                    let builder = builder.clone();
+                    tokio::spawn(async move {
+                        let _open = gateway.telemetry.connection_opened();
+                        if tls {
+                            serve_tls(stream, conn, gateway.clone(), builder, watcher).await;
+                        } else {
+                            let service = {
+                                let gateway = gateway.clone();
+                                service_fn(move |req| proxy::handle(gateway.clone(), conn, req))
+                            };
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                            if let Err(e) = watcher.watch(connection).await {
+                                tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(listener = ?local, "accept failed: {e}; retrying (check the open-file limit if this repeats)");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(listener = ?local, open, "draining open connections for up to {:?}", settings.drain_timeout);
+    }
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = ?local, "drain deadline passed; closing the remaining connections");
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    conn: ConnInfo,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let handshake = async {
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = acceptor.await.map_err(|e| format!("client hello: {e}"))?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let config = gateway
+            .current()
+            .tls
+            .config_for(sni.as_deref())
+            .ok_or_else(|| format!("no certificate for server name {sni:?}"))?;
+        start
+            .into_stream(config)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    };
+    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = service_fn(move |req| proxy::handle(gateway.clone(), conn, req));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(peer = %conn.peer, "TLS connection ended with an error: {e}");
+    }
+}

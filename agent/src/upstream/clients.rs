@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetgate_shared::model::{ServiceSpec, UpstreamProtocol};
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::BoxError;
+
+/// The body type sent upstream: the client's streamed body, or an empty one.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+/// A pooled HTTP client (HTTP/1.1 or h2c) towards upstream endpoints.
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// TCP connect timeout when a service does not set one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle pooled connections are closed after this long when a service does not say: under
+/// the 120 s idle timeout common in upstream servers, so the pool rarely reuses a socket the
+/// server is about to close.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    http2: bool,
+    connect_timeout_ms: u64,
+    idle_timeout_ms: u64,
+}
+
+/// Every upstream client the agent has built, keyed by their settings. Looked up only while
+/// compiling a config generation, never on the request path.
+#[derive(Default)]
+pub struct UpstreamClients {
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
+}
+
+impl std::fmt::Debug for UpstreamClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.clients.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("UpstreamClients")
+            .field("clients", &count)
+            .finish()
+    }
+}
+
+impl UpstreamClients {
+    /// The client for a service's protocol and limits, created on first use.
+    pub fn for_service(&self, spec: &ServiceSpec) -> HttpClient {
+        let key = ClientKey {
+            http2: spec.protocol == UpstreamProtocol::Http2,
+            connect_timeout_ms: spec
+                .limits
+                .connect_timeout
+                .map_or(DEFAULT_CONNECT_TIMEOUT.as_millis() as u64, |d| {
+                    d.as_millis()
+                }),
+            idle_timeout_ms: spec
+                .limits
+                .idle_timeout
+                .map_or(DEFAULT_IDLE_TIMEOUT.as_millis() as u64, |d| d.as_millis()),
+        };
+        let mut clients = match self.clients.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients.entry(key).or_insert_with(|| build(key)).clone()
+    }
+}
+
+fn build(key: ClientKey) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(key.connect_timeout_ms)));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_millis(key.idle_timeout_ms))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(key.http2)
+        .build(connector)
+}
