@@ -85,7 +85,16 @@ impl Generation {
                 Spec::Service(spec) => {
                     let runtime = match previous.services.get(&resource.name) {
                         Some(old) if old.spec == *spec => old.clone(),
-                        _ => ServiceRuntime::new(&resource.name, spec, clients),
+                        _ => {
+                            let client = clients.for_service(spec).map_err(|message| {
+                                vec![ValidationError {
+                                    resource: resource.key().to_string(),
+                                    path: "spec.tls".into(),
+                                    message,
+                                }]
+                            })?;
+                            ServiceRuntime::new(&resource.name, spec, client)
+                        }
                     };
                     services.insert(resource.name.clone(), runtime);
                 }

@@ -7,10 +7,12 @@
 //! live in [`UpstreamClients`], keyed by client settings, and outlive every generation.
 
 mod clients;
+mod connector;
 mod health;
 mod service;
 
 pub use clients::{HttpClient, UpstreamBody, UpstreamClients};
+pub use connector::{UpstreamConnector, UpstreamStream};
 pub use service::{Endpoint, InFlight, Outcome, ServiceRuntime};
 
 use std::sync::OnceLock;

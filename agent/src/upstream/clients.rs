@@ -7,14 +7,16 @@ use fleetgate_shared::model::{ServiceSpec, UpstreamProtocol};
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::connector::UpstreamConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::BoxError;
 
 /// The body type sent upstream: the client's streamed body, or an empty one.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-/// A pooled HTTP client (HTTP/1.1 or h2c) towards upstream endpoints.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+/// A pooled HTTP client (HTTP/1.1 or HTTP/2, plain or TLS) towards upstream endpoints.
+pub type HttpClient = Client<UpstreamConnector, UpstreamBody>;
 
 /// TCP connect timeout when a service does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,11 +25,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// server is about to close.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientKey {
     http2: bool,
     connect_timeout_ms: u64,
     idle_timeout_ms: u64,
+    /// The service's TLS settings in canonical JSON; empty for plain TCP.
+    tls: String,
 }
 
 /// Every upstream client the agent has built, keyed by their settings. Looked up only while
@@ -47,8 +51,9 @@ impl std::fmt::Debug for UpstreamClients {
 }
 
 impl UpstreamClients {
-    /// The client for a service's protocol and limits, created on first use.
-    pub fn for_service(&self, spec: &ServiceSpec) -> HttpClient {
+    /// The client for a service's protocol, TLS settings and limits, created on first use.
+    /// Fails when the TLS settings cannot be loaded (the message says why).
+    pub fn for_service(&self, spec: &ServiceSpec) -> Result<HttpClient, String> {
         let key = ClientKey {
             http2: spec.protocol == UpstreamProtocol::Http2,
             connect_timeout_ms: spec
@@ -61,24 +66,35 @@ impl UpstreamClients {
                 .limits
                 .idle_timeout
                 .map_or(DEFAULT_IDLE_TIMEOUT.as_millis() as u64, |d| d.as_millis()),
+            tls: spec
+                .tls
+                .as_ref()
+                .map(|t| serde_json::to_string(t).unwrap_or_default())
+                .unwrap_or_default(),
         };
         let mut clients = match self.clients.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        clients.entry(key).or_insert_with(|| build(key)).clone()
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build(&key, spec)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
-fn build(key: ClientKey) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(key.connect_timeout_ms)));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+fn build(key: &ClientKey, spec: &ServiceSpec) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_millis(key.connect_timeout_ms)));
+    http.set_nodelay(true);
+    http.enforce_http(true);
+    let connector = UpstreamConnector::new(http, spec.tls.as_ref(), spec.protocol)?;
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_millis(key.idle_timeout_ms))
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(key.http2)
-        .build(connector)
+        .build(connector))
 }

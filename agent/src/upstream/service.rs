@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 
 use fleetgate_shared::model::{Labels, LoadBalancing, ServiceSpec};
 
-use super::{HttpClient, UpstreamClients, now_ms};
+use super::{HttpClient, now_ms};
 
 /// One upstream endpoint and its live state. All state is atomics: the request path never
 /// locks.
@@ -148,7 +148,7 @@ impl Drop for ServiceRuntime {
 impl ServiceRuntime {
     /// Builds the runtime for a validated service spec, and starts its health checker when the
     /// spec has one (this needs a Tokio runtime).
-    pub fn new(name: &str, spec: &ServiceSpec, clients: &UpstreamClients) -> Arc<Self> {
+    pub fn new(name: &str, spec: &ServiceSpec, client: HttpClient) -> Arc<Self> {
         let mut endpoints: Vec<Arc<Endpoint>> = spec
             .endpoints
             .iter()
@@ -164,7 +164,7 @@ impl ServiceRuntime {
             name: name.to_owned(),
             spec: spec.clone(),
             endpoints,
-            client: clients.for_service(spec),
+            client,
             cursor: AtomicUsize::new(0),
             health_task: std::sync::OnceLock::new(),
         });
@@ -317,7 +317,13 @@ mod tests {
     }
 
     fn runtime(spec: &ServiceSpec) -> Arc<ServiceRuntime> {
-        ServiceRuntime::new("svc", spec, &UpstreamClients::default())
+        ServiceRuntime::new(
+            "svc",
+            spec,
+            crate::upstream::UpstreamClients::default()
+                .for_service(spec)
+                .unwrap(),
+        )
     }
 
     fn spread(rt: &ServiceRuntime, picks: usize, key: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
