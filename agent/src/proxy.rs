@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fleetgate_agent_route::{Matched, RequestView, normalize_host};
@@ -472,11 +472,13 @@ async fn forward_request(
                     tracing::debug!(request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
                     continue;
                 }
+                let idle = forward.timeouts.idle.map(|d| d.to_std());
                 return Ok(finish_response(
                     gateway,
                     response,
                     in_flight,
                     downstream_upgrade,
+                    idle,
                 ));
             }
             Err(error) => {
@@ -566,31 +568,41 @@ fn finish_response(
     mut response: Response<Incoming>,
     in_flight: InFlight,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    idle: Option<Duration>,
 ) -> Response<ResponseBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let mut in_flight = Some(in_flight);
     if switching && let Some(downstream) = downstream_upgrade {
         let upstream = hyper::upgrade::on(&mut response);
-        tunnel(gateway.clone(), downstream, upstream, in_flight.take());
+        tunnel(
+            gateway.clone(),
+            downstream,
+            upstream,
+            in_flight.take(),
+            idle,
+        );
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching);
     let body = InFlightBody {
         inner: body,
         _in_flight: in_flight,
+        idle: idle.map(|limit| (limit, Box::pin(tokio::time::sleep(limit)))),
     }
     .boxed();
     Response::from_parts(parts, body)
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways
-/// until either side closes. The task owns both sockets and nothing of the config, which is
-/// why config swaps never touch an open WebSocket.
+/// until either side closes, or until nothing moved either way for the route's idle timeout.
+/// The task owns both sockets and nothing of the config, which is why config swaps never
+/// touch an open WebSocket.
 fn tunnel(
     gateway: Arc<Gateway>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     in_flight: Option<InFlight>,
+    idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
         let _in_flight = in_flight;
@@ -603,9 +615,29 @@ fn tunnel(
             }
         };
         let _open = gateway.telemetry.tunnel_opened();
-        let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        let activity = Arc::new(std::sync::atomic::AtomicU64::new(crate::upstream::now_ms()));
+        let mut down = Tracked {
+            inner: hyper_util::rt::TokioIo::new(down),
+            activity: activity.clone(),
+        };
+        let mut up = Tracked {
+            inner: hyper_util::rt::TokioIo::new(up),
+            activity: activity.clone(),
+        };
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        let result = match idle {
+            None => copy.await,
+            Some(limit) => {
+                tokio::select! {
+                    result = copy => result,
+                    () = idle_watchdog(activity, limit) => {
+                        tracing::debug!("upgraded connection closed after {limit:?} without traffic");
+                        Ok((0, 0))
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!("upgraded connection ended: {e}");
         }
     });
@@ -640,6 +672,8 @@ fn send_mirror(
 struct InFlightBody {
     inner: Incoming,
     _in_flight: Option<InFlight>,
+    /// The route's idle timeout and the timer re-armed by every frame.
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl Body for InFlightBody {
@@ -647,12 +681,26 @@ impl Body for InFlightBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner)
             .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+            .map_err(|e| Box::new(e) as BoxError);
+        if let Some((limit, timer)) = &mut this.idle {
+            match &polled {
+                Poll::Ready(_) => timer.as_mut().reset(tokio::time::Instant::now() + *limit),
+                Poll::Pending => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let message =
+                            format!("upstream sent nothing for {limit:?} (route idle timeout)");
+                        return Poll::Ready(Some(Err(message.into())));
+                    }
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -661,6 +709,59 @@ impl Body for InFlightBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Completes when `activity` (a [`crate::upstream::now_ms`] stamp) is older than `limit`.
+async fn idle_watchdog(activity: Arc<std::sync::atomic::AtomicU64>, limit: Duration) {
+    let limit_ms = limit.as_millis() as u64;
+    loop {
+        let last = activity.load(std::sync::atomic::Ordering::Relaxed);
+        let quiet_for = crate::upstream::now_ms().saturating_sub(last);
+        if quiet_for >= limit_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(limit_ms - quiet_for)).await;
+    }
+}
+
+/// A stream that stamps `activity` whenever bytes are read from it.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.store(
+                crate::upstream::now_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
