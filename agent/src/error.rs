@@ -25,12 +25,24 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("service `{service}` has no healthy endpoint{}", subset_note(.subset))]
     NoHealthyEndpoint { service: String, subset: String },
-    #[error("cannot connect to upstream {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
-    #[error("upstream {endpoint} failed: {reason}")]
-    Upstream { endpoint: String, reason: String },
-    #[error("upstream {endpoint} did not answer within {timeout_ms} ms")]
-    Timeout { endpoint: String, timeout_ms: u64 },
+    #[error("cannot connect to upstream {endpoint} of service `{service}`: {reason}")]
+    Connect {
+        service: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("upstream {endpoint} of service `{service}` failed: {reason}")]
+    Upstream {
+        service: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("upstream {endpoint} of service `{service}` did not answer within {timeout_ms} ms")]
+    Timeout {
+        service: String,
+        endpoint: String,
+        timeout_ms: u64,
+    },
     #[error("service `{0}` is referenced by the route but missing from the running config")]
     MissingService(String),
     #[error("request has no usable host")]

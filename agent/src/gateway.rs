@@ -22,6 +22,8 @@ const PREVIOUS: &str = "snapshot.prev.json";
 pub struct Gateway {
     current: ArcSwap<Generation>,
     clients: UpstreamClients,
+    /// Policy state that outlives config versions (rate-limit counters, bans).
+    pub policy_state: fleetgate_agent_policy::PolicyState,
     pub telemetry: Telemetry,
     /// Serializes applies (compile + swap + persist); never taken on the request path.
     apply_lock: Mutex<()>,
@@ -43,6 +45,7 @@ impl Gateway {
         Arc::new(Self {
             current: ArcSwap::from_pointee(Generation::empty()),
             clients: UpstreamClients::default(),
+            policy_state: Default::default(),
             telemetry: Telemetry::new(access_log),
             apply_lock: Mutex::new(()),
             data_dir,
@@ -65,7 +68,13 @@ impl Gateway {
     ) -> Result<Arc<Generation>, Vec<ValidationError>> {
         let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current();
-        let compiled = Generation::compile(snapshot, source, &previous, &self.clients);
+        let compiled = Generation::compile(
+            snapshot,
+            source,
+            &previous,
+            &self.clients,
+            &self.policy_state,
+        );
         let generation = match compiled {
             Ok(generation) => Arc::new(generation),
             Err(errors) => {

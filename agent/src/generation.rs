@@ -38,6 +38,8 @@ pub struct Generation {
     pub routes: RouteTable,
     pub services: HashMap<String, Arc<ServiceRuntime>>,
     pub tls: TlsTable,
+    /// The policy chains: global, per domain, per route.
+    pub policies: fleetgate_agent_policy::PolicySet,
     /// Hosts whose plain-HTTP requests are redirected to HTTPS.
     pub https_redirect: crate::hosts::HostMap<()>,
     /// Retry budgets of the routes that retry.
@@ -56,6 +58,7 @@ impl Generation {
             routes: RouteTable::empty(),
             services: HashMap::new(),
             tls: TlsTable::default(),
+            policies: Default::default(),
             https_redirect: Default::default(),
             retry_budgets: HashMap::new(),
         }
@@ -75,8 +78,10 @@ impl Generation {
         source: ConfigSource,
         previous: &Generation,
         clients: &UpstreamClients,
+        policy_state: &fleetgate_agent_policy::PolicyState,
     ) -> Result<Generation, Vec<ValidationError>> {
         let routes = RouteTable::compile(snapshot)?;
+        let policies = fleetgate_agent_policy::PolicySet::compile(snapshot, policy_state)?;
         let mut services = HashMap::new();
         let mut domains = Vec::new();
         let mut certificates = HashMap::new();
@@ -134,6 +139,7 @@ impl Generation {
             routes,
             services,
             tls,
+            policies,
             https_redirect,
             retry_budgets,
         })

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod generation;
 pub mod headers;
 pub mod hosts;
+pub mod inbound;
 pub mod proxy;
 pub mod server;
 pub mod source;

@@ -26,9 +26,11 @@ use crate::error::{ProxyError, empty, full};
 use crate::gateway::Gateway;
 use crate::generation::Generation;
 use crate::headers;
+use crate::inbound::Inbound;
 use crate::telemetry::AccessRecord;
 use crate::upstream::{Endpoint, InFlight, Outcome, ServiceRuntime, UpstreamBody};
 use crate::{BoxError, ResponseBody};
+use fleetgate_agent_policy::{BodyPrefix, RequestCtx};
 
 /// Request bodies up to this size are buffered when the route retries or mirrors, so that
 /// they can be sent more than once; larger or unsized bodies stream once and are not retried.
@@ -142,6 +144,21 @@ async fn route(
         );
         return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &location));
     }
+    // Everything that reads the request as the client sent it happens before the policy
+    // chain, which may change headers (strip credentials, add claims).
+    let canary = route.canary_for(&view);
+    let upstream_path = {
+        let path = route.rewritten_path(&matched, req.uri().path());
+        match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        }
+    };
+    let (req, policy_headers) =
+        match run_policies(generation, conn, host, &route.name, req, record).await {
+            Ok(passed) => passed,
+            Err(answer) => return Ok(answer),
+        };
     let spec = &route.spec;
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
@@ -152,15 +169,8 @@ async fn route(
             &location,
         )
     } else if let Some(forward) = &spec.forward {
-        let canary = route.canary_for(&view).and_then(|i| forward.canary.get(i));
+        let canary = canary.and_then(|i| forward.canary.get(i));
         let backends = canary.map_or(&forward.backends, |rule| &rule.backends);
-        let upstream_path = {
-            let path = route.rewritten_path(&matched, req.uri().path());
-            match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.into_owned(),
-            }
-        };
         forward_request(
             gateway,
             generation,
@@ -184,7 +194,75 @@ async fn route(
         })
     };
     headers::apply_edits(response.headers_mut(), &spec.filters.response_headers);
+    response.headers_mut().extend(policy_headers);
     Ok(response)
+}
+
+/// Runs the policy chain of the request's host and route. Returns the request to forward
+/// (with the body prefix the chain read put back in front) and the headers the chain wants
+/// on the response, or the response a policy answered with.
+async fn run_policies(
+    generation: &Generation,
+    conn: ConnInfo,
+    host: &str,
+    route: &str,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
+    let chain = generation.policies.chain(host, route);
+    let (mut parts, body) = req.into_parts();
+    if chain.is_empty() {
+        return Ok((
+            Request::from_parts(parts, Inbound::Incoming(body)),
+            http::HeaderMap::new(),
+        ));
+    }
+    let headers = std::mem::take(&mut parts.headers);
+    let mut ctx = RequestCtx::new(
+        parts.method.clone(),
+        parts.uri.clone(),
+        headers,
+        conn.peer,
+        conn.tls,
+        route,
+    );
+    let body = match chain.body_limit() {
+        Some(limit) if !body.is_end_stream() => match Inbound::read_prefix(body, limit).await {
+            Ok((read, inbound)) => {
+                ctx.body = if read.complete {
+                    BodyPrefix::Complete(read.prefix)
+                } else {
+                    BodyPrefix::Partial(read.prefix)
+                };
+                inbound
+            }
+            Err(e) => {
+                record.error = Some("client_body_error");
+                let answer = fleetgate_agent_policy::reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_body",
+                    &format!("request body could not be read: {e}"),
+                    "",
+                );
+                return Err(answer.map(full));
+            }
+        },
+        Some(_) => {
+            ctx.body = BodyPrefix::Complete(Bytes::new());
+            Inbound::Incoming(body)
+        }
+        None => Inbound::Incoming(body),
+    };
+    if let Some(rejection) = chain.run(&mut ctx).await {
+        record.error = Some("policy");
+        record.policy = Some(rejection.policy);
+        let mut answer = rejection.response.map(full);
+        answer.headers_mut().extend(ctx.response_headers);
+        return Err(answer);
+    }
+    record.consumer = ctx.consumer.as_ref().map(|c| c.name.clone());
+    parts.headers = ctx.headers;
+    Ok((Request::from_parts(parts, body), ctx.response_headers))
 }
 
 fn direct_response(direct: &DirectResponse) -> Response<ResponseBody> {
@@ -244,7 +322,7 @@ fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
     })
 }
 
-fn hash_key(service: &ServiceRuntime, req: &Request<Incoming>, conn: ConnInfo) -> Option<u64> {
+fn hash_key<B>(service: &ServiceRuntime, req: &Request<B>, conn: ConnInfo) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let LoadBalancing::ConsistentHash { hash_on } = &service.spec.load_balancing else {
         return None;
@@ -278,14 +356,14 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The request body, either still streaming (sent once) or buffered (sendable again).
 enum RequestBody {
-    Streaming(Incoming),
+    Streaming(Inbound),
     Replayable(Bytes),
 }
 
 impl RequestBody {
     fn take(&mut self) -> UpstreamBody {
         match std::mem::replace(self, RequestBody::Replayable(Bytes::new())) {
-            RequestBody::Streaming(body) => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            RequestBody::Streaming(body) => body.boxed(),
             RequestBody::Replayable(bytes) => {
                 *self = RequestBody::Replayable(bytes.clone());
                 http_body_util::Full::new(bytes)
@@ -311,7 +389,7 @@ async fn forward_request(
     forward: &Forward,
     backends: &[Backend],
     upstream_path: String,
-    mut req: Request<Incoming>,
+    mut req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let route = matched.route;
@@ -388,6 +466,7 @@ async fn forward_request(
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
             Err(e) => {
                 return Err(ProxyError::Upstream {
+                    service: service.name.clone(),
                     endpoint: "client".into(),
                     reason: format!("request body: {e}"),
                 });
@@ -443,18 +522,20 @@ async fn forward_request(
         let sent = service.client.request(request);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
-                Ok(result) => result.map_err(|e| classify(&endpoint, e)),
+                Ok(result) => result.map_err(|e| classify(service, &endpoint, e)),
                 Err(_) => Err(ProxyError::Timeout {
+                    service: service.name.clone(),
                     endpoint: endpoint.address.clone(),
                     timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
                 }),
             },
-            None => sent.await.map_err(|e| classify(&endpoint, e)),
+            None => sent.await.map_err(|e| classify(service, &endpoint, e)),
         };
-        let can_retry_now = may_retry
-            && attempt < max_attempts
-            && body.replayable()
-            && budget.is_none_or(|b| b.try_spend(retries.map_or(0, |r| r.budget_percent)));
+        // Whether this attempt may be followed by another. The budget is asked last, and only
+        // when a retry is about to happen, so that attempts that succeed spend nothing.
+        let may_retry_again = may_retry && attempt < max_attempts && body.replayable();
+        let spend_retry =
+            || budget.is_none_or(|b| b.try_spend(retries.map_or(0, |r| r.budget_percent)));
         match result {
             Ok(response) => {
                 let status = response.status();
@@ -466,8 +547,9 @@ async fn forward_request(
                         Outcome::Success
                     },
                 );
-                if can_retry_now
+                if may_retry_again
                     && retries.is_some_and(|r| retry_on_status(r.retry_on.as_slice(), status))
+                    && spend_retry()
                 {
                     tracing::debug!(request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
                     continue;
@@ -491,7 +573,7 @@ async fn forward_request(
                     }
                     _ => false,
                 };
-                if can_retry_now && retryable_kind {
+                if may_retry_again && retryable_kind && spend_retry() {
                     tracing::debug!(request_id, "{error}; retrying (attempt {attempt})");
                     continue;
                 }
@@ -515,16 +597,33 @@ fn retry_on_status(list: &[RetryOn], status: StatusCode) -> bool {
     retry_on(list, condition)
 }
 
-fn classify(endpoint: &Endpoint, error: hyper_util::client::legacy::Error) -> ProxyError {
-    let reason =
-        std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
+fn classify(
+    service: &ServiceRuntime,
+    endpoint: &Endpoint,
+    error: hyper_util::client::legacy::Error,
+) -> ProxyError {
+    // The client's own message is generic ("client error (Connect)"); the causes below it say
+    // what happened ("tcp connect error: Connection refused (os error 111)").
+    let mut causes = Vec::new();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(e) = cause {
+        causes.push(e.to_string());
+        cause = e.source();
+    }
+    let reason = if causes.is_empty() {
+        error.to_string()
+    } else {
+        causes.join(": ")
+    };
     if error.is_connect() {
         ProxyError::Connect {
+            service: service.name.clone(),
             endpoint: endpoint.address.clone(),
             reason,
         }
     } else {
         ProxyError::Upstream {
+            service: service.name.clone(),
             endpoint: endpoint.address.clone(),
             reason,
         }
@@ -545,6 +644,7 @@ fn upstream_request(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ProxyError::Upstream {
+            service: service.name.clone(),
             endpoint: endpoint.address.clone(),
             reason: format!("bad upstream URI: {e}"),
         })?;

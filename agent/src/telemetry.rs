@@ -65,6 +65,10 @@ pub struct AccessRecord {
     pub path: String,
     pub protocol: &'static str,
     pub route: Option<String>,
+    /// The authenticated consumer, when an auth policy identified one.
+    pub consumer: Option<String>,
+    /// The policy that answered the request itself (denied, limited, challenged).
+    pub policy: Option<String>,
     pub upstream: Option<String>,
     pub attempts: u32,
     pub status: u16,
@@ -101,6 +105,8 @@ impl AccessRecord {
                 _ => "HTTP/1.1",
             },
             route: None,
+            consumer: None,
+            policy: None,
             upstream: None,
             attempts: 0,
             status: 0,

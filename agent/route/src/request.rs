@@ -16,7 +16,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// The raw query string, without the leading `?`.
     pub query: Option<&'a str>,
+    /// The method, for `methods` conditions.
     pub method: &'a http::Method,
+    /// The request headers, for header conditions and canary rules (cookies included).
     pub headers: &'a http::HeaderMap,
 }
 

@@ -16,6 +16,7 @@ use crate::table::Matched;
 pub struct CompiledRoute {
     /// The route resource's name.
     pub name: String,
+    /// The route as configured; actions, filters and policies are read from here.
     pub spec: RouteSpec,
     /// One per `spec.forward.canary` rule, in order; empty without `forward`.
     pub canary: Vec<CompiledCanary>,

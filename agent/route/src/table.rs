@@ -38,9 +38,10 @@ pub struct RouteTable {
     any_host: Tier,
 }
 
-/// The routes winning a request: the route, and which of its matches and prefix took it.
+/// The route that won a request, with which of its matches, and which prefix, took it.
 #[derive(Clone, Copy, Debug)]
 pub struct Matched<'t> {
+    /// The winning route.
     pub route: &'t CompiledRoute,
     /// The index in `route.spec.matches` of the match that won; `None` when the route has no
     /// matches (it takes every request on its hosts).

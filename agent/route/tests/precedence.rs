@@ -392,3 +392,49 @@ fn the_shipped_example_configs_compile() {
         );
     }
 }
+
+#[test]
+fn the_worked_example_in_docs_routing_md_holds() {
+    init_tracing();
+    info!("--- the YAML of docs/routing.md's worked example, plus the services it forwards to");
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/routing.md"
+    ))
+    .unwrap();
+    let example = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let mut yaml = example.to_owned();
+    for service in ["api", "uploads", "tenant-app", "tenant-app-beta"] {
+        yaml.push_str(&format!(
+            "---\nkind: Service\nname: {service}\nspec: {{endpoints: [{{address: \"10.0.0.1:80\"}}]}}\n"
+        ));
+    }
+    let t = table(&yaml);
+
+    info!("--- every row of its table");
+    let cases = [
+        (
+            get("api.example.com", "/v1/upload/3").method(Method::POST),
+            "api-upload",
+        ),
+        (get("api.example.com", "/v1/upload/3"), "api"),
+        (get("api.example.com", "/v2"), "tenants"),
+        (get("acme.example.com", "/").header("x-beta", "1"), "beta"),
+        (get("example.com", "/"), "fallback"),
+        (get("www.other.org", "/"), "fallback"),
+    ];
+    for (req, expected) in cases {
+        assert_eq!(
+            winner_name(&t, &req).as_deref(),
+            Some(expected),
+            "{} {}{}",
+            req.method,
+            req.host,
+            req.path
+        );
+    }
+}

@@ -1,0 +1,73 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{HeaderName, HeaderValue};
+
+use crate::context::{RequestCtx, Verdict};
+use crate::plugin::Plugin;
+
+/// The header that tells the upstream which consumer was authenticated. Any value a client
+/// sends is removed first, so the upstream can trust it.
+pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-fleetgate-consumer");
+
+/// A request a policy answered itself, and which policy it was.
+#[derive(Debug)]
+pub struct Rejection {
+    pub policy: String,
+    pub response: Response<Bytes>,
+}
+
+/// The plugins that apply to one request, in phase order.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        Self { plugins }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// The most request-body bytes any plugin of the chain wants to see.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.plugins.iter().filter_map(|p| p.body_limit()).max()
+    }
+
+    /// Names of the plugins, in the order they run.
+    pub fn names(&self) -> Vec<&str> {
+        self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every plugin in order. Returns the response to send instead of forwarding, if a
+    /// plugin answered. On success the authenticated consumer's headers are added.
+    pub async fn run(&self, ctx: &mut RequestCtx) -> Option<Rejection> {
+        ctx.headers.remove(&CONSUMER_HEADER);
+        for plugin in &self.plugins {
+            if let Verdict::Respond(response) = plugin.on_request(ctx).await {
+                return Some(Rejection {
+                    policy: plugin.name().to_owned(),
+                    response,
+                });
+            }
+        }
+        if let Some(consumer) = ctx.consumer.clone() {
+            if let Ok(value) = HeaderValue::from_str(&consumer.name) {
+                ctx.headers.insert(CONSUMER_HEADER, value);
+            }
+            for (name, value) in &consumer.headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    ctx.headers.insert(name, value);
+                }
+            }
+        }
+        None
+    }
+}

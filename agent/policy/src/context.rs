@@ -1,0 +1,127 @@
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use fleetgate_shared::model::Rate;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+
+/// A consumer as plugins see it: who the caller is, what to tell the upstream, and its own
+/// rate-limit overrides by policy name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerEntry {
+    pub name: String,
+    pub headers: BTreeMap<String, String>,
+    pub rate_limits: BTreeMap<String, Rate>,
+}
+
+/// What the proxy read of the request body before running the chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BodyPrefix {
+    /// No plugin asked for the body.
+    #[default]
+    NotRead,
+    /// The whole body (it fit in the limit).
+    Complete(Bytes),
+    /// The first `limit` bytes; the body is longer. It is still forwarded whole.
+    Partial(Bytes),
+}
+
+/// One request on its way through the chain. Plugins read and change it; the proxy forwards
+/// what is left.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub method: Method,
+    pub uri: Uri,
+    /// Request headers as they will be forwarded (plugins strip credentials, add claims).
+    pub headers: HeaderMap,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    pub body: BodyPrefix,
+    /// The route that matched.
+    pub route: String,
+    /// Set by the authentication plugin that identified the caller.
+    pub consumer: Option<Arc<ConsumerEntry>>,
+    /// Headers added to the response the client gets (rate-limit state, CORS).
+    pub response_headers: HeaderMap,
+    /// Wall-clock time of the request, read once by the proxy (JWT exp/nbf, HMAC dates).
+    pub now: SystemTime,
+}
+
+impl RequestCtx {
+    /// A context for a request with no body read, no consumer and the current time.
+    pub fn new(
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+        route: &str,
+    ) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+            peer,
+            tls,
+            body: BodyPrefix::NotRead,
+            route: route.to_owned(),
+            consumer: None,
+            response_headers: HeaderMap::new(),
+            now: SystemTime::now(),
+        }
+    }
+
+    /// The client IP as the TCP peer sees it.
+    pub fn peer_ip(&self) -> IpAddr {
+        self.peer.ip()
+    }
+
+    /// The value of cookie `name` in the request, if present.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of query parameter `name` (not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.uri
+            .query()?
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// What a plugin decided.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on to the next plugin (and then upstream).
+    Continue,
+    /// Answer the client with this response; later plugins and the upstream are skipped.
+    Respond(Response<Bytes>),
+}
+
+/// A JSON error response: `{"error": code, "message": message, "policy": policy}`.
+pub fn reject(status: StatusCode, code: &str, message: &str, policy: &str) -> Response<Bytes> {
+    let body = serde_json::json!({ "error": code, "message": message, "policy": policy });
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut response = Response::new(Bytes::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,208 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleetgate_shared::model::{Kind, ResourceKey, Spec};
+use fleetgate_shared::{Snapshot, ValidationError};
+
+use crate::chain::Chain;
+use crate::context::ConsumerEntry;
+use crate::plugin::Plugin;
+use crate::plugins;
+use crate::state::PolicyState;
+
+/// Every consumer and the credentials that identify it, indexed for the auth plugins.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    pub by_name: HashMap<String, Arc<ConsumerEntry>>,
+    /// API key → consumer.
+    pub by_key: HashMap<String, Arc<ConsumerEntry>>,
+    /// JWT subject → consumer.
+    pub by_jwt_subject: HashMap<String, Arc<ConsumerEntry>>,
+    /// HMAC key id → (secret, consumer).
+    pub by_hmac_key: HashMap<String, (String, Arc<ConsumerEntry>)>,
+    /// Basic-auth username → (password hash, consumer).
+    pub by_basic_user: HashMap<String, (String, Arc<ConsumerEntry>)>,
+}
+
+impl Consumers {
+    fn build(snapshot: &Snapshot) -> Self {
+        let mut consumers = Consumers::default();
+        for resource in snapshot.resources() {
+            let Spec::Consumer(spec) = &resource.spec else {
+                continue;
+            };
+            let entry = Arc::new(ConsumerEntry {
+                name: resource.name.clone(),
+                headers: spec.headers.clone(),
+                rate_limits: spec.rate_limits.clone(),
+            });
+            let creds = &spec.credentials;
+            for key in &creds.keys {
+                consumers.by_key.insert(key.clone(), entry.clone());
+            }
+            if let Some(jwt) = &creds.jwt {
+                consumers
+                    .by_jwt_subject
+                    .insert(jwt.subject.clone(), entry.clone());
+            }
+            for hmac in &creds.hmac {
+                consumers
+                    .by_hmac_key
+                    .insert(hmac.key_id.clone(), (hmac.secret.clone(), entry.clone()));
+            }
+            if let Some(basic) = &creds.basic {
+                consumers.by_basic_user.insert(
+                    basic.username.clone(),
+                    (basic.password_hash.clone(), entry.clone()),
+                );
+            }
+            consumers.by_name.insert(resource.name.clone(), entry);
+        }
+        consumers
+    }
+}
+
+/// The compiled policies of one config version and where they apply.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    global: Vec<Arc<dyn Plugin>>,
+    /// Exact host → plugins of the domains claiming it.
+    domain_exact: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    /// Wildcard suffix (after `*.`) → plugins.
+    domain_wildcard: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    by_route: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    consumers: Arc<Consumers>,
+}
+
+impl PolicySet {
+    /// Builds every policy of a validated snapshot. A policy this agent cannot build (an
+    /// unsupported type, a key its crypto library refuses) is an error naming that policy; the
+    /// caller rejects the snapshot and keeps serving the previous one.
+    pub fn compile(
+        snapshot: &Snapshot,
+        state: &PolicyState,
+    ) -> Result<PolicySet, Vec<ValidationError>> {
+        let consumers = Arc::new(Consumers::build(snapshot));
+        let mut built: HashMap<&str, Arc<dyn Plugin>> = HashMap::new();
+        let mut errors = Vec::new();
+        let mut set = PolicySet {
+            consumers: consumers.clone(),
+            ..PolicySet::default()
+        };
+        for resource in snapshot.resources() {
+            let Spec::Policy(spec) = &resource.spec else {
+                continue;
+            };
+            match plugins::build(&resource.name, &spec.config, &consumers, state) {
+                Ok(plugin) => {
+                    built.insert(resource.name.as_str(), plugin);
+                }
+                Err(message) => errors.push(ValidationError {
+                    resource: ResourceKey::new(Kind::Policy, resource.name.clone()).to_string(),
+                    path: "spec.config".into(),
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut domain_hosts: HashMap<&str, Vec<&str>> = HashMap::new();
+        for resource in snapshot.resources() {
+            match &resource.spec {
+                Spec::Domain(domain) => {
+                    domain_hosts.insert(
+                        resource.name.as_str(),
+                        domain.hosts.iter().map(String::as_str).collect(),
+                    );
+                    for policy in &domain.policies {
+                        if let Some(plugin) = built.get(policy.as_str()) {
+                            set.attach_domain(&domain.hosts, plugin.clone());
+                        }
+                    }
+                }
+                Spec::Route(route) => {
+                    for policy in &route.policies {
+                        if let Some(plugin) = built.get(policy.as_str()) {
+                            set.by_route
+                                .entry(resource.name.clone())
+                                .or_default()
+                                .push(plugin.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for resource in snapshot.resources() {
+            let Spec::Policy(spec) = &resource.spec else {
+                continue;
+            };
+            let Some(plugin) = built.get(resource.name.as_str()) else {
+                continue;
+            };
+            if spec.scope.global {
+                set.global.push(plugin.clone());
+            }
+            for domain in &spec.scope.domains {
+                if let Some(hosts) = domain_hosts.get(domain.as_str()) {
+                    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+                    set.attach_domain(&hosts, plugin.clone());
+                }
+            }
+            for route in &spec.scope.routes {
+                set.by_route
+                    .entry(route.clone())
+                    .or_default()
+                    .push(plugin.clone());
+            }
+        }
+        state.retain(|name| built.contains_key(name));
+        Ok(set)
+    }
+
+    fn attach_domain(&mut self, hosts: &[String], plugin: Arc<dyn Plugin>) {
+        for host in hosts {
+            let list = match host.strip_prefix("*.") {
+                Some(suffix) => self.domain_wildcard.entry(suffix.to_owned()).or_default(),
+                None => self.domain_exact.entry(host.clone()).or_default(),
+            };
+            list.push(plugin.clone());
+        }
+    }
+
+    /// Whether no policy applies anywhere (the proxy then skips the chain entirely).
+    pub fn is_empty(&self) -> bool {
+        self.global.is_empty()
+            && self.domain_exact.is_empty()
+            && self.domain_wildcard.is_empty()
+            && self.by_route.is_empty()
+    }
+
+    /// The consumers of this config version.
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.consumers
+    }
+
+    /// The chain for a request to `host` matched by `route`: global, then domain, then route
+    /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
+    pub fn chain(&self, host: &str, route: &str) -> Chain {
+        let domain = self.domain_exact.get(host).or_else(|| {
+            let (first, rest) = host.split_once('.')?;
+            if first.is_empty() {
+                None
+            } else {
+                self.domain_wildcard.get(rest)
+            }
+        });
+        let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+        let scopes = [Some(&self.global), domain, self.by_route.get(route)];
+        for plugin in scopes.into_iter().flatten().flatten() {
+            if !plugins.iter().any(|p| p.name() == plugin.name()) {
+                plugins.push(plugin.clone());
+            }
+        }
+        plugins.sort_by_key(|p| p.phase());
+        Chain::new(plugins)
+    }
+}
