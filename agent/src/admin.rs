@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/config`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config` and `/bans`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -73,9 +73,10 @@ fn handle(gateway: &Gateway, req: &Request<Incoming>) -> Response<ResponseBody> 
             "text/plain; version=0.0.4",
         ),
         "/config" => config(gateway),
+        "/bans" => bans(gateway),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": "not_found", "endpoints": ["/healthz", "/readyz", "/metrics", "/config"] }),
+            &serde_json::json!({ "error": "not_found", "endpoints": ["/healthz", "/readyz", "/metrics", "/config", "/bans"] }),
         ),
     }
 }
@@ -137,9 +138,30 @@ fn config(gateway: &Gateway) -> Response<ResponseBody> {
     )
 }
 
+/// The cc-protection bans in force: `{"bans": [{policy, key, expires_in_ms}]}`, sorted.
+fn bans(gateway: &Gateway) -> Response<ResponseBody> {
+    use fleetgate_agent_policy::plugins::cc_protection::{CcState, KIND};
+    let mut policies = gateway.policy_state.all::<CcState>(KIND);
+    policies.sort_by(|a, b| a.0.cmp(&b.0));
+    let bans: Vec<serde_json::Value> = policies
+        .iter()
+        .flat_map(|(policy, state)| {
+            state.bans().into_iter().map(move |ban| {
+                serde_json::json!({
+                    "policy": policy,
+                    "key": ban.key,
+                    "expires_in_ms": u64::try_from(ban.expires_in.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::json!({ "bans": bans }))
+}
+
 fn metrics(gateway: &Gateway) -> String {
     let generation = gateway.current();
-    let mut out = crate::telemetry::prometheus().render();
+    let mut out = String::new();
+    gateway.telemetry.stats.render(&mut out);
     let t = &gateway.telemetry;
     let _ = writeln!(
         out,

@@ -47,6 +47,8 @@ pub enum ProxyError {
     MissingService(String),
     #[error("request has no usable host")]
     BadHost,
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
 }
 
 fn subset_note(subset: &str) -> String {
@@ -61,18 +63,14 @@ impl ProxyError {
     /// Which side failed.
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::BadHost => Source::Client,
+            ProxyError::NoRoute { .. } | ProxyError::BadHost | ProxyError::ClientBody(_) => {
+                Source::Client
+            }
             ProxyError::NoHealthyEndpoint { .. } | ProxyError::MissingService(_) => Source::Config,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Timeout { .. } => Source::Upstream,
         }
-    }
-
-    /// Whether sending the same request to another endpoint could succeed without the
-    /// upstream having seen it: only a failed connect is safe for every method.
-    pub fn retry_safe(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. })
     }
 
     /// A short machine-readable code for the JSON body and the access log.
@@ -85,13 +83,14 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::MissingService(_) => "missing_service",
             ProxyError::BadHost => "bad_host",
+            ProxyError::ClientBody(_) => "bad_request_body",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyEndpoint { .. } | ProxyError::MissingService(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -76,7 +76,13 @@ impl Gateway {
             &self.policy_state,
         );
         let generation = match compiled {
-            Ok(generation) => Arc::new(generation),
+            Ok(mut generation) => {
+                generation.route_stats = self
+                    .telemetry
+                    .stats
+                    .for_routes(generation.routes.routes().map(|r| r.name.as_str()));
+                Arc::new(generation)
+            }
             Err(errors) => {
                 for error in &errors {
                     tracing::error!(revision = snapshot.revision, "config rejected: {error}");
@@ -100,7 +106,6 @@ impl Gateway {
             .last_rejection
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
-        metrics::gauge!("fleetgate_config_revision").set(generation.revision as f64);
         tracing::info!(
             revision = generation.revision,
             checksum = %generation.checksum.short(),

@@ -42,6 +42,8 @@ pub struct Generation {
     pub policies: fleetgate_agent_policy::PolicySet,
     /// Hosts whose plain-HTTP requests are redirected to HTTPS.
     pub https_redirect: crate::hosts::HostMap<()>,
+    /// Counters of this generation's routes, by route name (filled in when published).
+    pub route_stats: HashMap<String, Arc<crate::stats::RouteStats>>,
     /// Retry budgets of the routes that retry.
     retry_budgets: HashMap<String, RetryBudget>,
 }
@@ -61,6 +63,7 @@ impl Generation {
             policies: Default::default(),
             https_redirect: Default::default(),
             retry_budgets: HashMap::new(),
+            route_stats: HashMap::new(),
         }
     }
 
@@ -142,6 +145,7 @@ impl Generation {
             policies,
             https_redirect,
             retry_budgets,
+            route_stats: HashMap::new(),
         })
     }
 }

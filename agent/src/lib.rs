@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod proxy;
 pub mod server;
 pub mod source;
+pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -60,6 +60,7 @@ pub async fn handle(
         &host,
         req.uri(),
         req.version(),
+        gateway.telemetry.access_enabled(),
     );
     let result = route(
         &gateway,
@@ -136,7 +137,7 @@ async fn route(
         });
     };
     let route = matched.route;
-    record.route = Some(route.name.clone());
+    record.route = generation.route_stats.get(&route.name).cloned();
     if !conn.tls && generation.https_redirect.get(host).is_some() {
         let location = format!(
             "https://{host}{}",
@@ -145,20 +146,21 @@ async fn route(
         return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &location));
     }
     // Everything that reads the request as the client sent it happens before the policy
-    // chain, which may change headers (strip credentials, add claims).
+    // chain, which may change headers (strip credentials, add claims) and the query (strip a
+    // key sent as a query parameter).
     let canary = route.canary_for(&view);
-    let upstream_path = {
-        let path = route.rewritten_path(&matched, req.uri().path());
-        match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
-        }
-    };
+    let rewritten_path = route
+        .rewritten_path(&matched, req.uri().path())
+        .into_owned();
     let (req, policy_headers) =
         match run_policies(generation, conn, host, &route.name, req, record).await {
             Ok(passed) => passed,
             Err(answer) => return Ok(answer),
         };
+    let upstream_path = match req.uri().query() {
+        Some(q) => format!("{rewritten_path}?{q}"),
+        None => rewritten_path,
+    };
     let spec = &route.spec;
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
@@ -209,7 +211,11 @@ async fn run_policies(
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
-    let chain = generation.policies.chain(host, route);
+    let chain = if generation.policies.is_empty() {
+        Default::default()
+    } else {
+        generation.policies.chain(host, route)
+    };
     let (mut parts, body) = req.into_parts();
     if chain.is_empty() {
         return Ok((
@@ -262,6 +268,10 @@ async fn run_policies(
     }
     record.consumer = ctx.consumer.as_ref().map(|c| c.name.clone());
     parts.headers = ctx.headers;
+    // Only the query of a policy's URI change is honoured: the path was routed already.
+    if ctx.uri.query() != parts.uri.query() {
+        parts.uri = ctx.uri;
+    }
     Ok((Request::from_parts(parts, body), ctx.response_headers))
 }
 
@@ -465,11 +475,7 @@ async fn forward_request(
         match body.collect().await {
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
             Err(e) => {
-                return Err(ProxyError::Upstream {
-                    service: service.name.clone(),
-                    endpoint: "client".into(),
-                    reason: format!("request body: {e}"),
-                });
+                return Err(ProxyError::ClientBody(e.to_string()));
             }
         }
     } else {
@@ -499,17 +505,19 @@ async fn forward_request(
     let timeout = forward.timeouts.request.map(|d| d.to_std());
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut attempt = 0;
+    // Endpoints this request already failed on: a retry goes elsewhere while others remain.
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     loop {
         attempt += 1;
         record.attempts = attempt;
-        let endpoint =
-            service
-                .pick(&backend.subset, key)
-                .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-                    service: service.name.clone(),
-                    subset: ServiceRuntime::describe_subset(&backend.subset),
-                })?;
-        record.upstream = Some(endpoint.address.clone());
+        let endpoint = service
+            .pick_avoiding(&backend.subset, key, &tried)
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                service: service.name.clone(),
+                subset: ServiceRuntime::describe_subset(&backend.subset),
+            })?;
+        tried.push(endpoint.clone());
+        record.upstream = Some(endpoint.clone());
         let in_flight = InFlight::new(endpoint.clone());
         let request = upstream_request(
             &endpoint,

@@ -5,22 +5,20 @@
 //! dropped log lines (counted in metrics), never a stalled request.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
+
 use serde::Serialize;
+
+use crate::stats::{RouteStats, Stats};
+use crate::upstream::Endpoint;
 
 use crate::config::{AccessLog, LogFormat};
 
 /// Access-log lines buffered between requests and the writer thread.
 const ACCESS_LOG_QUEUE: usize = 16 * 1024;
-
-/// Latency buckets in seconds: sub-millisecond proxying up to slow upstreams.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 /// Installs the tracing subscriber for operational logs (stderr). `RUST_LOG` overrides the
 /// default `info` level.
@@ -36,40 +34,25 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets(&LATENCY_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!(
-                "a metrics recorder was already installed; /metrics may miss request metrics"
-            );
-        }
-        handle
-    })
-}
-
-/// One request, as the access log and the request metrics see it.
-#[derive(Debug, Serialize)]
+/// One request, as the access log and the request metrics see it. Built for every request,
+/// so it holds shared handles (`Arc`s) rather than copies; the text fields that only the access
+/// log needs are filled only when it is on.
+#[derive(Debug)]
 pub struct AccessRecord {
     pub ts_ms: u128,
     pub request_id: String,
     pub client: SocketAddr,
-    pub method: String,
-    pub host: String,
-    pub path: String,
+    pub method: http::Method,
+    /// Host and path: only when the access log is on.
+    pub target: Option<(String, String)>,
     pub protocol: &'static str,
-    pub route: Option<String>,
+    /// The matched route's counters (which carry its name).
+    pub route: Option<Arc<RouteStats>>,
     /// The authenticated consumer, when an auth policy identified one.
     pub consumer: Option<String>,
     /// The policy that answered the request itself (denied, limited, challenged).
     pub policy: Option<String>,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<Endpoint>>,
     pub attempts: u32,
     pub status: u16,
     /// Until the response headers were ready.
@@ -81,7 +64,31 @@ pub struct AccessRecord {
     pub stream_error: Option<String>,
 }
 
+/// The JSON line written for an [`AccessRecord`].
+#[derive(Serialize)]
+struct AccessLine<'a> {
+    ts_ms: u128,
+    request_id: &'a str,
+    client: SocketAddr,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    protocol: &'static str,
+    route: Option<&'a str>,
+    consumer: Option<&'a str>,
+    policy: Option<&'a str>,
+    upstream: Option<&'a str>,
+    attempts: u32,
+    status: u16,
+    headers_ms: f64,
+    total_ms: f64,
+    bytes_out: u64,
+    error: Option<&'static str>,
+    stream_error: Option<&'a str>,
+}
+
 impl AccessRecord {
+    /// Starts the record of a request. `detailed` keeps host and path for the access log.
     pub fn new(
         request_id: &str,
         client: SocketAddr,
@@ -89,6 +96,7 @@ impl AccessRecord {
         host: &str,
         uri: &http::Uri,
         version: http::Version,
+        detailed: bool,
     ) -> Self {
         Self {
             ts_ms: std::time::SystemTime::now()
@@ -96,9 +104,8 @@ impl AccessRecord {
                 .map_or(0, |d| d.as_millis()),
             request_id: request_id.to_owned(),
             client,
-            method: method.as_str().to_owned(),
-            host: host.to_owned(),
-            path: uri.path().to_owned(),
+            method: method.clone(),
+            target: detailed.then(|| (host.to_owned(), uri.path().to_owned())),
             protocol: match version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -117,11 +124,43 @@ impl AccessRecord {
             stream_error: None,
         }
     }
+
+    fn to_line(&self) -> String {
+        let (host, path) = self
+            .target
+            .as_ref()
+            .map_or(("", ""), |(h, p)| (h.as_str(), p.as_str()));
+        let line = AccessLine {
+            ts_ms: self.ts_ms,
+            request_id: &self.request_id,
+            client: self.client,
+            method: self.method.as_str(),
+            host,
+            path,
+            protocol: self.protocol,
+            route: self.route.as_ref().map(|r| &*r.name),
+            consumer: self.consumer.as_deref(),
+            policy: self.policy.as_deref(),
+            upstream: self.upstream.as_ref().map(|e| e.address.as_str()),
+            attempts: self.attempts,
+            status: self.status,
+            headers_ms: self.headers_ms,
+            total_ms: self.total_ms,
+            bytes_out: self.bytes_out,
+            error: self.error,
+            stream_error: self.stream_error.as_deref(),
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        text
+    }
 }
 
 /// Live counters and the access-log sink, shared by every connection.
 #[derive(Debug)]
 pub struct Telemetry {
+    /// Request counters and latency by route.
+    pub stats: Stats,
     access: Option<SyncSender<String>>,
     dropped_access_lines: AtomicU64,
     open_connections: AtomicI64,
@@ -130,7 +169,6 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new(access_log: AccessLog) -> Self {
-        let _ = prometheus();
         let access = match access_log {
             AccessLog::Off => None,
             AccessLog::Stdout => {
@@ -155,6 +193,7 @@ impl Telemetry {
             }
         };
         Self {
+            stats: Stats::default(),
             access,
             dropped_access_lines: AtomicU64::new(0),
             open_connections: AtomicI64::new(0),
@@ -162,20 +201,19 @@ impl Telemetry {
         }
     }
 
+    /// Whether access-log lines are written (and records need their text fields).
+    pub fn access_enabled(&self) -> bool {
+        self.access.is_some()
+    }
+
     /// Records a finished request: metrics, and an access-log line when enabled.
     pub fn record(&self, record: AccessRecord) {
-        let route = record.route.clone().unwrap_or_else(|| "none".to_owned());
-        let status = record.status.to_string();
-        metrics::counter!("fleetgate_requests_total", "route" => route.clone(), "status" => status)
-            .increment(1);
-        metrics::histogram!("fleetgate_request_duration_seconds", "route" => route)
-            .record(record.headers_ms / 1000.0);
-        if let Some(tx) = &self.access {
-            let mut line = serde_json::to_string(&record).unwrap_or_default();
-            line.push('\n');
-            if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-                self.dropped_access_lines.fetch_add(1, Ordering::Relaxed);
-            }
+        let stats = record.route.as_ref().unwrap_or(&self.stats.unrouted);
+        stats.record(record.status, (record.headers_ms * 1000.0) as u64);
+        if let Some(tx) = &self.access
+            && let Err(TrySendError::Full(_)) = tx.try_send(record.to_line())
+        {
+            self.dropped_access_lines.fetch_add(1, Ordering::Relaxed);
         }
     }
 

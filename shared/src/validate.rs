@@ -5,6 +5,7 @@
 //! pure (no clock, no network), so the manager, the agent and the CLI reach the same verdict.
 
 mod certificate;
+mod placement;
 mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,6 +81,14 @@ pub fn validate(resources: &[Resource]) -> Result<(), Vec<ValidationError>> {
         }
     }
     cross_resource_checks(resources, &mut errors);
+    placement::check(
+        resources,
+        &index,
+        &mut Check {
+            resource: String::new(),
+            errors: &mut errors,
+        },
+    );
     if errors.is_empty() {
         Ok(())
     } else {
@@ -447,18 +456,31 @@ fn consumer_checks(check: &mut Check<'_>, index: &Index<'_>, spec: &ConsumerSpec
     }
     for (policy, rate) in &spec.rate_limits {
         let path = format!("spec.rate_limits.{policy}");
-        match index.policy(policy) {
+        match index.policy(policy).map(|p| &p.config) {
             None => check.reference(index, &path, Kind::Policy, policy),
-            Some(p) if !matches!(p.config, PolicyConfig::KeyRateLimit(_)) => {
+            Some(PolicyConfig::KeyRateLimit(limit)) => {
+                // The policy looks overrides up by the consumer only when it counts by
+                // consumer; counting by anything else, this entry would silently do nothing.
+                if limit.key != LimitKey::Consumer {
+                    check.fail(
+                        &path,
+                        format!(
+                            "policy/{policy} counts by {}, not by consumer; a consumer override would never apply",
+                            describe_limit_key(&limit.key)
+                        ),
+                    );
+                }
+                rate_checks(check, &path, rate);
+            }
+            Some(other) => {
                 check.fail(
                     &path,
                     format!(
                         "policy/{policy} is a {} policy, not key-rate-limit",
-                        p.config.type_name()
+                        other.type_name()
                     ),
                 );
             }
-            Some(_) => rate_checks(check, &path, rate),
         }
     }
     for (name, value) in &spec.headers {
@@ -511,6 +533,17 @@ fn token_sources(check: &mut Check<'_>, path: &str, sources: &[TokenSource]) {
             Ok(())
         };
         check.result(&format!("{path}[{i}]"), result);
+    }
+}
+
+/// "header x-tenant", "client IP", ...: what a limit counts by, for messages.
+fn describe_limit_key(key: &LimitKey) -> String {
+    match key {
+        LimitKey::Header(name) => format!("header {name}"),
+        LimitKey::Query(name) => format!("query parameter {name}"),
+        LimitKey::Cookie(name) => format!("cookie {name}"),
+        LimitKey::Consumer => "consumer".into(),
+        LimitKey::ClientIp => "client IP".into(),
     }
 }
 
@@ -748,7 +781,7 @@ fn jwt_checks(check: &mut Check<'_>, c: &JwtAuth) {
             (true, _, _) => check.fail(&path, "an HS key needs `secret` and no `public_key_pem`"),
             (false, None, Some(pem)) => check.result(
                 &format!("{path}.public_key_pem"),
-                certificate::public_key(pem),
+                certificate::jwt_public_key(key.algorithm, pem),
             ),
             (false, _, _) => check.fail(
                 &path,

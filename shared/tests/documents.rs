@@ -303,7 +303,7 @@ name: tenant-limit
 spec:
   type: key-rate-limit
   config:
-    key: { header: x-tenant }
+    key: consumer
     rate: { requests: 100, per: 1s }
     overrides: { big-tenant: { requests: 1000, per: 1s } }
     backend: { mode: redis, url: 'redis://127.0.0.1:6379', timeout: 50ms, failure_mode: closed }
@@ -334,6 +334,23 @@ fn consumer_credentials_must_be_strong_unique_and_refer_to_rate_limit_policies()
             found.join("\n")
         );
     }
+}
+
+#[test]
+fn consumer_rate_limit_overrides_need_a_policy_that_counts_by_consumer() {
+    let found = problems(
+        "kind: Policy\nname: tenant-limit\nspec:\n  type: key-rate-limit\n  config: { key: { header: x-tenant }, rate: { requests: 100, per: 1s } }\n---\n\
+         kind: Policy\nname: ip-limit\nspec:\n  type: key-rate-limit\n  config: { key: client_ip, rate: { requests: 100, per: 1s } }\n---\n\
+         kind: Policy\nname: per-consumer\nspec:\n  type: key-rate-limit\n  config: { key: consumer, rate: { requests: 100, per: 1s } }\n---\n\
+         kind: Consumer\nname: acme\nspec:\n  rate_limits:\n    tenant-limit: { requests: 5, per: 1s }\n    ip-limit: { requests: 5, per: 1s }\n    per-consumer: { requests: 5, per: 1s }\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "consumer/acme: spec.rate_limits.ip-limit: policy/ip-limit counts by client IP, not by consumer; a consumer override would never apply",
+            "consumer/acme: spec.rate_limits.tenant-limit: policy/tenant-limit counts by header x-tenant, not by consumer; a consumer override would never apply",
+        ]
+    );
 }
 
 #[test]
@@ -418,6 +435,79 @@ fn jwt_policies_refuse_key_confusion_and_weak_secrets() {
     }
 }
 
+/// One public key per family a JWS algorithm can need, generated once for every test.
+struct JwtKeys {
+    rsa: String,
+    p256: String,
+    p384: String,
+    ed25519: String,
+}
+
+fn jwt_keys() -> &'static JwtKeys {
+    static KEYS: std::sync::OnceLock<JwtKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let public = |alg| rcgen::KeyPair::generate_for(alg).unwrap().public_key_pem();
+        JwtKeys {
+            rsa: public(&rcgen::PKCS_RSA_SHA256),
+            p256: public(&rcgen::PKCS_ECDSA_P256_SHA256),
+            p384: public(&rcgen::PKCS_ECDSA_P384_SHA384),
+            ed25519: public(&rcgen::PKCS_ED25519),
+        }
+    })
+}
+
+/// A jwt-auth policy `jwt` with one inline key per `(algorithm, public key PEM)`.
+fn jwt_policy(keys: &[(&str, &str)]) -> String {
+    let algorithms: Vec<&str> = keys.iter().map(|(alg, _)| *alg).collect();
+    let mut doc = format!(
+        "kind: Policy\nname: jwt\nspec:\n  type: jwt-auth\n  config:\n    algorithms: [{}]\n    keys:\n",
+        algorithms.join(", ")
+    );
+    for (alg, pem) in keys {
+        doc.push_str(&format!(
+            "      - algorithm: {alg}\n        public_key_pem: |\n"
+        ));
+        for line in pem.lines() {
+            doc.push_str(&format!("          {line}\n"));
+        }
+    }
+    doc
+}
+
+#[test]
+fn jwt_public_keys_of_the_family_their_algorithm_needs_are_valid() {
+    let k = jwt_keys();
+    assert_valid(&jwt_policy(&[
+        ("RS256", &k.rsa),
+        ("PS512", &k.rsa),
+        ("ES256", &k.p256),
+        ("ES384", &k.p384),
+        ("EdDSA", &k.ed25519),
+    ]));
+}
+
+#[test]
+fn jwt_public_keys_of_another_family_are_rejected_naming_both() {
+    let k = jwt_keys();
+    let found = problems(&jwt_policy(&[
+        ("RS256", &k.p256),
+        ("PS384", &k.ed25519),
+        ("ES256", &k.p384),
+        ("ES384", &k.p256),
+        ("EdDSA", &k.rsa),
+    ]));
+    assert_eq!(
+        found,
+        [
+            "policy/jwt: spec.config.keys[0].public_key_pem: an RS256 key must be an RSA public key, found an EC P-256 key",
+            "policy/jwt: spec.config.keys[1].public_key_pem: a PS384 key must be an RSA public key, found an Ed25519 key",
+            "policy/jwt: spec.config.keys[2].public_key_pem: an ES256 key must be an EC P-256 public key, found an EC P-384 key",
+            "policy/jwt: spec.config.keys[3].public_key_pem: an ES384 key must be an EC P-384 public key, found an EC P-256 key",
+            "policy/jwt: spec.config.keys[4].public_key_pem: an EdDSA key must be an Ed25519 public key, found an RSA key",
+        ]
+    );
+}
+
 #[test]
 fn policy_scope_must_name_existing_routes_and_domains() {
     assert_problem(
@@ -460,6 +550,162 @@ fn duplicate_names_of_one_kind_are_rejected_but_two_kinds_may_share_a_name() {
     assert_valid(&format!(
         "{doc}---\nkind: Service\nname: same\nspec: {{ endpoints: [{{ address: '127.0.0.1:1' }}] }}\n"
     ));
+}
+
+// --- Placement consistency -------------------------------------------------------------------
+
+const EU: &str = "placement: { match_labels: { jurisdiction: eu } }";
+
+/// Only the placement-consistency problems among everything `yaml` has.
+fn placement_problems(yaml: &str) -> Vec<String> {
+    problems(yaml)
+        .into_iter()
+        .filter(|p| p.contains("placed on fewer agents"))
+        .collect()
+}
+
+#[test]
+fn placed_resources_may_refer_to_unplaced_ones_and_to_ones_placed_the_same_way() {
+    let (cert, key) = self_signed(&["api.eu.example.com"]);
+    assert_valid(&format!(
+        "{WEB}---
+kind: Service
+name: eu-api
+# The same selection as `EU`, written as an expression.
+placement: {{ match_expressions: [{{ key: jurisdiction, operator: In, values: [eu] }}] }}
+spec: {{ endpoints: [{{ address: '10.0.0.1:80' }}] }}
+---
+{}
+{EU}
+---
+kind: Domain
+name: eu
+{EU}
+spec: {{ hosts: [api.eu.example.com], certificate: eu-tls }}
+---
+kind: Route
+name: eu-api
+{EU}
+spec:
+  hosts: [api.eu.example.com]
+  forward: {{ backends: [{{ service: eu-api }}], mirror: {{ service: web }} }}
+",
+        certificate_doc("eu-tls", &cert, &key)
+    ));
+}
+
+#[test]
+fn a_reference_to_a_resource_placed_differently_is_reported_at_the_referring_field() {
+    let (cert, key) = self_signed(&["api.eu.example.com"]);
+    let yaml = format!(
+        "kind: Service
+name: eu-svc
+{EU}
+spec: {{ endpoints: [{{ address: '10.0.0.1:80' }}] }}
+---
+kind: Policy
+name: eu-limit
+{EU}
+spec: {{ type: key-rate-limit, config: {{ key: consumer, rate: {{ requests: 1, per: 1s }} }} }}
+---
+kind: Consumer
+name: eu-consumer
+{EU}
+spec: {{ credentials: {{ keys: [eu-consumer-0123456789] }} }}
+---
+kind: Route
+name: eu-route
+{EU}
+spec: {{ hosts: [eu.example.com], direct_response: {{ status: 204 }} }}
+---
+kind: Domain
+name: eu-domain
+{EU}
+spec: {{ hosts: [eu.example.com] }}
+---
+{}
+{EU}
+---
+kind: Route
+name: r
+spec:
+  forward:
+    backends: [{{ service: eu-svc }}]
+    canary: [{{ header: {{ name: x-canary }}, backends: [{{ service: eu-svc }}] }}]
+    mirror: {{ service: eu-svc }}
+  policies: [eu-limit]
+---
+kind: Route
+name: on-aws
+placement: {{ match_labels: {{ cloud: aws }} }}
+spec: {{ hosts: [aws.example.com], forward: {{ backends: [{{ service: eu-svc }}] }} }}
+---
+kind: Domain
+name: d
+spec: {{ hosts: [api.eu.example.com], certificate: eu-tls, policies: [eu-limit] }}
+---
+kind: Policy
+name: p
+spec:
+  type: key-auth
+  config: {{ consumers: [eu-consumer] }}
+  scope: {{ routes: [eu-route], domains: [eu-domain] }}
+---
+kind: Consumer
+name: c
+spec: {{ rate_limits: {{ eu-limit: {{ requests: 5, per: 1s }} }} }}
+",
+        certificate_doc("eu-tls", &cert, &key)
+    );
+    let refers = |to: &str| {
+        format!(
+            "refers to {to}, which may be placed on fewer agents (placement differs); place both the same way or remove {to}'s placement"
+        )
+    };
+    assert_eq!(
+        placement_problems(&yaml),
+        [
+            format!(
+                "route/r: spec.forward.backends[0].service: {}",
+                refers("service/eu-svc")
+            ),
+            format!(
+                "route/r: spec.forward.canary[0].backends[0].service: {}",
+                refers("service/eu-svc")
+            ),
+            format!(
+                "route/r: spec.forward.mirror.service: {}",
+                refers("service/eu-svc")
+            ),
+            format!("route/r: spec.policies[0]: {}", refers("policy/eu-limit")),
+            // Placed, but on other agents: not the same placement either.
+            format!(
+                "route/on-aws: spec.forward.backends[0].service: {}",
+                refers("service/eu-svc")
+            ),
+            format!(
+                "domain/d: spec.certificate: {}",
+                refers("certificate/eu-tls")
+            ),
+            format!("domain/d: spec.policies[0]: {}", refers("policy/eu-limit")),
+            format!(
+                "policy/p: spec.config.consumers[0]: {}",
+                refers("consumer/eu-consumer")
+            ),
+            format!(
+                "policy/p: spec.scope.domains[0]: {}",
+                refers("domain/eu-domain")
+            ),
+            format!(
+                "policy/p: spec.scope.routes[0]: {}",
+                refers("route/eu-route")
+            ),
+            format!(
+                "consumer/c: spec.rate_limits.eu-limit: {}",
+                refers("policy/eu-limit")
+            ),
+        ]
+    );
 }
 
 #[test]

@@ -137,6 +137,46 @@ fn fleet_example_is_valid_and_covers_every_kind_and_policy_type() {
 }
 
 #[test]
+fn fleet_example_placed_on_any_agent_is_itself_valid() {
+    // What one agent receives must validate on that agent: no reference may dangle there.
+    let fleet = fleetgate_shared::Snapshot::new(1, load_valid(FLEET)).unwrap();
+    let agents: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("cloud", "aws"), ("jurisdiction", "eu")],
+        &[("cloud", "gcp"), ("tier", "internal")],
+        &[("cloud", "azure"), ("tier", "internal")],
+        &[
+            ("cloud", "gcp"),
+            ("jurisdiction", "eu"),
+            ("tier", "internal"),
+        ],
+    ];
+    let mut sizes = BTreeSet::new();
+    for labels in agents {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let placed = fleet.select(&labels).into_resources();
+        sizes.insert(placed.len());
+        if let Err(errors) = validate(&placed) {
+            panic!(
+                "the fleet example placed on an agent labelled {labels:?} is invalid:\n{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    assert!(
+        sizes.len() > 1,
+        "placement selects different parts: {sizes:?}"
+    );
+}
+
+#[test]
 fn fleet_example_showcases_shared_rate_limits_placement_and_every_routing_feature() {
     let fleet = load_valid(FLEET);
 

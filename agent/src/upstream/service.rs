@@ -179,12 +179,30 @@ impl ServiceRuntime {
     /// ejected. `hash_key` is the request's consistent-hash key when the service balances by
     /// one. `None` means no endpoint is eligible.
     pub fn pick(&self, subset: &Labels, hash_key: Option<u64>) -> Option<Arc<Endpoint>> {
+        self.pick_avoiding(subset, hash_key, &[])
+    }
+
+    /// Like [`ServiceRuntime::pick`], but skips the endpoints in `avoid` (those a request
+    /// already failed on) as long as another eligible endpoint remains.
+    pub fn pick_avoiding(
+        &self,
+        subset: &Labels,
+        hash_key: Option<u64>,
+        avoid: &[Arc<Endpoint>],
+    ) -> Option<Arc<Endpoint>> {
         let now = now_ms();
-        let eligible: Vec<&Arc<Endpoint>> = self
+        let mut eligible: Vec<&Arc<Endpoint>> = self
             .endpoints
             .iter()
             .filter(|e| e.selects(subset) && e.is_healthy() && !e.is_ejected(now))
             .collect();
+        if !avoid.is_empty()
+            && eligible
+                .iter()
+                .any(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)))
+        {
+            eligible.retain(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)));
+        }
         let chosen = match eligible.len() {
             0 => return None,
             1 => eligible[0],

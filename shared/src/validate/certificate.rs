@@ -1,10 +1,16 @@
-//! Certificate checks: the chain parses, the key parses, and the key belongs to the leaf.
+//! Certificate and key checks: the chain parses, the key parses and belongs to the leaf, and a
+//! JWT verification key is of the family its algorithm needs.
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
+    OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_SIG_ED448, OID_SIG_ED25519,
+};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::model::CertificateSpec;
+use crate::model::{CertificateSpec, JwtAlgorithm};
 
 /// What a certificate resource is, derived from its leaf certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,11 +148,113 @@ pub fn ca_bundle(pem: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `pem` is a SubjectPublicKeyInfo public key (`-----BEGIN PUBLIC KEY-----`).
-pub fn public_key(pem: &str) -> Result<(), String> {
+/// Whether `pem` is a SubjectPublicKeyInfo public key (`-----BEGIN PUBLIC KEY-----`) of the
+/// family `algorithm` verifies with: RSA for RS* and PS*, EC P-256 for ES256, EC P-384 for
+/// ES384, Ed25519 for EdDSA. A key of the wrong family would only fail when the first token
+/// arrives, on every agent, so it is refused here.
+pub fn jwt_public_key(algorithm: JwtAlgorithm, pem: &str) -> Result<(), String> {
     let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| format!("not a PEM `PUBLIC KEY`: {e:?}"))?;
-    x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref())
-        .map(|_| ())
-        .map_err(|e| format!("not a valid public key: {e}"))
+    let (_, spki) = SubjectPublicKeyInfo::from_der(der.as_ref())
+        .map_err(|e| format!("not a valid public key: {e}"))?;
+    // Checks the key material where the parser knows its structure (an RSA modulus and
+    // exponent); other families are only identified.
+    spki.parsed()
+        .map_err(|e| format!("not a valid public key: {e}"))?;
+    let found = KeyFamily::of(&spki);
+    let wanted = match algorithm {
+        // Shared secrets have no public key; `jwt_checks` refuses a PEM for them.
+        JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => return Ok(()),
+        JwtAlgorithm::RS256
+        | JwtAlgorithm::RS384
+        | JwtAlgorithm::RS512
+        | JwtAlgorithm::PS256
+        | JwtAlgorithm::PS384
+        | JwtAlgorithm::PS512 => KeyFamily::Rsa,
+        JwtAlgorithm::ES256 => KeyFamily::Ec(Curve::P256),
+        JwtAlgorithm::ES384 => KeyFamily::Ec(Curve::P384),
+        JwtAlgorithm::EdDSA => KeyFamily::Ed25519,
+    };
+    if found == wanted {
+        return Ok(());
+    }
+    let name = format!("{algorithm:?}");
+    // "a PS256", but "an RS256", "an ES256", "an EdDSA": by how the first letter is spoken.
+    let article = if name.starts_with('P') { "a" } else { "an" };
+    Err(format!(
+        "{article} {name} key must be {}, found {}",
+        wanted.describe("public key"),
+        found.describe("key")
+    ))
+}
+
+/// What kind of public key a SubjectPublicKeyInfo holds, as far as JWS algorithms care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyFamily {
+    /// `rsaEncryption`: usable for RS* and PS*.
+    Rsa,
+    /// `id-RSASSA-PSS`: an RSA key restricted to PSS, which JWT libraries rarely accept.
+    RsaPss,
+    Ec(Curve),
+    Ed25519,
+    Ed448,
+    /// Any other algorithm, by OID.
+    Other(String),
+}
+
+/// The named curve of an EC public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+    P521,
+    /// Another named curve (by OID), or none given.
+    Other(String),
+}
+
+impl KeyFamily {
+    fn of(spki: &SubjectPublicKeyInfo<'_>) -> Self {
+        let oid = &spki.algorithm.algorithm;
+        if *oid == OID_PKCS1_RSAENCRYPTION {
+            KeyFamily::Rsa
+        } else if *oid == OID_PKCS1_RSASSAPSS {
+            KeyFamily::RsaPss
+        } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            KeyFamily::Ec(match curve {
+                Some(c) if c == OID_EC_P256 => Curve::P256,
+                Some(c) if c == OID_NIST_EC_P384 => Curve::P384,
+                Some(c) if c == OID_NIST_EC_P521 => Curve::P521,
+                Some(c) => Curve::Other(format!("curve {c}")),
+                None => Curve::Other("no named curve".into()),
+            })
+        } else if *oid == OID_SIG_ED25519 {
+            KeyFamily::Ed25519
+        } else if *oid == OID_SIG_ED448 {
+            KeyFamily::Ed448
+        } else {
+            KeyFamily::Other(oid.to_id_string())
+        }
+    }
+
+    /// "an EC P-256 {noun}", or "a {noun} with algorithm OID 1.2.840.10040.4.1". Every named
+    /// family starts with a vowel sound (RSA, EC, Ed), hence "an".
+    fn describe(&self, noun: &str) -> String {
+        let name = match self {
+            KeyFamily::Rsa => "RSA".to_owned(),
+            KeyFamily::RsaPss => "RSA-PSS-only".to_owned(),
+            KeyFamily::Ec(Curve::P256) => "EC P-256".to_owned(),
+            KeyFamily::Ec(Curve::P384) => "EC P-384".to_owned(),
+            KeyFamily::Ec(Curve::P521) => "EC P-521".to_owned(),
+            KeyFamily::Ec(Curve::Other(what)) => format!("EC ({what})"),
+            KeyFamily::Ed25519 => "Ed25519".to_owned(),
+            KeyFamily::Ed448 => "Ed448".to_owned(),
+            KeyFamily::Other(oid) => return format!("a {noun} with algorithm OID {oid}"),
+        };
+        format!("an {name} {noun}")
+    }
 }
