@@ -38,10 +38,15 @@ impl App {
     /// Builds the runtime and binds every listener, so that a busy port fails here with a
     /// clear message before anything is served.
     pub fn build(config: AgentConfig) -> anyhow::Result<Self> {
-        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        // One worker means one thread doing everything: the current-thread scheduler then
+        // saves the cross-thread wake-ups of the work-stealing one.
+        let mut runtime = match config.workers {
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
         runtime.enable_all().thread_name("fleetgate-worker");
-        if let Some(workers) = config.workers {
-            runtime.worker_threads(workers.max(1));
+        if let Some(workers) = config.workers.filter(|w| *w > 1) {
+            runtime.worker_threads(workers);
         }
         let runtime = runtime.build().context("cannot start the async runtime")?;
         let listeners = Listeners {

@@ -418,50 +418,37 @@ async fn forward_request(
     let upgrade = headers::is_upgrade(req.headers()) && req.version() == Version::HTTP_11;
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let (parts, body) = req.into_parts();
-    let mut upstream_headers = parts.headers.clone();
+    let (mut parts, body) = req.into_parts();
+    // The client's headers become the upstream's: moved, not copied.
+    let mut upstream_headers = std::mem::take(&mut parts.headers);
+    let client_host: Option<HeaderValue> = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => upstream_headers.get(header::HOST).cloned(),
+    };
     headers::strip_hop_by_hop(&mut upstream_headers, upgrade);
-    let original_host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or(host);
     headers::add_forwarded(
         &mut upstream_headers,
         conn.peer.ip(),
         conn.tls,
-        original_host,
+        client_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(host),
     );
     if let Ok(value) = HeaderValue::from_str(request_id) {
         upstream_headers.insert(headers::X_REQUEST_ID.clone(), value);
     }
-    let host_header = route
+    let host_header = match route
         .spec
         .filters
         .rewrite
         .as_ref()
-        .and_then(|r| r.host.clone())
-        .unwrap_or_else(|| {
-            parts
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| {
-                    parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| host.to_owned())
-        });
-    if let Ok(value) = HeaderValue::from_str(&host_header) {
+        .and_then(|r| r.host.as_deref())
+    {
+        Some(rewritten) => HeaderValue::from_str(rewritten).ok(),
+        None => client_host.or_else(|| HeaderValue::from_str(host).ok()),
+    };
+    if let Some(value) = host_header {
         upstream_headers.insert(header::HOST, value);
     }
     headers::apply_edits(&mut upstream_headers, &route.spec.filters.request_headers);
@@ -516,14 +503,19 @@ async fn forward_request(
                 service: service.name.clone(),
                 subset: ServiceRuntime::describe_subset(&backend.subset),
             })?;
-        tried.push(endpoint.clone());
         record.upstream = Some(endpoint.clone());
         let in_flight = InFlight::new(endpoint.clone());
+        // Keep a copy of the headers only when another attempt could follow this one.
+        let attempt_headers = if may_retry && attempt < max_attempts {
+            upstream_headers.clone()
+        } else {
+            std::mem::take(&mut upstream_headers)
+        };
         let request = upstream_request(
             &endpoint,
             &parts.method,
             &upstream_path,
-            &upstream_headers,
+            attempt_headers,
             body.take(),
             service,
         )?;
@@ -560,6 +552,7 @@ async fn forward_request(
                     && spend_retry()
                 {
                     tracing::debug!(request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
+                    tried.push(endpoint.clone());
                     continue;
                 }
                 let idle = forward.timeouts.idle.map(|d| d.to_std());
@@ -583,6 +576,7 @@ async fn forward_request(
                 };
                 if may_retry_again && retryable_kind && spend_retry() {
                     tracing::debug!(request_id, "{error}; retrying (attempt {attempt})");
+                    tried.push(endpoint.clone());
                     continue;
                 }
                 return Err(error);
@@ -642,7 +636,7 @@ fn upstream_request(
     endpoint: &Endpoint,
     method: &Method,
     path_and_query: &str,
-    headers: &http::HeaderMap,
+    headers: http::HeaderMap,
     body: UpstreamBody,
     service: &ServiceRuntime,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
@@ -659,7 +653,7 @@ fn upstream_request(
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    *request.headers_mut() = headers.clone();
+    *request.headers_mut() = headers;
     *request.version_mut() = match service.spec.protocol {
         fleetgate_shared::model::UpstreamProtocol::Http1 => Version::HTTP_11,
         fleetgate_shared::model::UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -761,7 +755,8 @@ fn send_mirror(
     let Some(endpoint) = target.pick(&Default::default(), None) else {
         return;
     };
-    let Ok(request) = upstream_request(&endpoint, method, path, headers, body, &target) else {
+    let Ok(request) = upstream_request(&endpoint, method, path, headers.clone(), body, &target)
+    else {
         return;
     };
     tokio::spawn(async move {

@@ -191,62 +191,63 @@ impl ServiceRuntime {
         avoid: &[Arc<Endpoint>],
     ) -> Option<Arc<Endpoint>> {
         let now = now_ms();
-        let mut eligible: Vec<&Arc<Endpoint>> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.selects(subset) && e.is_healthy() && !e.is_ejected(now))
-            .collect();
-        if !avoid.is_empty()
-            && eligible
+        let usable = |e: &&Arc<Endpoint>| e.selects(subset) && e.is_healthy() && !e.is_ejected(now);
+        let avoided = |e: &&Arc<Endpoint>| avoid.iter().any(|a| Arc::ptr_eq(a, e));
+        // Skip endpoints already tried only while something else is left. Two passes over the
+        // endpoint list instead of collecting the eligible ones: no allocation per request.
+        let skip_avoided =
+            !avoid.is_empty() && self.endpoints.iter().filter(usable).any(|e| !avoided(&e));
+        let eligible = || {
+            self.endpoints
                 .iter()
-                .any(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)))
-        {
-            eligible.retain(|e| !avoid.iter().any(|a| Arc::ptr_eq(a, e)));
-        }
-        let chosen = match eligible.len() {
+                .filter(usable)
+                .filter(move |e| !(skip_avoided && avoided(e)))
+        };
+        let n = eligible().count();
+        let nth = |i: usize| eligible().nth(i);
+        let chosen = match n {
             0 => return None,
-            1 => eligible[0],
-            n => match (&self.spec.load_balancing, hash_key) {
+            1 => nth(0),
+            _ => match (&self.spec.load_balancing, hash_key) {
                 (LoadBalancing::RoundRobin, _) => {
-                    eligible[self.cursor.fetch_add(1, Ordering::Relaxed) % n]
+                    nth(self.cursor.fetch_add(1, Ordering::Relaxed) % n)
                 }
                 (LoadBalancing::Weighted, _) => {
-                    let total: u64 = eligible.iter().map(|e| u64::from(e.weight)).sum();
+                    let total: u64 = eligible().map(|e| u64::from(e.weight)).sum();
                     let mut ticket =
                         (self.cursor.fetch_add(1, Ordering::Relaxed) as u64) % total.max(1);
-                    let mut chosen = eligible[n - 1];
-                    for e in &eligible {
-                        if ticket < u64::from(e.weight) {
-                            chosen = e;
-                            break;
-                        }
-                        ticket -= u64::from(e.weight);
-                    }
-                    chosen
+                    eligible()
+                        .find(|e| {
+                            let w = u64::from(e.weight);
+                            if ticket < w {
+                                true
+                            } else {
+                                ticket -= w;
+                                false
+                            }
+                        })
+                        .or_else(|| eligible().next_back())
                 }
                 (LoadBalancing::LeastRequest, _) => {
                     // Power of two choices: two distinct random endpoints, the less loaded wins.
                     let a = fastrand::usize(..n);
                     let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                    if eligible[b].in_flight() < eligible[a].in_flight() {
-                        eligible[b]
-                    } else {
-                        eligible[a]
+                    match (nth(a), nth(b)) {
+                        (Some(a), Some(b)) => {
+                            Some(if b.in_flight() < a.in_flight() { b } else { a })
+                        }
+                        (a, b) => a.or(b),
                     }
                 }
                 (LoadBalancing::ConsistentHash { .. }, Some(key)) => {
                     // Rendezvous hashing: each key ranks endpoints the same way everywhere, and
                     // removing one endpoint only moves the keys that preferred it.
-                    eligible
-                        .iter()
-                        .max_by_key(|e| mix(key, &e.address))
-                        .copied()
-                        .unwrap_or(eligible[0])
+                    eligible().max_by_key(|e| mix(key, &e.address))
                 }
-                (LoadBalancing::ConsistentHash { .. }, None) => eligible[fastrand::usize(..n)],
+                (LoadBalancing::ConsistentHash { .. }, None) => nth(fastrand::usize(..n)),
             },
         };
-        Some(chosen.clone())
+        chosen.cloned()
     }
 
     /// Feeds one request outcome to passive outlier detection: after
