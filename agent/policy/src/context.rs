@@ -33,6 +33,9 @@ pub enum BodyPrefix {
 #[derive(Debug)]
 pub struct RequestCtx {
     pub method: Method,
+    /// The request target. A plugin may change its query (key-auth drops a key sent as a
+    /// query parameter) and the proxy forwards that; the path was routed already and a change
+    /// to it is ignored.
     pub uri: Uri,
     /// Request headers as they will be forwarded (plugins strip credentials, add claims).
     pub headers: HeaderMap,

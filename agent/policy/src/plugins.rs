@@ -1,8 +1,17 @@
 //! One module per plugin type, and the factory that builds them.
 
+mod basic_auth;
+pub mod bot_detect;
+pub mod cc_protection;
 mod cors;
+mod credentials;
+pub mod hmac_auth;
 mod ip_restriction;
+mod jwt_auth;
+mod key_auth;
+mod key_rate_limit;
 mod request_size_limit;
+pub mod waf;
 
 use std::sync::Arc;
 
@@ -22,18 +31,27 @@ pub fn build(
     consumers: &Arc<Consumers>,
     state: &PolicyState,
 ) -> Result<Arc<dyn Plugin>, String> {
-    let _ = (consumers, state);
     Ok(match config {
         PolicyConfig::IpRestriction(c) => Arc::new(ip_restriction::IpRestriction::build(name, c)?),
         PolicyConfig::Cors(c) => Arc::new(cors::Cors::build(name, c)),
         PolicyConfig::RequestSizeLimit(c) => {
             Arc::new(request_size_limit::RequestSizeLimit::build(name, c))
         }
-        other => {
-            return Err(format!(
-                "policy type `{}` is not supported by this agent build yet; remove the policy or upgrade the agent",
-                other.type_name()
-            ));
+        PolicyConfig::JwtAuth(c) => Arc::new(jwt_auth::JwtAuth::build(name, c, consumers, state)?),
+        PolicyConfig::KeyAuth(c) => Arc::new(key_auth::KeyAuth::build(name, c, consumers)),
+        PolicyConfig::BasicAuth(c) => {
+            Arc::new(basic_auth::BasicAuth::build(name, c, consumers, state))
         }
+        PolicyConfig::HmacAuth(c) => {
+            Arc::new(hmac_auth::HmacAuth::build(name, c, consumers, state)?)
+        }
+        PolicyConfig::KeyRateLimit(c) => {
+            Arc::new(key_rate_limit::KeyRateLimit::build(name, c, state)?)
+        }
+        PolicyConfig::CcProtection(c) => {
+            Arc::new(cc_protection::CcProtection::build(name, c, state)?)
+        }
+        PolicyConfig::BotDetect(c) => Arc::new(bot_detect::BotDetect::build(name, c, state)?),
+        PolicyConfig::Waf(c) => Arc::new(waf::Waf::build(name, c, state)?),
     })
 }

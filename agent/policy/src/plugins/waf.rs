@@ -1,0 +1,494 @@
+//! `waf`: ModSecurity (libmodsecurity3, through `fleetgate-agent-waf`) with the OWASP Core Rule
+//! Set as Debian installs it (`modsecurity-crs`).
+//!
+//! **Rule set.** Built from [`rules_text`]: our engine settings (rule engine on, request bodies
+//! inspected up to `request_body_limit` and cut there, JSON and XML body parsers by
+//! Content-Type, a body that does not parse refused unless it was cut), CRS defaults an API
+//! gateway needs (`PUT`, `PATCH`, `DELETE` allowed, unless the operator's crs-setup.conf says
+//! otherwise), Debian's `crs-setup.conf`, the configured paranoia level (set after the setup
+//! file, so the policy wins), the operator's exclusion files, every `REQUEST-*` rule file,
+//! and `SecRuleRemoveById` for `disabled_rules`. Response rules are not loaded: the proxy streams
+//! responses. Loading takes about 0.1 s of CPU; the result is cached in [`PolicyState`] by
+//! (paranoia level, body limit, disabled rules) and reused by later config versions, and by
+//! other policies, with the same settings. The CRS files are read at load: after a package
+//! upgrade, changed settings or a restart pick the new rules up.
+//!
+//! **Modes.** Both modes run the same rule set with `SecRuleEngine On`; `detect-only` is
+//! applied here, by not enforcing the intervention, rather than by ModSecurity's
+//! `DetectionOnly`. So detect-only reports exactly what block mode would block (the
+//! anomaly-score decision), one log line per such request, and one compiled rule set serves
+//! both modes. Block mode answers with the rule set's status (403; 400 for an unparsable body)
+//! and a `waf_blocked` JSON body naming the rule ids.
+//!
+//! **Off the runtime.** An evaluation is hundreds of microseconds of CPU. It runs on tokio's
+//! blocking pool, at most one per CPU at a time (more would only add switching), behind a
+//! process-wide semaphore with a bounded queue of waiting requests ([`MAX_WAITING_PER_THREAD`]
+//! per permit). When the queue is full the request is answered 503 `waf_overloaded` with
+//! `Retry-After: 1` in block mode (a WAF that waves traffic through under load invites the
+//! flood that hides the attack), and let through with a log line in detect-only mode (which must
+//! never cost traffic). The async worker threads only wait.
+//!
+//! **Limits of what it sees.** The HTTP version is inferred (a request target with a scheme
+//! came over HTTP/2, else 1.1); the server address is not known to plugins and is given as
+//! `0.0.0.0:0`; the client is the TCP peer.
+
+use std::num::NonZero;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use bytes::Bytes;
+use fleetgate_agent_waf::{Engine, Outcome, Request};
+use fleetgate_shared::model::{Phase, Waf as Config, WafMode};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
+use tokio::sync::Semaphore;
+
+use crate::context::{BodyPrefix, RequestCtx, Verdict, reject};
+use crate::plugin::{Plugin, PluginFuture};
+use crate::state::PolicyState;
+
+/// The [`PolicyState`] kind of [`WafRules`].
+pub const KIND: &str = "waf";
+
+/// Debian's CRS setup file (a conffile the operator may edit).
+pub const CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
+/// The operator's rule exclusions run before the CRS, if the file exists.
+pub const CRS_EXCLUSIONS_BEFORE: &str =
+    "/etc/modsecurity/crs/REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf";
+/// The operator's rule exclusions applied after the CRS (`SecRuleRemoveById` and the like).
+pub const CRS_EXCLUSIONS_AFTER: &str =
+    "/etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf";
+/// The CRS rule files.
+pub const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
+
+/// Requests allowed to wait for an evaluation thread, per thread. At roughly 0.5 ms per
+/// evaluation this bounds the added queueing delay to about 0.1 s before the WAF sheds load.
+pub const MAX_WAITING_PER_THREAD: usize = 256;
+
+/// Methods the CRS lets through. Its default (`GET HEAD POST OPTIONS`) blocks REST APIs; the
+/// operator's crs-setup.conf (rule 900200) still overrides this, since it is set before it.
+const ALLOWED_METHODS: &str = "GET HEAD POST OPTIONS PUT PATCH DELETE";
+
+/// What a compiled rule set depends on. Sorted and deduplicated, so equal settings share one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RulesKey {
+    paranoia: u8,
+    body_limit: u64,
+    disabled: Vec<u32>,
+}
+
+impl RulesKey {
+    fn new(config: &Config) -> Self {
+        let mut disabled = config.disabled_rules.clone();
+        disabled.sort_unstable();
+        disabled.dedup();
+        Self {
+            paranoia: config.paranoia_level,
+            body_limit: config.request_body_limit,
+            disabled,
+        }
+    }
+}
+
+/// The ModSecurity configuration for `key`. Rule ids 10001–10009 are ours (ModSecurity's range
+/// for local rules); exclusion files must not reuse them.
+fn rules_text(key: &RulesKey) -> String {
+    let RulesKey {
+        paranoia: pl,
+        body_limit: limit,
+        disabled,
+    } = key;
+    let mut text = format!(
+        r#"SecRuleEngine On
+SecRequestBodyAccess On
+SecRequestBodyLimit {limit}
+SecRequestBodyNoFilesLimit {limit}
+SecRequestBodyLimitAction ProcessPartial
+SecResponseBodyAccess Off
+SecAuditEngine Off
+SecRule REQUEST_HEADERS:Content-Type "@rx ^application/(?:[a-z0-9.-]+\+)?json" "id:10001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
+SecRule REQUEST_HEADERS:Content-Type "@rx ^(?:application/(?:[a-z0-9.-]+\+)?|text/)xml" "id:10002,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
+SecRule REQBODY_ERROR "!@eq 0" "id:10003,phase:2,t:none,log,deny,status:400,msg:'Request body does not parse as its Content-Type',chain"
+    SecRule INBOUND_DATA_ERROR "@eq 0" "t:none"
+SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:10004,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation',chain"
+    SecRule INBOUND_DATA_ERROR "@eq 0" "t:none"
+SecAction "id:10005,phase:1,pass,nolog,t:none,setvar:'tx.allowed_methods={ALLOWED_METHODS}'"
+Include {CRS_SETUP}
+SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level={pl},setvar:tx.executing_paranoia_level={pl},setvar:tx.blocking_paranoia_level={pl},setvar:tx.detection_paranoia_level={pl}"
+"#
+    );
+    if Path::new(CRS_EXCLUSIONS_BEFORE).is_file() {
+        text.push_str(&format!("Include {CRS_EXCLUSIONS_BEFORE}\n"));
+    }
+    text.push_str(&format!("Include {CRS_RULES}/REQUEST-*.conf\n"));
+    if Path::new(CRS_EXCLUSIONS_AFTER).is_file() {
+        text.push_str(&format!("Include {CRS_EXCLUSIONS_AFTER}\n"));
+    }
+    if !disabled.is_empty() {
+        let ids: Vec<String> = disabled.iter().map(u32::to_string).collect();
+        text.push_str(&format!("SecRuleRemoveById {}\n", ids.join(" ")));
+    }
+    text
+}
+
+fn load(key: &RulesKey) -> Result<Engine, String> {
+    for (path, what) in [(CRS_SETUP, "file"), (CRS_RULES, "directory")] {
+        if !Path::new(path).exists() {
+            return Err(format!(
+                "the OWASP CRS is not installed: no {what} {path} (Debian: apt-get install modsecurity-crs)"
+            ));
+        }
+    }
+    let started = std::time::Instant::now();
+    let engine = Engine::load(&rules_text(key))
+        .map_err(|e| format!("the WAF rule set did not load: {e}"))?;
+    tracing::info!(
+        paranoia_level = key.paranoia,
+        request_body_limit = key.body_limit,
+        disabled_rules = ?key.disabled,
+        rules = engine.rule_count(),
+        "WAF rule set loaded in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(engine)
+}
+
+/// A policy's compiled rule set and the settings it was built for, kept across config versions.
+#[derive(Debug, Default)]
+pub struct WafRules {
+    slot: Mutex<Option<(RulesKey, Arc<Engine>)>>,
+}
+
+impl WafRules {
+    fn get(&self, key: &RulesKey) -> Option<Arc<Engine>> {
+        let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|(k, _)| k == key)
+            .map(|(_, e)| e.clone())
+    }
+
+    fn set(&self, key: RulesKey, engine: Arc<Engine>) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, engine));
+    }
+}
+
+/// The rule set for `key`: this policy's from the last version, another policy's with the same
+/// settings, or a fresh load.
+fn engine_for(name: &str, key: RulesKey, state: &PolicyState) -> Result<Arc<Engine>, String> {
+    let mine = state.get_or_insert(name, KIND, WafRules::default);
+    if let Some(engine) = mine.get(&key) {
+        return Ok(engine);
+    }
+    let shared = state
+        .all::<WafRules>(KIND)
+        .into_iter()
+        .find_map(|(_, rules)| rules.get(&key));
+    let engine = match shared {
+        Some(engine) => engine,
+        None => Arc::new(load(&key)?),
+    };
+    mine.set(key, engine.clone());
+    Ok(engine)
+}
+
+/// Why a request could not be evaluated.
+enum Failure {
+    Overloaded,
+    Internal(String),
+}
+
+/// The process-wide gate in front of the blocking pool.
+struct Pool {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+static POOL: LazyLock<Pool> = LazyLock::new(|| {
+    let threads = std::thread::available_parallelism().map_or(2, NonZero::get);
+    Pool {
+        permits: Arc::new(Semaphore::new(threads)),
+        waiting: AtomicUsize::new(0),
+        max_waiting: threads.saturating_mul(MAX_WAITING_PER_THREAD),
+    }
+});
+
+/// Counts a request as waiting until dropped, including when the request is abandoned.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    async fn evaluate(&self, engine: Arc<Engine>, input: Input) -> Result<Outcome, Failure> {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Failure::Overloaded);
+        }
+        let waiting = Waiting(&self.waiting);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::Internal("the WAF pool is closed".into()))?;
+        drop(waiting);
+        // An abandoned request's evaluation still finishes, holding its permit: the bound on
+        // threads holds whatever clients do.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            input.evaluate(&engine)
+        })
+        .await
+        .map_err(|e| Failure::Internal(format!("the WAF evaluation failed: {e}")))?
+        .map_err(|e| Failure::Internal(e.to_string()))
+    }
+}
+
+/// Transaction ids for ModSecurity's `UNIQUE_ID`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the blocking thread needs of a request, owned.
+struct Input {
+    id: String,
+    client: std::net::SocketAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Input {
+    fn new(ctx: &RequestCtx) -> Self {
+        let mut headers = ctx.headers.clone();
+        // HTTP/2 carries the host in `:authority`; the CRS expects a Host header.
+        if !headers.contains_key(header::HOST)
+            && let Some(value) = ctx
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, value);
+        }
+        let client = match ctx.peer.ip() {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::SocketAddr::new(v4.into(), ctx.peer.port()),
+                None => ctx.peer,
+            },
+            _ => ctx.peer,
+        };
+        Self {
+            id: format!("fg-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            client,
+            method: ctx.method.clone(),
+            uri: ctx.uri.clone(),
+            headers,
+            body: match &ctx.body {
+                BodyPrefix::NotRead => Bytes::new(),
+                BodyPrefix::Complete(b) | BodyPrefix::Partial(b) => b.clone(),
+            },
+        }
+    }
+
+    fn evaluate(&self, engine: &Engine) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
+        let headers: Vec<(&[u8], &[u8])> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+            .collect();
+        engine.evaluate(&Request {
+            id: &self.id,
+            client: self.client,
+            server: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            method: self.method.as_str(),
+            uri: self.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            http_version: if self.uri.scheme().is_some() {
+                "2.0"
+            } else {
+                "1.1"
+            },
+            headers: &headers,
+            body: &self.body,
+        })
+    }
+}
+
+/// A compiled waf policy.
+#[derive(Debug)]
+pub struct Waf {
+    name: String,
+    mode: WafMode,
+    body_limit: u64,
+    engine: Arc<Engine>,
+}
+
+impl Waf {
+    /// Reuses or loads the rule set for the policy's settings (see the module doc).
+    pub fn build(name: &str, config: &Config, state: &PolicyState) -> Result<Self, String> {
+        Ok(Self {
+            name: name.to_owned(),
+            mode: config.mode,
+            body_limit: config.request_body_limit,
+            engine: engine_for(name, RulesKey::new(config), state)?,
+        })
+    }
+
+    fn blocked(&self, status: u16, rules: &[u32]) -> Response<Bytes> {
+        let list = rules
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = if rules.is_empty() {
+            "request blocked by the web application firewall".to_owned()
+        } else {
+            format!("request blocked by the web application firewall (rules {list})")
+        };
+        let body = serde_json::json!({
+            "error": "waf_blocked",
+            "message": message,
+            "policy": self.name,
+            "rules": rules,
+        });
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        let mut response = Response::new(Bytes::from(bytes));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+
+    fn verdict(&self, ctx: &RequestCtx, result: Result<Outcome, Failure>) -> Verdict {
+        let enforce = self.mode == WafMode::Block;
+        let path = ctx.uri.path();
+        let client = ctx.peer.ip();
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                let (status, code, message) = match failure {
+                    Failure::Overloaded => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "waf_overloaded",
+                        "the web application firewall is overloaded; retry shortly".to_owned(),
+                    ),
+                    Failure::Internal(e) => (StatusCode::INTERNAL_SERVER_ERROR, "waf_error", e),
+                };
+                tracing::warn!(
+                    policy = %self.name, %client, method = %ctx.method, path,
+                    "WAF could not inspect the request ({message}); {}",
+                    if enforce { "refused" } else { "let through (detect-only)" }
+                );
+                if !enforce {
+                    return Verdict::Continue;
+                }
+                let mut response = reject(status, code, &message, &self.name);
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                return Verdict::Respond(response);
+            }
+        };
+        let Some(intervention) = &outcome.intervention else {
+            return Verdict::Continue;
+        };
+        let rules = outcome.rule_ids();
+        if enforce {
+            tracing::info!(
+                policy = %self.name, %client, method = %ctx.method, path, ?rules,
+                "WAF blocked the request"
+            );
+            Verdict::Respond(self.blocked(intervention.status, &rules))
+        } else {
+            tracing::warn!(
+                policy = %self.name, %client, method = %ctx.method, path, ?rules,
+                "WAF would block the request (detect-only)"
+            );
+            Verdict::Continue
+        }
+    }
+}
+
+impl Plugin for Waf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Security
+    }
+
+    /// One byte past the inspection limit: a longer body reaches ModSecurity longer than its
+    /// `SecRequestBodyLimit`, which is how it knows the body was cut (INBOUND_DATA_ERROR) and
+    /// does not refuse a truncated JSON document as malformed.
+    fn body_limit(&self) -> Option<u64> {
+        Some(self.body_limit.saturating_add(1))
+    }
+
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+        let input = Input::new(ctx);
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let result = POOL.evaluate(engine, input).await;
+            self.verdict(ctx, result)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(paranoia: u8, disabled: &[u32]) -> Config {
+        Config {
+            mode: WafMode::Block,
+            paranoia_level: paranoia,
+            request_body_limit: 1024,
+            disabled_rules: disabled.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_rule_text_sets_the_paranoia_level_after_the_setup_and_removes_disabled_rules_last() {
+        let text = rules_text(&RulesKey::new(&config(3, &[942100, 920350, 942100])));
+        let setup = text
+            .find("Include /etc/modsecurity/crs/crs-setup.conf")
+            .unwrap();
+        let level = text.find("setvar:tx.paranoia_level=3").unwrap();
+        let rules = text.find("REQUEST-*.conf").unwrap();
+        assert!(setup < level && level < rules, "{text}");
+        assert!(text.contains("SecRequestBodyLimit 1024\n"));
+        assert!(
+            text.ends_with("SecRuleRemoveById 920350 942100\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn equal_settings_share_one_rule_set_across_versions_and_policies() {
+        let state = PolicyState::default();
+        let a = Waf::build("a", &config(1, &[2, 1]), &state).unwrap();
+        let again = Waf::build("a", &config(1, &[1, 2]), &state).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.engine, &again.engine),
+            "same settings, next version"
+        );
+        let mut detect = config(1, &[1, 2]);
+        detect.mode = WafMode::DetectOnly;
+        let b = Waf::build("b", &detect, &state).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.engine, &b.engine),
+            "another policy, another mode"
+        );
+        let c = Waf::build("a", &config(2, &[1, 2]), &state).unwrap();
+        assert!(!Arc::ptr_eq(&a.engine, &c.engine), "another paranoia level");
+    }
+}
