@@ -340,21 +340,10 @@ fn hash_key<B>(service: &ServiceRuntime, req: &Request<B>, conn: ConnInfo) -> Op
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match hash_on {
         HashOn::Header(name) => req.headers().get(name.as_str())?.as_bytes().hash(&mut h),
-        HashOn::Cookie(name) => cookie(req.headers(), name)?.hash(&mut h),
+        HashOn::Cookie(name) => fleetgate_agent_route::cookie(req.headers(), name)?.hash(&mut h),
         HashOn::SourceIp => conn.peer.ip().hash(&mut h),
     }
     Some(h.finish())
-}
-
-fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -85,14 +85,7 @@ impl RequestCtx {
 
     /// The value of cookie `name` in the request, if present.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+        fleetgate_agent_route::cookie(&self.headers, name)
     }
 
     /// The first value of query parameter `name` (not percent-decoded).

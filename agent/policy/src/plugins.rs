@@ -3,6 +3,7 @@
 mod basic_auth;
 pub mod bot_detect;
 pub mod cc_protection;
+mod challenge;
 mod cors;
 mod credentials;
 pub mod hmac_auth;

@@ -28,6 +28,6 @@ mod value;
 mod testing;
 
 pub use canary::CompiledCanary;
-pub use request::{RequestView, normalize_host};
+pub use request::{RequestView, cookie, cookie_values, normalize_host};
 pub use route::CompiledRoute;
 pub use table::{Matched, RouteTable};

@@ -94,12 +94,17 @@ fn hex_digit(byte: u8) -> Option<u8> {
     }
 }
 
+/// The first value of the cookie `name` that is valid UTF-8 (see [`cookie_values`]).
+pub fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    cookie_values(headers, name).find_map(|v| std::str::from_utf8(v).ok())
+}
+
 /// The values of the cookie `name` in every `Cookie` header of `headers`.
 ///
 /// Each header is a `;`-separated list of `name=value` pairs (RFC 6265 §4.2.1); whitespace
 /// around a pair is ignored, names are case-sensitive, and a value in double quotes is taken
 /// without its quotes. Values are not decoded: cookies have no standard encoding.
-pub(crate) fn cookie_values<'h>(
+pub fn cookie_values<'h>(
     headers: &'h http::HeaderMap,
     name: &str,
 ) -> impl Iterator<Item = &'h [u8]> {

@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::hmac;
+use super::challenge::CookieSigner;
 use bytes::Bytes;
 use fleetgate_shared::model::{BotDetect as Config, Phase, Verdict as Action};
 use fleetgate_shared::validate::REGEX_SIZE_LIMIT;
@@ -267,26 +267,7 @@ fn chrome_major(ua: &str) -> Option<u32> {
 /// The secret this agent signs challenge cookies with, kept across config versions.
 #[derive(Debug)]
 pub struct BotState {
-    secret: hmac::Key,
-}
-
-impl BotState {
-    fn sign(&self, policy: &str, ip: IpAddr, expiry: u64) -> hmac::Tag {
-        let message = format!("{policy}\n{ip}\n{expiry}");
-        hmac::sign(&self.secret, message.as_bytes())
-    }
-
-    /// Whether `cookie` is `expiry.signature` of ours for this policy and address, unexpired.
-    fn verify(&self, policy: &str, ip: IpAddr, cookie: &str, now: u64) -> bool {
-        let Some((expiry, signature)) = cookie.split_once('.') else {
-            return false;
-        };
-        let (Ok(expiry), Ok(signature)) = (expiry.parse::<u64>(), hex::decode(signature)) else {
-            return false;
-        };
-        let message = format!("{policy}\n{ip}\n{expiry}");
-        expiry > now && hmac::verify(&self.secret, message.as_bytes(), &signature).is_ok()
-    }
+    signer: CookieSigner,
 }
 
 /// A compiled bot-detect policy.
@@ -344,10 +325,7 @@ impl BotDetect {
         } else {
             None
         };
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let secret = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| {
-            "the system random generator failed to make the challenge secret".to_owned()
-        })?;
+        let signer = CookieSigner::generate()?;
         let cookie_suffix: String = name
             .chars()
             .map(|c| {
@@ -366,7 +344,7 @@ impl BotDetect {
             header_signals: config.header_signals,
             action: config.action,
             cookie: format!("fleetgate_bot_{cookie_suffix}"),
-            state: state.get_or_insert(name, KIND, || BotState { secret }),
+            state: state.get_or_insert(name, KIND, || BotState { signer }),
         })
     }
 
@@ -402,9 +380,8 @@ impl BotDetect {
     fn challenge_page(&self, ctx: &RequestCtx) -> Response<Bytes> {
         let ip = canonical(ctx.peer_ip());
         let expiry = unix_seconds(ctx.now) + CHALLENGE_TTL.as_secs();
-        let signature = self.state.sign(&self.name, ip, expiry);
         // Name and value are [A-Za-z0-9_.-]: safe inside the script's string and the page.
-        let value = format!("{expiry}.{}", hex::encode(signature.as_ref()));
+        let value = self.state.signer.token(&self.name, &ip.to_string(), expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
         let page = format!(
             r#"<!doctype html>
@@ -433,9 +410,9 @@ location.replace(location.href);</script></body></html>
 
     fn passed_challenge(&self, ctx: &RequestCtx) -> bool {
         ctx.cookie(&self.cookie).is_some_and(|cookie| {
-            self.state.verify(
+            self.state.signer.verify(
                 &self.name,
-                canonical(ctx.peer_ip()),
+                &canonical(ctx.peer_ip()).to_string(),
                 cookie,
                 unix_seconds(ctx.now),
             )

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::hmac;
+use super::challenge::CookieSigner;
 use bytes::Bytes;
 use fleetgate_shared::model::{CcProtection as Config, LimitKey, Phase};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
@@ -84,14 +84,14 @@ pub struct Ban {
 #[derive(Debug)]
 pub struct CcState {
     clients: Table<Client>,
-    secret: hmac::Key,
+    signer: CookieSigner,
 }
 
 impl CcState {
-    fn new(secret: hmac::Key) -> Self {
+    fn new(signer: CookieSigner) -> Self {
         Self {
             clients: Table::new(MAX_KEYS, "a cc-protection policy"),
-            secret,
+            signer,
         }
     }
 
@@ -106,23 +106,6 @@ impl CcState {
         });
         bans.sort_by(|a, b| a.key.cmp(&b.key));
         bans
-    }
-
-    fn sign(&self, policy: &str, key: &str, expiry: u64) -> String {
-        let message = format!("{policy}\n{key}\n{expiry}");
-        hex::encode(hmac::sign(&self.secret, message.as_bytes()).as_ref())
-    }
-
-    /// Whether `cookie` is a signature of ours for this policy and key, not expired at `now`.
-    fn verify(&self, policy: &str, key: &str, cookie: &str, now: u64) -> bool {
-        let Some((expiry, signature)) = cookie.split_once('.') else {
-            return false;
-        };
-        let (Ok(expiry), Ok(signature)) = (expiry.parse::<u64>(), hex::decode(signature)) else {
-            return false;
-        };
-        let message = format!("{policy}\n{key}\n{expiry}");
-        expiry > now && hmac::verify(&self.secret, message.as_bytes(), &signature).is_ok()
     }
 }
 
@@ -152,17 +135,14 @@ fn unix_seconds(at: SystemTime) -> u64 {
 impl CcProtection {
     /// Builds the policy, reusing the clients, bans and secret `state` holds for `name`.
     pub fn build(name: &str, config: &Config, state: &PolicyState) -> Result<Self, String> {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let secret = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| {
-            "the system random generator failed to make the challenge secret".to_owned()
-        })?;
+        let signer = CookieSigner::generate()?;
         Ok(Self {
             name: name.to_owned(),
             key: config.key.clone(),
             threshold: Quota::from_rate(&config.threshold),
             ban_ns: config.ban.as_millis().saturating_mul(1_000_000),
             challenge: config.challenge,
-            state: state.get_or_insert(name, KIND, || CcState::new(secret)),
+            state: state.get_or_insert(name, KIND, || CcState::new(signer)),
         })
     }
 
@@ -197,7 +177,7 @@ impl CcProtection {
 
     fn challenge_page(&self, ctx: &RequestCtx, key: &str) -> Response<Bytes> {
         let expiry = unix_seconds(ctx.now) + CHALLENGE_TTL.as_secs();
-        let value = format!("{expiry}.{}", self.state.sign(&self.name, key, expiry));
+        let value = self.state.signer.token(&self.name, key, expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
         let cookie = format!(
             "{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
@@ -224,6 +204,7 @@ impl CcProtection {
         let verified = self.challenge
             && ctx.cookie(COOKIE).is_some_and(|cookie| {
                 self.state
+                    .signer
                     .verify(&self.name, &key, cookie, unix_seconds(ctx.now))
             });
         let now = self.state.clients.now();
@@ -385,10 +366,12 @@ mod tests {
         let expiry: u64 = value.parse().unwrap();
         assert!(
             !p.state
+                .signer
                 .verify("cc", "=192.0.2.1", &cookie[COOKIE.len() + 1..], expiry)
         );
         assert!(
             p.state
+                .signer
                 .verify("cc", "=192.0.2.1", &cookie[COOKIE.len() + 1..], expiry - 1)
         );
     }
