@@ -425,3 +425,40 @@ spec:
     let reply = gw.client().get("slow.test", "/slow/10").await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn mirroring_copies_requests_to_another_service_and_ignores_its_answers() {
+    support::init_tracing();
+    let primary = Backend::start("primary").await;
+    let shadow = Backend::start("shadow").await;
+    shadow.force_status(Some(500));
+    let gw = start_gateway(&format!(
+        "kind: Service\nname: primary\nspec: {{ endpoints: [{{ address: '{}' }}] }}\n---\n\
+         kind: Service\nname: shadow\nspec: {{ endpoints: [{{ address: '{}' }}] }}\n---\n\
+         kind: Route\nname: mirrored\nspec:\n  forward:\n    backends: [{{ service: primary }}]\n    mirror: {{ service: shadow, percent: 100 }}\n",
+        primary.addr, shadow.addr
+    ))
+    .await;
+    let client = gw.client();
+
+    info!("--- every request is answered by the primary, and a copy reaches the shadow");
+    for i in 0..20 {
+        let reply = client
+            .send(
+                Method::POST,
+                "m.test",
+                &format!("/orders/{i}"),
+                &[],
+                "{\"n\":1}",
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "the shadow's 500 never reaches the client"
+        );
+        assert_eq!(reply.backend(), "primary");
+    }
+    assert_eq!(primary.requests(), 20);
+    shadow.wait_for_requests(20).await;
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The cost of each policy on the request path: one agent per variant (no policy, jwt-auth,
+# key-auth, hmac-auth, waf), all forwarding to the same nginx origin, measured with wrk in
+# alternating rounds in one run. Prints req/s medians and each variant's ratio to "off".
+#
+#   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
+#                                    # (../shared/bench/run.sh setup installs both)
+# Uses ports 18180-18199 on 127.0.0.1. Every variant runs with --workers 1 --access-log off.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+AGENT=${AGENT:-target/release/fleetgate-agent}
+REPS=${REPS:-5} DURATION=${DURATION:-5} CONNS=${CONNS:-50}
+RUN=$(mktemp -d /tmp/fleetgate-plugin-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# The origin: nginx, one worker, a fixed 13-byte body (the same shape as the peer benchmark).
+mkdir -p "$RUN/origin"
+cat > "$RUN/origin/nginx.conf" <<NGINX
+worker_processes 1; daemon off; pid $RUN/origin/nginx.pid; error_log $RUN/origin/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18180; location / { return 200 "hello world!\n"; } } }
+NGINX
+/usr/sbin/nginx -p "$RUN/origin/" -c "$RUN/origin/nginx.conf" & pids+=($!)
+
+# Configs and the headers each variant's client sends, written by python (stdlib only).
+python3 - "$RUN" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+run = sys.argv[1]
+def b64url(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+secret = "bench-secret-0123456789abcdef0123456789"
+now = int(time.time())
+base = """kind: Service
+name: origin
+spec: { endpoints: [{ address: '127.0.0.1:18180' }] }
+---
+kind: Consumer
+name: bench
+spec:
+  credentials:
+    keys: [bench-key-0123456789abcdef]
+    jwt: { subject: bench }
+    hmac: [{ key_id: k-bench, secret: %s }]
+---
+kind: Route
+name: all
+spec:
+  forward: { backends: [{ service: origin }] }
+""" % secret
+policies = {
+    "off": ("", []),
+    "jwt": ("type: jwt-auth\n  config: { algorithms: [HS256], keys: [{ algorithm: HS256, secret: %s }], consumer_claim: sub }" % secret, []),
+    "key": ("type: key-auth\n  config: {}", ["x-api-key: bench-key-0123456789abcdef"]),
+    "hmac": ("type: hmac-auth\n  config: { require_nonce: false }", []),
+    "waf": ("type: waf\n  config: { paranoia_level: 1 }", []),
+}
+header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64url(json.dumps({"sub": "bench", "iat": now, "exp": now + 7200}).encode())
+sig = b64url(hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest())
+policies["jwt"][1].append(f"authorization: Bearer {header}.{claims}.{sig}")
+# hmac-auth canonical request (docs/policies.md), GET / with host, date and body digest signed.
+digest = hashlib.sha256(b"").hexdigest()
+for port in [18181 + list(policies).index("hmac")]:
+    host = f"127.0.0.1:{port}"
+    signed = "host;x-fleetgate-date;x-fleetgate-content-sha256"
+    canonical = "\n".join(["FG-HMAC-SHA256", "k-bench", "", "GET", "/", "", signed,
+                           f"host:{host}", f"x-fleetgate-date:{now}", f"x-fleetgate-content-sha256:{digest}"])
+    signature = base64.b64encode(hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).digest()).decode()
+    policies["hmac"][1].extend([f"x-fleetgate-date: {now}", f"x-fleetgate-content-sha256: {digest}",
+        f'authorization: FG-HMAC-SHA256 keyId="k-bench", signedHeaders="{signed}", signature="{signature}"'])
+for i, (name, (policy, headers)) in enumerate(policies.items()):
+    text = base
+    if policy:
+        text = text.replace("  forward:", "  policies: [p]\n  forward:") + "---\nkind: Policy\nname: p\nspec:\n  " + policy + "\n"
+    open(f"{run}/{name}.yaml", "w").write(text)
+    open(f"{run}/{name}.headers", "w").write("\n".join(headers))
+    open(f"{run}/{name}.port", "w").write(str(18181 + i))
+PY
+
+variants="off jwt key hmac waf"
+for v in $variants; do
+  port=$(cat "$RUN/$v.port")
+  "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" \
+    --workers 1 --access-log off 2>"$RUN/$v.log" & pids+=($!)
+done
+sleep 2
+for v in $variants; do
+  port=$(cat "$RUN/$v.port"); args=()
+  while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
+  code=$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}" "http://127.0.0.1:$port/")
+  [ "$code" = 200 ] || { echo "variant $v answers $code; see $RUN/$v.log" >&2; exit 1; }
+done
+
+for r in $(seq 1 "$REPS"); do
+  for v in $variants; do
+    port=$(cat "$RUN/$v.port"); args=()
+    while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
+    wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
+    rps=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/Requests\/sec/{print $2}')
+    non2xx=$(wrk -t1 -c1 -d1s "${args[@]}" "http://127.0.0.1:$port/" | awk '/Non-2xx/{print $4}')
+    echo "round $r $v rps=$rps non2xx=${non2xx:-0}"
+    echo "$v $rps" >> "$RUN/results"
+  done
+done
+python3 - "$RUN/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    v, rps = line.split(); rows.setdefault(v, []).append(float(rps))
+off = statistics.median(rows["off"])
+print("| variant | req/s median | min–max | ratio to off |")
+print("|---|---|---|---|")
+for v, xs in rows.items():
+    m = statistics.median(xs)
+    print(f"| {v} | {m:,.0f} | {min(xs):,.0f}–{max(xs):,.0f} | {m / off:.2f} |")
+PY
