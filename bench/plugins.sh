@@ -88,7 +88,7 @@ done
 sleep 2
 for v in $variants; do
   port=$(cat "$RUN/$v.port"); args=()
-  while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
+  while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
   code=$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}" "http://127.0.0.1:$port/")
   [ "$code" = 200 ] || { echo "variant $v answers $code; see $RUN/$v.log" >&2; exit 1; }
 done
@@ -96,7 +96,7 @@ done
 for r in $(seq 1 "$REPS"); do
   for v in $variants; do
     port=$(cat "$RUN/$v.port"); args=()
-    while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
+    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
     wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
     rps=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/Requests\/sec/{print $2}')
     non2xx=$(wrk -t1 -c1 -d1s "${args[@]}" "http://127.0.0.1:$port/" | awk '/Non-2xx/{print $4}')
@@ -106,13 +106,18 @@ for r in $(seq 1 "$REPS"); do
 done
 python3 - "$RUN/results" <<'PY'
 import statistics, sys
-rows = {}
+rows, order = {}, []
 for line in open(sys.argv[1]):
-    v, rps = line.split(); rows.setdefault(v, []).append(float(rps))
-off = statistics.median(rows["off"])
-print("| variant | req/s median | min–max | ratio to off |")
+    v, rps = line.split()
+    rows.setdefault(v, []).append(float(rps))
+    if v not in order: order.append(v)
+# Each round measures every variant back to back: ratios are paired within a round, which
+# cancels most of what other processes on the machine do between rounds.
+print("| variant | req/s median | min–max | paired ratio to off: median (min–max) |")
 print("|---|---|---|---|")
-for v, xs in rows.items():
-    m = statistics.median(xs)
-    print(f"| {v} | {m:,.0f} | {min(xs):,.0f}–{max(xs):,.0f} | {m / off:.2f} |")
+for v in order:
+    xs = rows[v]
+    ratios = [x / off for x, off in zip(xs, rows["off"])]
+    print(f"| {v} | {statistics.median(xs):,.0f} | {min(xs):,.0f}–{max(xs):,.0f} | "
+          f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
 PY

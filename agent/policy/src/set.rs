@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -71,6 +72,10 @@ pub struct PolicySet {
     /// Wildcard suffix (after `*.`) → plugins.
     domain_wildcard: HashMap<String, Vec<Arc<dyn Plugin>>>,
     by_route: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    /// The chain of a request whose host has no domain policies: global + route, per route.
+    route_chains: HashMap<String, Chain>,
+    /// The chain of such a request on a route without policies: global only.
+    global_chain: Chain,
     consumers: Arc<Consumers>,
 }
 
@@ -157,6 +162,12 @@ impl PolicySet {
                     .push(plugin.clone());
             }
         }
+        set.global_chain = Self::merge([Some(&set.global), None, None]);
+        set.route_chains = set
+            .by_route
+            .iter()
+            .map(|(route, plugins)| (route.clone(), Self::merge([Some(&set.global), None, Some(plugins)])))
+            .collect();
         state.retain(|name| built.contains_key(name));
         Ok(set)
     }
@@ -186,7 +197,7 @@ impl PolicySet {
 
     /// The chain for a request to `host` matched by `route`: global, then domain, then route
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
-    pub fn chain(&self, host: &str, route: &str) -> Chain {
+    pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
         let domain = self.domain_exact.get(host).or_else(|| {
             let (first, rest) = host.split_once('.')?;
             if first.is_empty() {
@@ -195,8 +206,16 @@ impl PolicySet {
                 self.domain_wildcard.get(rest)
             }
         });
+        // Without domain policies the chain depends on the route alone: precomputed.
+        if domain.is_none() {
+            return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
+        }
+        Cow::Owned(Self::merge([Some(&self.global), domain, self.by_route.get(route)]))
+    }
+
+    /// The plugins of `scopes`, each once, in phase order (stable: scope order within a phase).
+    fn merge(scopes: [Option<&Vec<Arc<dyn Plugin>>>; 3]) -> Chain {
         let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
-        let scopes = [Some(&self.global), domain, self.by_route.get(route)];
         for plugin in scopes.into_iter().flatten().flatten() {
             if !plugins.iter().any(|p| p.name() == plugin.name()) {
                 plugins.push(plugin.clone());
