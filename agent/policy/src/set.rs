@@ -166,7 +166,12 @@ impl PolicySet {
         set.route_chains = set
             .by_route
             .iter()
-            .map(|(route, plugins)| (route.clone(), Self::merge([Some(&set.global), None, Some(plugins)])))
+            .map(|(route, plugins)| {
+                (
+                    route.clone(),
+                    Self::merge([Some(&set.global), None, Some(plugins)]),
+                )
+            })
             .collect();
         state.retain(|name| built.contains_key(name));
         Ok(set)
@@ -210,7 +215,11 @@ impl PolicySet {
         if domain.is_none() {
             return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
         }
-        Cow::Owned(Self::merge([Some(&self.global), domain, self.by_route.get(route)]))
+        Cow::Owned(Self::merge([
+            Some(&self.global),
+            domain,
+            self.by_route.get(route),
+        ]))
     }
 
     /// The plugins of `scopes`, each once, in phase order (stable: scope order within a phase).
