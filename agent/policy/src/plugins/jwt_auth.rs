@@ -125,7 +125,15 @@ pub struct JwtAuth {
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
     invalid_token_challenge: HeaderValue,
+    /// Tokens whose signature an inline key already verified, with their claims. Built anew
+    /// with each config version (so a key change empties it); bounded by [`VERIFIED_CACHE`].
+    verified: dashmap::DashMap<String, Arc<Map<String, Value>>>,
 }
+
+/// Verified tokens remembered per policy: a client sends the same token on every request until
+/// it expires, and checking a signature costs more than the rest of the policy together. The
+/// claims (`exp`, `nbf`, `iss`, `aud`) are still checked on every request.
+const VERIFIED_CACHE: usize = 16 * 1024;
 
 /// The state slot holding a policy's JWKS cache across config versions.
 type JwksSlot = ArcSwapOption<JwksCache>;
@@ -198,6 +206,7 @@ impl JwtAuth {
             claims_to_headers,
             consumer_claim: config.consumer_claim.clone(),
             allow: config.consumers.clone(),
+            verified: dashmap::DashMap::new(),
             consumers: consumers.clone(),
             challenge: credentials::challenge("Bearer", name),
             invalid_token_challenge: HeaderValue::from_str(&format!(
@@ -270,12 +279,21 @@ impl JwtAuth {
         token: &str,
         alg: JwtAlgorithm,
         kid: Option<&str>,
-    ) -> Result<Map<String, Value>, Refusal> {
+    ) -> Result<Arc<Map<String, Value>>, Refusal> {
+        if let Some(claims) = self.verified.get(token) {
+            return Ok(claims.clone());
+        }
         let inline = self.inline.iter().filter(|k| k.fits(alg, kid));
         let mut tried = 0;
         for key in inline {
             tried += 1;
             if let Some(claims) = try_key(token, alg, key)? {
+                if self.verified.len() >= VERIFIED_CACHE {
+                    // Crude but bounded: start over rather than track recency on every hit.
+                    self.verified.clear();
+                }
+                let claims = Arc::new(claims);
+                self.verified.insert(token.to_owned(), claims.clone());
                 return Ok(claims);
             }
         }
@@ -294,7 +312,8 @@ impl JwtAuth {
             for key in set.keys.iter().filter(|k| k.fits(alg, kid)) {
                 tried += 1;
                 if let Some(claims) = try_key(token, alg, key)? {
-                    return Ok(claims);
+                    // Not cached: a key can leave the set at its next refresh.
+                    return Ok(Arc::new(claims));
                 }
             }
         }
@@ -774,6 +793,35 @@ mod tests {
             c.headers.get("x-missing").is_none(),
             "a client-sent claim header is removed even when the claim is absent"
         );
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_served_from_the_cache_but_its_claims_are_checked_every_time() {
+        let p = plugin(&hs_config());
+        let token = hs_token(claims());
+        assert_eq!(
+            outcome(p.on_request(&mut bearer(&token)).await).0,
+            StatusCode::OK
+        );
+        assert_eq!(p.verified.len(), 1, "the signature check is remembered");
+        assert_eq!(
+            outcome(p.on_request(&mut bearer(&token)).await).0,
+            StatusCode::OK
+        );
+        // The cached token expires like any other: exp is checked against each request's clock.
+        let mut later = ctx_with(
+            &[("authorization", &format!("Bearer {token}"))],
+            "/",
+            NOW + 7200,
+        );
+        assert_eq!(outcome(p.on_request(&mut later).await).1, "token_expired");
+        // A forged token never reaches the cache.
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        assert_ne!(
+            outcome(p.on_request(&mut bearer(&forged)).await).0,
+            StatusCode::OK
+        );
+        assert_eq!(p.verified.len(), 1);
     }
 
     #[tokio::test]
