@@ -7,9 +7,10 @@ use std::error::Error;
 const INCLUDE: &str = "proto";
 
 /// Every file to generate code for; imports are followed from these.
-const PROTOS: [&str; 2] = [
+const PROTOS: [&str; 3] = [
     "proto/fleetgate/sync/v1/sync.proto",
     "proto/fleetgate/admin/v1/admin.proto",
+    "proto/fleetgate/raft/v1/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -1,12 +1,14 @@
 //! Fleetgate's wire types.
 //!
-//! Two protocols are generated from the `.proto` files under `proto/`:
+//! Three protocols are generated from the `.proto` files under `proto/`:
 //!
 //! - [`sync::v1`]: the agent ⇄ manager sync protocol. It runs over QUIC streams as
 //!   length-delimited protobuf messages ([`sync::v1::AgentMessage`], [`sync::v1::ManagerMessage`]),
 //!   not as gRPC.
 //! - [`admin::v1`]: the admin gRPC service (`Admin`) that the CLI and the console call, with its
 //!   client and server stubs.
+//! - [`raft::v1`]: manager ⇄ manager Raft RPCs (`Raft` service, gRPC over mutual TLS); the
+//!   payloads are serde_json of openraft's types, opaque to this crate.
 //!
 //! The wire types are kept apart from the domain model in `fleetgate-shared`; [`convert`] holds
 //! the crossings (`From` for model → wire, `TryFrom` with a typed [`WireError`] for wire → model).
@@ -35,6 +37,16 @@ pub mod admin {
     /// `Admin` service's client ([`v1::admin_client`]) and server ([`v1::admin_server`]).
     pub mod v1 {
         tonic::include_proto!("fleetgate.admin.v1");
+    }
+}
+
+/// Manager ⇄ manager Raft RPCs (`fleetgate.raft.v1`).
+pub mod raft {
+    /// Version 1 of the Raft transport, generated from `fleetgate/raft/v1/raft.proto`: the
+    /// `Raft` service's client ([`v1::raft_client`]) and server ([`v1::raft_server`]). Payloads
+    /// are serde_json encodings of openraft's request and response types.
+    pub mod v1 {
+        tonic::include_proto!("fleetgate.raft.v1");
     }
 }
 

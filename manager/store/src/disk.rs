@@ -6,7 +6,7 @@
 //! |------------|------------------------------|--------------------------------------------|
 //! | `log`      | log index, 8 bytes big-endian | a Raft entry (JSON)                        |
 //! | `raft`     | `vote`, `committed`, `purged` | a vote / log id (JSON)                     |
-//! | `config`   | `meta`                       | last applied log id, membership, revision  |
+//! | `config`   | `meta`                       | last applied log id, membership, revision, API tokens |
 //! |            | `r/<kind>/<name>`            | a resource (JSON, document form)           |
 //! |            | `h/<revision, 8 bytes BE>`   | a change set (JSON)                        |
 //! | `snapshot` | `meta`, `data`, `seq`        | the last built or installed Raft snapshot  |
@@ -16,6 +16,7 @@
 //! sled's own background flush is not relied on. Swapping sled for another embedded store
 //! (redb, fjall) means rewriting this file only.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -24,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::state::{ChangeSet, ConfigState, StateDoc, StateError};
-use crate::types::{Entry, LogId, ManagerNode, NodeId, StoredMembership};
+use crate::types::{ApiToken, Entry, LogId, ManagerNode, NodeId, StoredMembership};
 
 /// A storage failure: the disk, or data on it that does not decode or hang together.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,10 @@ pub struct AppliedMeta {
     pub last_membership: StoredMembership,
     /// The revision of the stored content.
     pub revision: u64,
+    /// The API tokens. Few and small, so they are rewritten with the metadata on every apply
+    /// rather than given keys of their own. Defaulted for stores from before tokens.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, ApiToken>,
 }
 
 /// The stored Raft snapshot: openraft's metadata and our JSON bytes.
@@ -217,7 +222,15 @@ impl Disk {
             what: "resources".into(),
             source: serde::de::Error::custom(e),
         })?;
-        let state = ConfigState::from_doc(StateDoc { content, history }, history_limit)?;
+        let tokens = meta.tokens.clone();
+        let state = ConfigState::from_doc(
+            StateDoc {
+                content,
+                history,
+                tokens,
+            },
+            history_limit,
+        )?;
         Ok((meta, state))
     }
 

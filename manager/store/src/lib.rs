@@ -24,7 +24,9 @@ pub use disk::DiskError;
 pub use log_store::LogStore;
 pub use state::{ChangeSet, ConfigState, DEFAULT_HISTORY_LIMIT};
 pub use state_machine::{ConfigReader, SnapshotBuilder, StateMachineStore};
-pub use types::{Command, CommandResult, ManagerNode, NodeId, Reason, TypeConfig};
+pub use types::{
+    ApiToken, Command, CommandResult, ManagerNode, NodeId, Reason, TokenRole, TypeConfig,
+};
 
 /// One node's opened store: the Raft log and the config state machine, sharing one sled database.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use fleetgate_shared::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Command, CommandResult, Reason};
+use crate::types::{ApiToken, Command, CommandResult, Reason};
 
 /// How many change sets the history keeps. Enough for deltas to agents that were away for a
 /// while, for audit of recent changes and for rollback to any recent revision; an agent further
@@ -54,6 +54,10 @@ impl ChangeSet {
 pub struct StateDoc {
     pub content: Snapshot,
     pub history: Vec<ChangeSet>,
+    /// API tokens by name. Defaulted so that snapshots from before tokens were replicated
+    /// still decode.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, ApiToken>,
 }
 
 /// Stored state that does not hang together: a sign of corruption or of a bug.
@@ -83,6 +87,8 @@ pub struct ConfigState {
     /// Oldest first; consecutive revisions ending at `current.revision`.
     history: VecDeque<ChangeSet>,
     history_limit: usize,
+    /// API tokens by name: replicated with the config, outside its content and revisions.
+    tokens: BTreeMap<String, ApiToken>,
 }
 
 impl Default for ConfigState {
@@ -100,13 +106,18 @@ impl ConfigState {
             current,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            tokens: BTreeMap::new(),
         }
     }
 
     /// Rebuilds a state from its persisted parts, checking that they agree: consecutive history
     /// ending at the content's revision, and the newest checksum equal to the content's.
     pub fn from_doc(doc: StateDoc, history_limit: usize) -> Result<Self, StateError> {
-        let StateDoc { content, history } = doc;
+        let StateDoc {
+            content,
+            history,
+            tokens,
+        } = doc;
         for pair in history.windows(2) {
             if pair[1].revision != pair[0].revision + 1 {
                 return Err(StateError::Gap {
@@ -136,6 +147,7 @@ impl ConfigState {
             checksum,
             history: history.into(),
             history_limit: history_limit.max(1),
+            tokens,
         };
         state.trim();
         Ok(state)
@@ -146,7 +158,13 @@ impl ConfigState {
         StateDoc {
             content: self.current.clone(),
             history: self.history.iter().cloned().collect(),
+            tokens: self.tokens.clone(),
         }
+    }
+
+    /// The API tokens, by name.
+    pub fn tokens(&self) -> &BTreeMap<String, ApiToken> {
+        &self.tokens
     }
 
     /// The current revision; 0 before the first commit.
@@ -257,6 +275,19 @@ impl ConfigState {
     /// Applies one command: either commits it as the next revision, finds it changes nothing,
     /// or rejects it and leaves the state as it was. Deterministic.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match command {
+            Command::PutToken { token, .. } => {
+                self.tokens.insert(token.name.clone(), token.clone());
+                return self.unchanged();
+            }
+            Command::RevokeToken { name, .. } => {
+                return match self.tokens.remove(name) {
+                    Some(_) => self.unchanged(),
+                    None => CommandResult::Rejected(Reason::UnknownToken(name.clone())),
+                };
+            }
+            Command::Apply { .. } | Command::Rollback { .. } => {}
+        }
         let expected = match command {
             Command::Apply {
                 expected_revision, ..
@@ -264,6 +295,7 @@ impl ConfigState {
             | Command::Rollback {
                 expected_revision, ..
             } => *expected_revision,
+            Command::PutToken { .. } | Command::RevokeToken { .. } => None,
         };
         if let Some(expected) = expected
             && expected != self.current.revision
@@ -278,6 +310,7 @@ impl ConfigState {
                 upserts, deletes, ..
             } => self.plan_apply(upserts, deletes),
             Command::Rollback { to_revision, .. } => self.plan_rollback(*to_revision),
+            Command::PutToken { .. } | Command::RevokeToken { .. } => Ok(Delta::default()),
         };
         let delta = match planned {
             Ok(delta) => delta,
@@ -313,6 +346,12 @@ impl ConfigState {
                 to_revision,
                 ..
             } => (author.clone(), *time_ms, Some(*to_revision)),
+            Command::PutToken {
+                author, time_ms, ..
+            }
+            | Command::RevokeToken {
+                author, time_ms, ..
+            } => (author.clone(), *time_ms, None),
         };
         let checksum = next.checksum();
         self.history.push_back(ChangeSet {
@@ -762,5 +801,44 @@ mod tests {
             serde_json::from_str::<CommandResult>(&text).unwrap(),
             result
         );
+    }
+
+    #[test]
+    fn tokens_are_replicated_outside_the_config_revisions() {
+        let mut state = ConfigState::new(10);
+        let token = crate::types::ApiToken {
+            name: "ci".into(),
+            role: crate::types::TokenRole::Editor,
+            sha256: "ab".repeat(32),
+            created_by: "root".into(),
+            created_ms: 1,
+        };
+        let put = Command::PutToken {
+            author: "root".into(),
+            time_ms: 1,
+            token: token.clone(),
+        };
+        assert!(matches!(
+            state.apply(&put),
+            CommandResult::Unchanged { revision: 0, .. }
+        ));
+        assert_eq!(state.tokens().get("ci"), Some(&token));
+        let restored = ConfigState::from_doc(state.to_doc(), 10).unwrap();
+        assert_eq!(restored.tokens(), state.tokens());
+        let revoke = |name: &str| Command::RevokeToken {
+            author: "root".into(),
+            time_ms: 2,
+            name: name.into(),
+        };
+        assert!(matches!(
+            state.apply(&revoke("ci")),
+            CommandResult::Unchanged { .. }
+        ));
+        assert!(state.tokens().is_empty());
+        assert_eq!(
+            state.apply(&revoke("ci")),
+            CommandResult::Rejected(Reason::UnknownToken("ci".into()))
+        );
+        assert_eq!(state.revision(), 0);
     }
 }

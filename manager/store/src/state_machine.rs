@@ -11,7 +11,9 @@ use tokio::sync::watch;
 
 use crate::disk::{AppliedMeta, Disk, DiskError, SnapshotMeta};
 use crate::state::{ChangeSet, ConfigState, StateDoc};
-use crate::types::{CommandResult, Entry, LogId, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    ApiToken, CommandResult, Entry, LogId, StorageError, StoredMembership, TypeConfig,
+};
 
 /// The applied state: the config plus what openraft needs to know about it.
 #[derive(Debug)]
@@ -27,6 +29,7 @@ impl Applied {
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             revision: self.config.revision(),
+            tokens: self.config.tokens().clone(),
         }
     }
 }
@@ -130,6 +133,28 @@ impl ConfigReader {
     /// The oldest revision that `content_at` and `delta_since` can start from.
     pub fn oldest_revision(&self) -> u64 {
         self.shared.read().config.oldest_revision()
+    }
+
+    /// The API token whose secret hashes to `sha256` (lower-case hex), if any.
+    pub fn token(&self, sha256: &str) -> Option<ApiToken> {
+        self.shared
+            .read()
+            .config
+            .tokens()
+            .values()
+            .find(|t| t.sha256 == sha256)
+            .cloned()
+    }
+
+    /// The API tokens, by name.
+    pub fn tokens(&self) -> Vec<ApiToken> {
+        self.shared
+            .read()
+            .config
+            .tokens()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The last log id applied to this state machine.

@@ -85,13 +85,55 @@ pub enum Command {
         expected_revision: Option<u64>,
         to_revision: u64,
     },
+    /// Add or replace the API token named `name`. Tokens are replicated so that every node
+    /// accepts the same ones; they are not part of the config content (no revision, no
+    /// checksum change, never sent to agents).
+    PutToken {
+        author: String,
+        time_ms: u64,
+        token: ApiToken,
+    },
+    /// Remove the API token named `name`.
+    RevokeToken {
+        author: String,
+        time_ms: u64,
+        name: String,
+    },
+}
+
+/// What an API token may do. Ordered: each role may do everything the roles before it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// Read resources, history and cluster status.
+    Viewer,
+    /// Also change resources: put, delete, apply, rollback.
+    Editor,
+    /// Also manage tokens and cluster membership.
+    Admin,
+}
+
+/// A stored API token: its name, role and the SHA-256 of the secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Who holds it; the author recorded for every write made with it. Unique.
+    pub name: String,
+    pub role: TokenRole,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+    /// Who created it, and when (Unix milliseconds).
+    pub created_by: String,
+    pub created_ms: u64,
 }
 
 impl Command {
     /// Who issued the command.
     pub fn author(&self) -> &str {
         match self {
-            Command::Apply { author, .. } | Command::Rollback { author, .. } => author,
+            Command::Apply { author, .. }
+            | Command::Rollback { author, .. }
+            | Command::PutToken { author, .. }
+            | Command::RevokeToken { author, .. } => author,
         }
     }
 }
@@ -133,4 +175,7 @@ pub enum Reason {
         oldest: u64,
         current: u64,
     },
+    /// A token revocation names no token.
+    #[error("there is no token named `{0}`")]
+    UnknownToken(String),
 }
