@@ -1,7 +1,12 @@
 //! `fleetgate`: the operator's command line.
 //!
-//! For now it validates bundles offline, like `nginx -t`: operators run it in CI before every
-//! apply. Exit codes: 0 valid, 1 invalid (one error per line on stderr), 2 unreadable input.
+//! `validate` checks bundles offline, like `nginx -t`: operators run it in CI before every
+//! apply. The other commands (see [`remote`]) are clients of a manager's admin API over HTTPS.
+//!
+//! Exit codes: 0 ok; 1 invalid input or the server refused (one error per line on stderr);
+//! 2 bad usage or unreadable input; 3 the server cannot be reached.
+
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,10 +23,14 @@ use fleetgate_shared::{LoadError, Snapshot, load_paths, validate};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: remote::Connection,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
     /// Check bundles offline: parse every document in every file and directory given, validate
     /// them as one config, and print a summary (exit 0), every problem (exit 1), or why input
     /// could not be read (exit 2).
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { paths } => run_validate(&paths),
         Command::HashPassword { iterations } => run_hash_password(iterations),
+        Command::Remote(command) => remote::run(command, cli.connection),
     }
 }
 
