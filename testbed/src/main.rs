@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use clap::{Parser, Subcommand};
 
 mod backend;
+mod managers;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,9 +40,13 @@ enum Cmd {
         /// The blue and green demo backends (the example config points at these).
         #[arg(long, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"], num_args = 2)]
         backends: Vec<SocketAddr>,
-        /// State directory (persisted snapshots, logs).
+        /// State directory (persisted snapshots, manager data, logs).
         #[arg(long, default_value = ".fleetgate")]
         state_dir: PathBuf,
+        /// Manager nodes to run (a Raft cluster; 0 for none). Their admin APIs listen on
+        /// 127.0.0.1:8101 and up, Raft on 7101 and up.
+        #[arg(long, default_value_t = 3)]
+        managers: u8,
     },
     /// Run one demo backend: HTTP echo (JSON), WebSocket echo on /ws, SSE ticker on /sse.
     DemoBackend {
@@ -50,6 +55,12 @@ enum Cmd {
         /// Name reported in every answer.
         #[arg(long)]
         name: String,
+    },
+    /// Run a manager node (the same code as `fleetgate-manager`); used by `up`.
+    #[command(trailing_var_arg = true)]
+    Manager {
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Run the gateway agent (the same code as `fleetgate-agent`); used by `up`.
     #[command(trailing_var_arg = true)]
@@ -99,13 +110,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Manager { args } => fleetgate_manager::cli::main_with_args(
+            std::iter::once("fleetgate-manager".to_owned()).chain(args),
+        ),
         Cmd::Up {
             config,
             listen,
             admin,
             backends,
             state_dir,
-        } => match up(&config, listen, admin, &backends, &state_dir) {
+            managers,
+        } => match up(&config, listen, admin, &backends, &state_dir, managers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -117,7 +132,7 @@ fn main() -> ExitCode {
 
 /// Children that are killed when this guard drops, so that Ctrl-C or an error never leaves
 /// processes behind.
-struct Fleet(Vec<(String, Child)>);
+pub(crate) struct Fleet(pub(crate) Vec<(String, Child)>);
 
 impl Drop for Fleet {
     fn drop(&mut self) {
@@ -138,6 +153,7 @@ fn up(
     admin: SocketAddr,
     backends: &[SocketAddr],
     state_dir: &std::path::Path,
+    manager_count: u8,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
@@ -192,6 +208,17 @@ fn up(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let cluster = if manager_count > 0 {
+        Some(runtime.block_on(managers::start(
+            &exe,
+            state_dir,
+            manager_count,
+            config,
+            &mut fleet,
+        ))?)
+    } else {
+        None
+    };
     runtime.block_on(async {
         wait_ready(admin).await?;
         println!();
@@ -200,6 +227,9 @@ fn up(
         println!("  canary       curl -H 'x-canary: green' http://{listen}/api/hello");
         println!("  admin        http://{admin}/config   http://{admin}/metrics");
         println!("  config       {} (edit it: changes apply hot)", config.display());
+        if let Some(cluster) = &cluster {
+            cluster.print();
+        }
         println!("  logs         {}/logs/", state_dir.display());
         println!("Press Ctrl-C to stop.");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod http_client;
 pub mod network;
 pub mod node;
