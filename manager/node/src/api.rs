@@ -621,6 +621,11 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>)
                 f.leader_id
             ))
         }
+        // Another membership change is still being committed: a retry will succeed, so this
+        // is 503 (which `join` retries), not a bad request.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            openraft::error::ChangeMembershipError::InProgress(e),
+        )) => ApiError::Unavailable(format!("{e}; retry")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ApiError::BadRequest(e.to_string())
         }
