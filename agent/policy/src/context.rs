@@ -78,9 +78,11 @@ impl RequestCtx {
         }
     }
 
-    /// The client IP as the TCP peer sees it.
+    /// The client IP as the TCP peer sees it, with an IPv4 client on a dual-stack socket
+    /// (`::ffff:a.b.c.d`) given as the IPv4 address it is, so that every policy counts, binds
+    /// and matches one client as one address.
     pub fn peer_ip(&self) -> IpAddr {
-        self.peer.ip()
+        canonical_ip(self.peer.ip())
     }
 
     /// The value of cookie `name` in the request, if present.
@@ -96,6 +98,14 @@ impl RequestCtx {
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v)
+    }
+}
+
+/// `ip`, with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into its IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     }
 }
 

@@ -26,11 +26,10 @@
 //! Whatever the outcome, an `x-fleetgate-bot` header sent by the client is removed, so the
 //! upstream can trust the one it sees.
 
-use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::challenge::CookieSigner;
+use super::challenge::{CookieSigner, unix_seconds};
 use bytes::Bytes;
 use fleetgate_shared::model::{BotDetect as Config, Phase, Verdict as Action};
 use fleetgate_shared::validate::REGEX_SIZE_LIMIT;
@@ -303,20 +302,6 @@ fn compile(field: &str, patterns: &[String]) -> Result<Option<RegexSet>, String>
         .map_err(|e| format!("{field}: {e}"))
 }
 
-fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The address a cookie is bound to: IPv4 clients on a dual-stack socket appear as
-/// `::ffff:a.b.c.d` and are bound as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl BotDetect {
     /// Compiles the policy's regexes and reuses (or creates) its challenge secret in `state`.
     pub fn build(name: &str, config: &Config, state: &PolicyState) -> Result<Self, String> {
@@ -378,7 +363,7 @@ impl BotDetect {
     }
 
     fn challenge_page(&self, ctx: &RequestCtx) -> Response<Bytes> {
-        let ip = canonical(ctx.peer_ip());
+        let ip = ctx.peer_ip();
         let expiry = unix_seconds(ctx.now) + CHALLENGE_TTL.as_secs();
         // Name and value are [A-Za-z0-9_.-]: safe inside the script's string and the page.
         let value = self.state.signer.token(&self.name, &ip.to_string(), expiry);
@@ -412,7 +397,7 @@ location.replace(location.href);</script></body></html>
         ctx.cookie(&self.cookie).is_some_and(|cookie| {
             self.state.signer.verify(
                 &self.name,
-                &canonical(ctx.peer_ip()).to_string(),
+                &ctx.peer_ip().to_string(),
                 cookie,
                 unix_seconds(ctx.now),
             )

@@ -20,9 +20,9 @@
 //! rate limit does, would let a flood ban every new client.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use super::challenge::CookieSigner;
+use super::challenge::{CookieSigner, unix_seconds};
 use bytes::Bytes;
 use fleetgate_shared::model::{CcProtection as Config, LimitKey, Phase};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
@@ -125,11 +125,6 @@ pub struct CcProtection {
     ban_ns: u64,
     challenge: bool,
     state: Arc<CcState>,
-}
-
-fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl CcProtection {

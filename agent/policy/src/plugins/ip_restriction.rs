@@ -37,11 +37,8 @@ impl IpRestriction {
     }
 
     fn permits(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
+        // A forwarding header may carry ::ffff:a.b.c.d too; the peer already comes canonical.
+        let ip = crate::context::canonical_ip(ip);
         if self.deny.iter().any(|net| net.contains(&ip)) {
             return false;
         }

@@ -34,7 +34,6 @@ mod scripts;
 pub(crate) mod table;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,17 +79,9 @@ pub(crate) fn key_value(key: &LimitKey, ctx: &RequestCtx) -> Option<String> {
         LimitKey::Query(name) => ctx.query_param(name).map(str::to_owned),
         LimitKey::Cookie(name) => ctx.cookie(name).map(str::to_owned),
         LimitKey::Consumer => ctx.consumer.as_ref().map(|c| c.name.clone()),
-        LimitKey::ClientIp => Some(canonical_ip(ctx.peer_ip()).to_string()),
+        LimitKey::ClientIp => Some(ctx.peer_ip().to_string()),
     };
     value.filter(|v| !v.is_empty())
-}
-
-/// An IPv4 client on a dual-stack socket is counted as the IPv4 address it is.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The name a key value is stored under: `=value`, `#sha256` for long values, or a `!` name

@@ -274,13 +274,7 @@ impl Input {
         {
             headers.insert(header::HOST, value);
         }
-        let client = match ctx.peer.ip() {
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => std::net::SocketAddr::new(v4.into(), ctx.peer.port()),
-                None => ctx.peer,
-            },
-            _ => ctx.peer,
-        };
+        let client = std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port());
         Self {
             id: format!("fg-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
             client,

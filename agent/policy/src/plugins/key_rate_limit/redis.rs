@@ -9,6 +9,7 @@
 //! pure function over bytes, with limits, so a misbehaving server cannot make it allocate
 //! without bound or panic.
 
+use crate::plugins::credentials::percent_decode;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,11 +94,11 @@ impl Target {
             None => (None, None),
             Some(info) => match info.split_once(':') {
                 Some((user, pass)) => (
-                    Some(percent_decode(user)).filter(|u| !u.is_empty()),
-                    Some(percent_decode(pass)),
+                    Some(percent_decode(user).into_owned()).filter(|u| !u.is_empty()),
+                    Some(percent_decode(pass).into_owned()),
                 ),
                 // A lone userinfo is a password, as in `redis://secret@host`.
-                None => (None, Some(percent_decode(info))),
+                None => (None, Some(percent_decode(info).into_owned())),
             },
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -141,26 +142,6 @@ impl Target {
         };
         format!("redis://{host}:{}/{}", self.port, self.db)
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
