@@ -1,4 +1,8 @@
 //! A demo backend: JSON echo, WebSocket echo on `/ws`, a server-sent-events ticker on `/sse`.
+//!
+//! It runs as its own process under `up`, and in-process in tests through [`Backend`], which can
+//! be stopped like a killed process: every connection (WebSocket ones included) is cut at once,
+//! so a load test sees what clients of a crashed backend see.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,29 +16,92 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Serves until the process is stopped.
-pub async fn run(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let name = Arc::new(name);
+pub async fn run(listen: SocketAddr, name: String) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
     eprintln!("{name} listening on {listen}");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let name = name.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(name.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
+    // The sender lives as long as this future, which is the life of the process.
+    let (_alive, stopped) = watch::channel(());
+    serve(listener, Arc::new(name), stopped).await
+}
+
+/// A demo backend running in this process, for tests.
+///
+/// Dropping it (or [`Backend::stop`]) closes the listener and every open connection, the way a
+/// killed process would; [`Backend::start`] on the same address brings it back.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    stop: watch::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Backend {
+    /// Binds `listen` (port 0 picks a free port) and serves in a background task.
+    pub async fn start(listen: SocketAddr, name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(());
+        let task = tokio::spawn(serve(listener, Arc::new(name.to_owned()), stopped));
+        Ok(Self { addr, stop, task })
     }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener and all connections, and returns once they are closed, so the port can
+    /// be bound again.
+    pub async fn stop(self) {
+        drop(self.stop);
+        let _ = self.task.await;
+    }
+}
+
+/// Accepts until `stopped` fires (its sender is dropped). Every connection and WebSocket task
+/// watches the same signal, so stopping cuts them too instead of leaving orphan tasks serving.
+async fn serve(
+    listener: TcpListener,
+    name: Arc<String>,
+    stopped: watch::Receiver<()>,
+) -> std::io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut accept_stop = stopped.clone();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted?.0,
+            _ = accept_stop.changed() => break,
+        };
+        let name = name.clone();
+        let stopped = stopped.clone();
+        connections.spawn(async move {
+            let mut conn_stop = stopped.clone();
+            let service = service_fn(move |req| handle(name.clone(), stopped.clone(), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = conn_stop.changed() => {}
+            }
+        });
+        // Reap finished connections so a long-running backend does not accumulate them.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
 
 async fn handle(
     name: Arc<String>,
+    mut stopped: watch::Receiver<()>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == "/ws" && req.headers().contains_key(header::UPGRADE) {
@@ -50,7 +117,14 @@ async fn handle(
                 None,
             )
             .await;
-            while let Some(Ok(message)) = ws.next().await {
+            loop {
+                let message = tokio::select! {
+                    next = ws.next() => match next {
+                        Some(Ok(message)) => message,
+                        _ => break,
+                    },
+                    _ = stopped.changed() => return,
+                };
                 let reply = match message {
                     tokio_tungstenite::tungstenite::Message::Text(t) => {
                         tokio_tungstenite::tungstenite::Message::text(format!("{name}: {t}"))

@@ -10,8 +10,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 
 use clap::{Parser, Subcommand};
 
-mod backend;
 mod managers;
+
+use fleetgate_testbed::{backend, wan};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +49,25 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         managers: u8,
     },
+    /// Relay TCP and UDP from one port to another through an emulated WAN link (fixed
+    /// conditions; scenarios change them at run time through the library).
+    Wan {
+        /// Where clients connect (TCP) and send (UDP).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where traffic goes.
+        #[arg(long)]
+        target: SocketAddr,
+        /// One-way latency in milliseconds, applied in each direction.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Uniform jitter (plus or minus) in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Loss probability: UDP datagrams dropped, TCP chunks delayed by a retransmission.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+    },
     /// Run one demo backend: HTTP echo (JSON), WebSocket echo on /ws, SSE ticker on /sse.
     DemoBackend {
         #[arg(long)]
@@ -73,6 +93,27 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Wan {
+            listen,
+            target,
+            latency_ms,
+            jitter_ms,
+            loss,
+        } => {
+            let link = wan::LinkControl::with_conditions(wan::LinkConditions {
+                latency: std::time::Duration::from_millis(latency_ms),
+                jitter: std::time::Duration::from_millis(jitter_ms),
+                loss,
+                partitioned: false,
+            });
+            run_async(async move {
+                let _tcp = wan::TcpRelay::start(listen, target, link.clone()).await?;
+                let _udp = wan::UdpRelay::start(listen, target, link).await?;
+                eprintln!("relaying {listen} -> {target} (TCP and UDP); Ctrl-C stops");
+                tokio::signal::ctrl_c().await?;
+                Ok(())
+            })
+        }
         Cmd::DemoBackend { listen, name } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -127,6 +168,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Runs a small tool on a current-thread runtime and maps its outcome to an exit code.
+fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
