@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .btree_map(".")
         // A spec may hold private keys and credentials; `Debug` for `Resource` is written by
         // hand in `src/lib.rs` so that logging a message never prints them.
-        .skip_debug([".fleetgate.sync.v1.Resource"])
+        // The same for `Enroll`, which carries a join token.
+        .skip_debug([".fleetgate.sync.v1.Resource", ".fleetgate.sync.v1.Enroll"])
         .compile_fds(fds)?;
     Ok(())
 }

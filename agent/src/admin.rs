@@ -134,6 +134,7 @@ fn config(gateway: &Gateway) -> Response<ResponseBody> {
             "routes": generation.routes.routes().map(|r| r.name.clone()).collect::<Vec<_>>(),
             "services": services,
             "last_rejected": rejection,
+            "sync": gateway.sync_status(),
         }),
     )
 }
@@ -188,6 +189,51 @@ fn metrics(gateway: &Gateway) -> String {
         generation.checksum.short(),
         generation.source
     );
+    if let Some(sync) = gateway.sync_status() {
+        let connected = u8::from(sync.state == "connected");
+        let _ = writeln!(
+            out,
+            "# HELP fleetgate_sync_connected Whether a manager session is up (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE fleetgate_sync_connected gauge");
+        let _ = writeln!(out, "fleetgate_sync_connected {connected}");
+        for (name, help, value) in [
+            (
+                "fleetgate_sync_sessions_total",
+                "Manager sessions started.",
+                sync.sessions_total,
+            ),
+            (
+                "fleetgate_sync_acks_total",
+                "Revisions from the managers applied and acknowledged.",
+                sync.acks_total,
+            ),
+            (
+                "fleetgate_sync_nacks_total",
+                "Revisions from the managers rejected (the previous one kept serving).",
+                sync.nacks_total,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        if let Some(not_after) = sync.cert_not_after_ms {
+            let _ = writeln!(
+                out,
+                "# HELP fleetgate_sync_certificate_expiry_seconds Unix time the agent certificate expires."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE fleetgate_sync_certificate_expiry_seconds gauge"
+            );
+            let _ = writeln!(
+                out,
+                "fleetgate_sync_certificate_expiry_seconds {}",
+                not_after / 1000
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP fleetgate_config_age_seconds Seconds since the serving config was applied."

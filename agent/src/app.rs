@@ -98,19 +98,35 @@ fn start(
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     // Serve something before anything else: the config file, else the last persisted snapshot.
-    if !source::load_and_apply(gateway, &config.config, 1) {
+    // In manager mode, the persisted snapshot serves before any manager is asked.
+    let from_file = config
+        .config
+        .as_ref()
+        .is_some_and(|path| source::load_and_apply(gateway, path, 1));
+    if !from_file {
         match gateway.load_persisted() {
             Some(snapshot) => {
-                tracing::warn!(
-                    revision = snapshot.revision,
-                    "config file unusable at start; serving the persisted snapshot until it is fixed"
-                );
+                match &config.config {
+                    Some(_) => tracing::warn!(
+                        revision = snapshot.revision,
+                        "config file unusable at start; serving the persisted snapshot until it is fixed"
+                    ),
+                    None => tracing::info!(
+                        revision = snapshot.revision,
+                        "serving the persisted snapshot while connecting to the managers"
+                    ),
+                }
                 let _ = gateway.apply(&snapshot, ConfigSource::Disk);
             }
-            None => tracing::warn!(
-                "no usable config yet; answering 404 until {} is fixed",
-                config.config.display()
-            ),
+            None => match &config.config {
+                Some(path) => tracing::warn!(
+                    "no usable config yet; answering 404 until {} is fixed",
+                    path.display()
+                ),
+                None => tracing::info!(
+                    "no persisted snapshot yet; answering 404 until a manager sends the config"
+                ),
+            },
         }
     }
     let settings = ServerSettings {
@@ -141,12 +157,27 @@ fn start(
     let admin = TcpListener::from_std(listeners.admin)?;
     tracing::info!(addr = %admin.local_addr()?, "admin API listening");
     tokio::spawn(crate::admin::serve(admin, gateway.clone(), stopped.clone()));
-    tokio::spawn(source::watch_file(
-        gateway.clone(),
-        config.config.clone(),
-        config.watch_interval(),
-        stopped,
-    ));
+    match (&config.config, &config.data_dir) {
+        (Some(path), _) => {
+            tokio::spawn(source::watch_file(
+                gateway.clone(),
+                path.clone(),
+                config.watch_interval(),
+                stopped,
+            ));
+        }
+        (None, Some(data_dir)) => {
+            let settings = crate::sync::SyncSettings {
+                managers: config.manager.clone(),
+                join_token: config.join.clone(),
+                name: config.agent_name(),
+                labels: config.labels.iter().cloned().collect(),
+                data_dir: data_dir.clone(),
+            };
+            tokio::spawn(crate::sync::run(gateway.clone(), settings, stopped));
+        }
+        (None, None) => anyhow::bail!("manager mode needs --data-dir"),
+    }
     Ok(servers)
 }
 

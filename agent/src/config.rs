@@ -20,10 +20,41 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Parser, Debug, Clone)]
 #[command(name = "fleetgate-agent", version, about)]
 pub struct AgentConfig {
-    /// Config bundle: a YAML/JSON file or a directory of them. Watched: every change is
-    /// validated and applied hot; an invalid change is logged and the running config stays.
-    #[arg(long, value_name = "PATH")]
-    pub config: PathBuf,
+    /// Standalone mode: a YAML/JSON bundle file or a directory of them. Watched: every change
+    /// is validated and applied hot; an invalid change is logged and the running config stays.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "manager",
+        conflicts_with = "manager"
+    )]
+    pub config: Option<PathBuf>,
+    /// Manager mode: a manager's sync address (QUIC, `host:port`). Repeat it or separate with
+    /// commas for several; a name that resolves to several addresses counts as several. The
+    /// agent uses one at a time and moves to the next when it fails. Needs --data-dir.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        value_delimiter = ',',
+        requires = "data_dir"
+    )]
+    pub manager: Vec<String>,
+    /// A join token (`fleetgate token create --agent`): needed the first time only, to enrol;
+    /// the certificate it gets is kept in DATA_DIR/identity and renewed automatically.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FLEETGATE_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join: Option<String>,
+    /// The agent's labels, `key=value,...` (cloud, region, zone, env): resources whose
+    /// placement selects them are sent to this agent.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The agent's name in the fleet view; default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Plain HTTP listener (HTTP/1.1 and h2c).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -74,7 +105,29 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("`{text}` has an empty key"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
 impl AgentConfig {
+    /// The name shown in the fleet view: `--name`, else the host name.
+    pub fn agent_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "fleetgate-agent".to_owned())
+        })
+    }
+
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout)
     }

@@ -30,6 +30,16 @@ pub struct Gateway {
     data_dir: Option<PathBuf>,
     /// The problems of the last rejected snapshot, for `/config`.
     last_rejection: Mutex<Option<(u64, Vec<ValidationError>)>>,
+    /// Manager mode's session state; `None` in standalone mode.
+    sync: Mutex<Option<crate::sync::SyncStatus>>,
+}
+
+/// A persisted snapshot and where it came from.
+#[derive(Debug)]
+pub struct PersistedSnapshot {
+    pub snapshot: Snapshot,
+    /// Whether a manager sent it: only then may it be the base of the next delta.
+    pub from_manager: bool,
 }
 
 /// What a persisted snapshot file holds: the snapshot and its content checksum, checked on
@@ -38,6 +48,9 @@ pub struct Gateway {
 struct Persisted {
     checksum: fleetgate_shared::Checksum,
     snapshot: Snapshot,
+    /// Defaulted for files written before manager mode existed.
+    #[serde(default)]
+    from_manager: bool,
 }
 
 impl Gateway {
@@ -50,6 +63,7 @@ impl Gateway {
             apply_lock: Mutex::new(()),
             data_dir,
             last_rejection: Mutex::new(None),
+            sync: Mutex::new(None),
         })
     }
 
@@ -115,7 +129,7 @@ impl Gateway {
         );
         if let Some(dir) = &self.data_dir
             && source != ConfigSource::Disk
-            && let Err(e) = persist(dir, snapshot)
+            && let Err(e) = persist(dir, snapshot, source == ConfigSource::Manager)
         {
             tracing::warn!(dir = %dir.display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
@@ -130,9 +144,25 @@ impl Gateway {
             .clone()
     }
 
+    /// Manager mode's session state, for `/config` and `/metrics`.
+    pub fn sync_status(&self) -> Option<crate::sync::SyncStatus> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes manager mode's session state (and marks the agent as being in manager mode).
+    pub fn set_sync_status(&self, change: impl FnOnce(&mut crate::sync::SyncStatus)) {
+        let mut sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        change(sync.get_or_insert_with(Default::default));
+    }
+
     /// The newest persisted snapshot that passes its checksum: the current file, else the
     /// previous generation (with a warning).
     pub fn load_persisted(&self) -> Option<Snapshot> {
+        self.load_persisted_origin().map(|p| p.snapshot)
+    }
+
+    /// [`Self::load_persisted`], with where the snapshot came from.
+    pub fn load_persisted_origin(&self) -> Option<PersistedSnapshot> {
         let dir = self.data_dir.as_ref()?;
         for name in [CURRENT, PREVIOUS] {
             let path = dir.join(name);
@@ -151,7 +181,7 @@ impl Gateway {
     }
 }
 
-fn read_persisted(path: &Path) -> Result<Option<Snapshot>, String> {
+fn read_persisted(path: &Path) -> Result<Option<PersistedSnapshot>, String> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -167,18 +197,22 @@ fn read_persisted(path: &Path) -> Result<Option<Snapshot>, String> {
             actual.short()
         ));
     }
-    Ok(Some(persisted.snapshot))
+    Ok(Some(PersistedSnapshot {
+        snapshot: persisted.snapshot,
+        from_manager: persisted.from_manager,
+    }))
 }
 
 /// Writes the snapshot durably: to a temporary file, fsynced, then renamed over the current
 /// one after the current one became the previous generation.
-fn persist(dir: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
+fn persist(dir: &Path, snapshot: &Snapshot, from_manager: bool) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{CURRENT}.tmp"));
     let body = serde_json::to_vec(&Persisted {
         checksum: snapshot.checksum(),
         snapshot: snapshot.clone(),
+        from_manager,
     })?;
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&body)?;

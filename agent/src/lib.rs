@@ -1,7 +1,8 @@
 //! The Fleetgate agent: the data plane.
 //!
 //! A reverse proxy for HTTP/1.1, HTTP/2, TLS and WebSocket. Config arrives as a
-//! [`fleetgate_shared::Snapshot`] (from a watched file in standalone mode), is validated and
+//! [`fleetgate_shared::Snapshot`] (from a watched file in standalone mode, or from a manager over
+//! QUIC in manager mode: [`sync`]), is validated and
 //! compiled off the request path into an immutable [`Generation`], and is published with one
 //! atomic pointer swap. Requests load the current generation once and never wait on anything
 //! else shared; connections that are already established keep the upstream they were given,
@@ -15,11 +16,13 @@ pub mod gateway;
 pub mod generation;
 pub mod headers;
 pub mod hosts;
+pub mod identity;
 pub mod inbound;
 pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod stats;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

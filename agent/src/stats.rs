@@ -73,6 +73,24 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Requests by status class over every route (and unrouted requests): `requests_2xx`, ...
+    /// For the periodic status an agent sends its manager.
+    pub fn totals(&self) -> std::collections::BTreeMap<String, u64> {
+        const NAMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sums = [0u64; 6];
+        for stats in routes.values().chain(std::iter::once(&self.unrouted)) {
+            for (sum, count) in sums.iter_mut().zip(&stats.by_class) {
+                *sum += count.load(Ordering::Relaxed);
+            }
+        }
+        NAMES
+            .iter()
+            .zip(sums)
+            .map(|(name, sum)| (format!("requests_{name}"), sum))
+            .collect()
+    }
+
     /// The stats of `names`, created as needed. Called while publishing a config version.
     pub fn for_routes<'a>(
         &self,

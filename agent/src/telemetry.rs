@@ -237,6 +237,16 @@ impl Telemetry {
         self.open_tunnels.load(Ordering::Relaxed)
     }
 
+    /// Monotonic counters for the manager: requests by status class, open connections.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counters = self.stats.totals();
+        counters.insert(
+            "open_connections".to_owned(),
+            u64::try_from(self.open_connections()).unwrap_or(0),
+        );
+        counters
+    }
+
     pub fn dropped_access_lines(&self) -> u64 {
         self.dropped_access_lines.load(Ordering::Relaxed)
     }

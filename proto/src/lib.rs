@@ -16,12 +16,22 @@
 //! document read from a wire message gets exactly the checks of one read from a YAML file.
 
 pub mod convert;
+pub mod frame;
+pub mod join_token;
 
 pub use convert::WireError;
 
 /// The sync protocol version this crate speaks, sent in [`sync::v1::Hello::protocol_version`].
 /// Bumped on any change an older peer would misread; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The ALPN protocol of the sync endpoint (QUIC). A peer that does not offer it is refused in
+/// the handshake, before any message.
+pub const SYNC_ALPN: &[u8] = b"fleetgate-sync/1";
+
+/// The DNS name every manager certificate carries and every client verifies, whatever address
+/// the manager was reached at (NAT, a load balancer, loopback in tests).
+pub const MANAGER_SERVER_NAME: &str = "fleetgate-manager";
 
 /// The agent ⇄ manager sync protocol (`fleetgate.sync.v1`).
 pub mod sync {
@@ -67,6 +77,19 @@ impl std::fmt::Debug for sync::v1::Resource {
                 "spec_json",
                 &format_args!("<{} bytes>", self.spec_json.len()),
             )
+            .finish()
+    }
+}
+
+/// Written by hand: the join token is a secret and is never printed.
+impl std::fmt::Debug for sync::v1::Enroll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enroll")
+            .field("join_token", &"<redacted>")
+            .field("csr_der", &format_args!("<{} bytes>", self.csr_der.len()))
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("version", &self.version)
             .finish()
     }
 }

@@ -102,11 +102,29 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         command: ClusterCommand,
     },
-    /// API tokens (admin role).
+    /// API tokens and agent join tokens (admin role).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The agents: enrolled, connected, the revision each serves, its last rejection, and
+    /// how far a revision has rolled out. `agents revoke ID` refuses an agent from now on.
+    Agents {
+        #[command(subcommand)]
+        command: Option<AgentsCommand>,
+        /// Rollout of this revision (default: the current one).
+        #[arg(long, value_name = "REVISION")]
+        revision: Option<u64>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// Revoke an agent: every manager refuses it from now on (it keeps serving its last
+    /// config; enrol it again with a new join token to bring it back).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,11 +135,28 @@ pub enum ClusterCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create a token; its secret is printed once, on standard output.
+    /// Create an API token (NAME and --role), or with --agent a join token for agents
+    /// (`fleetgate-agent --join TOKEN`); the secret is printed once, on standard output.
     Create {
-        name: String,
-        #[arg(long, value_enum)]
-        role: Role,
+        #[arg(required_unless_present = "agent")]
+        name: Option<String>,
+        #[arg(long, value_enum, required_unless_present = "agent")]
+        role: Option<Role>,
+        /// Make an agent join token instead of an API token.
+        #[arg(long, conflicts_with_all = ["name", "role"])]
+        agent: bool,
+        /// How long the join token admits agents (`30m`, `1h`, `7d` is not accepted: use
+        /// `168h`).
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "1h",
+            requires = "agent"
+        )]
+        ttl: String,
+        /// How many agents may enrol with it; 0 for any number until it expires.
+        #[arg(long, value_name = "N", default_value_t = 1, requires = "agent")]
+        max_uses: u32,
     },
     /// Names, roles and creators (never secrets).
     List,
@@ -270,6 +305,21 @@ async fn execute(command: RemoteCommand, connection: Connection) -> Outcome {
             command: ClusterCommand::Status,
         } => cluster_status(&Client::new(connection)?).await,
         RemoteCommand::Token { command } => token(&Client::new(connection)?, command).await,
+        RemoteCommand::Agents {
+            command: Some(AgentsCommand::Revoke { id }),
+            ..
+        } => {
+            let client = Client::new(connection)?;
+            let path = format!("/api/v1/agents/{}/revoke", segment(&id));
+            client.call(Method::POST, &path, None, None).await?;
+            println!("revoked agent {id}");
+            Ok(())
+        }
+        RemoteCommand::Agents {
+            command: None,
+            revision,
+            output,
+        } => agents(&Client::new(connection)?, revision, output).await,
     }
 }
 
@@ -931,7 +981,40 @@ async fn cluster_status(client: &Client) -> Outcome {
 
 async fn token(client: &Client, command: TokenCommand) -> Outcome {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create {
+            agent: true,
+            ttl,
+            max_uses,
+            ..
+        } => {
+            let ttl: fleetgate_shared::Duration = ttl
+                .parse()
+                .map_err(|e| Failure::Usage(format!("--ttl {ttl}: {e}")))?;
+            let body =
+                json!({ "ttl_secs": ttl.as_millis() / 1000, "max_uses": max_uses }).to_string();
+            let answer = client
+                .call(Method::POST, "/api/v1/join-tokens", None, Some(body.into()))
+                .await?;
+            let uses = match max_uses {
+                0 => "any number of agents".to_owned(),
+                1 => "one agent".to_owned(),
+                n => format!("{n} agents"),
+            };
+            eprintln!(
+                "created join token {} for {uses}, valid until {}; it is shown this once:",
+                answer["id"].as_str().unwrap_or("?"),
+                answer["expires_ms"]
+                    .as_u64()
+                    .map_or_else(|| "?".to_owned(), format_time)
+            );
+            println!("{}", answer["token"].as_str().unwrap_or(""));
+        }
+        TokenCommand::Create { name, role, .. } => {
+            let (Some(name), Some(role)) = (name, role) else {
+                return Err(Failure::Usage(
+                    "an API token needs a NAME and --role (or --agent for a join token)".to_owned(),
+                ));
+            };
             let body = json!({ "name": name, "role": role.as_str() }).to_string();
             let answer = client
                 .call(Method::POST, "/api/v1/tokens", None, Some(body.into()))
@@ -972,6 +1055,126 @@ async fn token(client: &Client, command: TokenCommand) -> Outcome {
             client.call(Method::DELETE, &path, None, None).await?;
             println!("revoked token {name}");
         }
+    }
+    Ok(())
+}
+
+/// How long ago `ms` was, for people: `4s`, `12m`, `3h`, `2d`.
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+async fn agents(client: &Client, revision: Option<u64>, output: Output) -> Outcome {
+    let path = match revision {
+        Some(revision) => format!("/api/v1/agents?revision={revision}"),
+        None => "/api/v1/agents".to_owned(),
+    };
+    let answer = client.call(Method::GET, &path, None, None).await?;
+    match output {
+        Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        Output::Yaml => {
+            print!("{}", to_yaml(&answer)?);
+            return Ok(());
+        }
+        Output::Table => {}
+    }
+    let empty = Vec::new();
+    let rows = answer["agents"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|a| {
+            let live = &a["live"];
+            let labels = a["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let state = if !a["revoked_ms"].is_null() {
+                "revoked".to_owned()
+            } else if live["connected"].as_bool() == Some(true) {
+                format!("connected to {}", live["node_id"])
+            } else if let Some(seen) = live["last_seen_ms"].as_u64() {
+                format!("seen {} ago", ago(seen))
+            } else {
+                "not seen".to_owned()
+            };
+            let nack = live["last_nack"]["revision"]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |r| format!("rev {r}"));
+            vec![
+                a["id"].as_str().unwrap_or("?").to_owned(),
+                a["name"].as_str().unwrap_or("?").to_owned(),
+                labels,
+                state,
+                live["applied_revision"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                nack,
+                a["cert_not_after_ms"]
+                    .as_u64()
+                    .map_or_else(|| "?".to_owned(), format_time),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "NAME",
+                "LABELS",
+                "STATE",
+                "REVISION",
+                "LAST NACK",
+                "CERT EXPIRES"
+            ],
+            rows
+        )
+    );
+    let r = &answer["rollout"];
+    println!(
+        "revision {}: applied on {} of {} connected agents ({} rejected, {} pending)",
+        r["revision"], r["applied"], r["selected"], r["failed"], r["pending"]
+    );
+    for agent in answer["agents"].as_array().unwrap_or(&empty) {
+        if let Some(errors) = agent["live"]["last_nack"]["errors"].as_array() {
+            for e in errors {
+                println!(
+                    "  {} rejected revision {}: {}: {}: {}",
+                    agent["id"].as_str().unwrap_or("?"),
+                    agent["live"]["last_nack"]["revision"],
+                    e["resource"].as_str().unwrap_or(""),
+                    e["path"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    if let Some(nodes) = answer["unreachable_nodes"]
+        .as_array()
+        .filter(|n| !n.is_empty())
+    {
+        eprintln!("warning: nodes {nodes:?} did not answer; their agents may show as not seen");
     }
     Ok(())
 }

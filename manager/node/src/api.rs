@@ -46,6 +46,7 @@ pub fn router(ctx: NodeCtx) -> Router {
         .route("/api/v1/cluster/certificates", post(issue_certificate))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{name}", delete(revoke_token))
+        .merge(crate::agents_api::routes())
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/rollback", post(rollback))
         .route("/api/v1/revisions", get(revisions))
@@ -121,10 +122,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Checks the bearer token: 401 without a known token, 403 with one whose role is too low.
-fn authorize(ctx: &NodeCtx, headers: &HeaderMap, needed: Role) -> ApiResult<ApiToken> {
+pub(crate) fn authorize(ctx: &NodeCtx, headers: &HeaderMap, needed: Role) -> ApiResult<ApiToken> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -257,7 +258,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Vec<Resource>> {
 
 /// Parses a JSON body whatever its content type says (after authorization, so that a caller
 /// without the right gets 401/403 rather than a parse error).
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
 }
 
@@ -303,7 +304,7 @@ struct Written {
 }
 
 /// Proposes `command` through Raft and maps its outcome to a response.
-async fn propose(ctx: &NodeCtx, command: Command) -> ApiResult<Response> {
+pub(crate) async fn propose(ctx: &NodeCtx, command: Command) -> ApiResult<Response> {
     let result = ctx.raft.client_write(command).await.map_err(|e| match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ApiError::Unavailable(format!(
@@ -336,9 +337,14 @@ fn rejected(reason: Reason) -> ApiError {
         Reason::Invalid(problems) => ApiError::Invalid(problems),
         Reason::NotFound(key) => ApiError::NotFound(format!("{key} does not exist")),
         r @ Reason::Conflicting(_) => ApiError::BadRequest(r.to_string()),
-        r @ (Reason::RevisionNotInHistory { .. } | Reason::UnknownToken(_)) => {
-            ApiError::NotFound(r.to_string())
-        }
+        r @ (Reason::RevisionNotInHistory { .. }
+        | Reason::UnknownToken(_)
+        | Reason::UnknownJoinToken(_)
+        | Reason::UnknownAgent(_)) => ApiError::NotFound(r.to_string()),
+        r @ (Reason::JoinTokenExpired(_)
+        | Reason::JoinTokenUsedUp(_)
+        | Reason::AgentExists(_)
+        | Reason::AgentRevoked(_)) => ApiError::BadRequest(r.to_string()),
     }
 }
 

@@ -7,15 +7,20 @@
 //! - [`auth`]: bearer tokens with roles, stored hashed.
 //! - [`api`]: the admin REST API under `/api/v1` (axum over rustls), with write forwarding to
 //!   the leader; [`http_client`]: HTTPS to other managers, trusting the cluster CA only.
+//! - [`sync`]: the QUIC sync endpoint agents enrol at and receive config from;
+//!   [`fleet`]: this node's live view of its agents.
 //! - [`node`]: `init`, `join`, `serve` and `leave`: what the binary's subcommands do.
 
+pub mod agents_api;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod fleet;
 pub mod http_client;
 pub mod network;
 pub mod node;
 pub mod settings;
+pub mod sync;
 pub mod tls;
 pub mod transport;
 

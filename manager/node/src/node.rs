@@ -51,6 +51,12 @@ pub struct NodeCtx {
     pub reader: ConfigReader,
     pub tls: Arc<NodeTls>,
     pub http: HttpClient,
+    /// Raft gRPC to the other managers, for commands handed to the leader.
+    pub peers: GrpcTransport,
+    /// The agents connected to this node's sync endpoint.
+    pub fleet: Arc<crate::fleet::Fleet>,
+    /// How long the agent certificates this node signs are valid.
+    pub agent_cert_ttl: Duration,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -166,12 +172,80 @@ pub async fn init(dir: &DataDir, settings: &NodeSettings) -> Result<Initialized,
     Ok(Initialized { admin_token })
 }
 
+/// Overrides [`DEFAULT_AGENT_CERT_TTL`] (seconds): for tests of renewal, and for operators who
+/// want shorter-lived agent certificates.
+pub const AGENT_CERT_TTL_ENV: &str = "FLEETGATE_AGENT_CERT_TTL_SECS";
+/// How long an agent certificate is valid. Agents renew at half of it; an agent cut off from
+/// every manager for longer than this must enrol again (it keeps serving meanwhile).
+pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn agent_cert_ttl() -> Result<Duration, Error> {
+    match std::env::var(AGENT_CERT_TTL_ENV) {
+        Ok(value) => value
+            .parse::<u64>()
+            .ok()
+            .filter(|secs| *secs >= 10)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{AGENT_CERT_TTL_ENV}={value} is not a number of seconds of at least 10"
+                ))
+            }),
+        Err(_) => Ok(DEFAULT_AGENT_CERT_TTL),
+    }
+}
+
+/// Commits `command` through Raft from any node: locally on the leader, else handed to the
+/// leader over the Raft gRPC channel (mutual TLS). Retries while there is no leader or the
+/// leader changes, for up to [`RETRY_FOR`].
+pub async fn propose_command(
+    ctx: &NodeCtx,
+    command: fleetgate_manager_store::Command,
+) -> Result<fleetgate_manager_store::CommandResult, Error> {
+    use crate::transport::{Proposed, RaftTransport, RpcKind};
+    use openraft::error::{ClientWriteError, RaftError};
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        let failure = match ctx.raft.client_write(command.clone()).await {
+            Ok(response) => return Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                match forward.leader_node {
+                    Some(leader) => {
+                        let payload = serde_json::to_vec(&command)
+                            .map_err(|e| Error::Cluster(e.to_string()))?;
+                        match ctx
+                            .peers
+                            .call(&leader.raft_addr, RpcKind::Propose, payload)
+                            .await
+                        {
+                            Ok(reply) => match serde_json::from_slice::<Proposed>(&reply) {
+                                Ok(Proposed::Done(result)) => return Ok(result),
+                                Ok(Proposed::NotLeader) => "the leader changed".to_owned(),
+                                Ok(Proposed::Failed(e)) => return Err(Error::Raft(e)),
+                                Err(e) => return Err(Error::Cluster(e.to_string())),
+                            },
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    None => "no leader is known".to_owned(),
+                }
+            }
+            Err(e) => return Err(Error::Raft(e.to_string())),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Cluster(format!("cannot commit: {failure}")));
+        }
+        tokio::time::sleep(RETRY_PAUSE / 2).await;
+    }
+}
+
 /// A node started by [`start`]: its context and the tasks serving it.
 #[derive(Debug)]
 pub struct Running {
     pub ctx: NodeCtx,
     raft_server: tokio::task::JoinHandle<Result<(), Error>>,
     api_server: tokio::task::JoinHandle<Result<(), Error>>,
+    sync_endpoint: Option<quinn::Endpoint>,
 }
 
 /// Starts the node stored in `dir`: Raft, the Raft gRPC server and the admin API.
@@ -185,6 +259,11 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
     let api_listener = TcpListener::bind(&settings.addrs.api_addr)
         .await
         .map_err(|e| Error::Serve(format!("bind {}: {e}", settings.addrs.api_addr)))?;
+    let sync_endpoint = if settings.addrs.sync_addr.is_empty() {
+        None
+    } else {
+        Some(crate::sync::endpoint(&settings.addrs.sync_addr, &tls)?)
+    };
     let (raft, reader) = open_raft(dir, &settings, &tls).await?;
     let ctx = NodeCtx {
         id: settings.node_id,
@@ -192,6 +271,9 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
         raft: raft.clone(),
         reader,
         http: HttpClient::new(&tls.ca_cert)?,
+        peers: GrpcTransport::new(&tls),
+        fleet: Arc::new(crate::fleet::Fleet::new(settings.node_id)),
+        agent_cert_ttl: agent_cert_ttl()?,
         tls: Arc::new(tls),
     };
     let service = RaftService::new(raft);
@@ -205,6 +287,9 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
     let api_tls = crate::tls::api_server_config(&ctx.tls)?;
     let api_server =
         tokio::spawn(async move { crate::api::serve_tls(api_listener, app, api_tls).await });
+    if let Some(endpoint) = &sync_endpoint {
+        tokio::spawn(crate::sync::serve(endpoint.clone(), ctx.clone()));
+    }
     tracing::info!(
         node_id = settings.node_id,
         addrs = %settings.addrs,
@@ -214,6 +299,7 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
         ctx,
         raft_server,
         api_server,
+        sync_endpoint,
     })
 }
 
@@ -246,6 +332,10 @@ impl Running {
             r = self.api_server => flatten(r),
             () = stop => Ok(()),
         };
+        if let Some(endpoint) = &self.sync_endpoint {
+            // Agents see the close at once and move to another manager.
+            endpoint.close(0u32.into(), b"manager shutting down");
+        }
         let _ = self.ctx.raft.shutdown().await;
         result
     }

@@ -35,6 +35,19 @@ pub enum RpcKind {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// Not a Raft RPC: a command handed to the leader (see [`Proposed`]).
+    Propose,
+}
+
+/// The leader's answer to a forwarded command.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Proposed {
+    /// Committed and applied: what applying it answered.
+    Done(fleetgate_manager_store::CommandResult),
+    /// The receiver is not the leader (any more); the caller asks again.
+    NotLeader,
+    /// Raft failed to commit it (shutting down, storage error).
+    Failed(String),
 }
 
 /// Why an RPC got no answer from the remote handler.
@@ -115,6 +128,7 @@ impl RaftTransport for GrpcTransport {
             RpcKind::AppendEntries => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
             RpcKind::InstallSnapshot => client.install_snapshot(request).await,
+            RpcKind::Propose => client.propose(request).await,
         };
         match reply {
             Ok(reply) => Ok(reply.into_inner().payload),
@@ -180,6 +194,20 @@ impl RaftRpc for RaftService {
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let result = self.raft.install_snapshot(decode(request)?).await;
         encode(&result)
+    }
+
+    async fn propose(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        use openraft::error::{ClientWriteError, RaftError};
+        let command: fleetgate_manager_store::Command = decode(request)?;
+        let answer = match self.raft.client_write(command).await {
+            Ok(response) => Proposed::Done(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Proposed::NotLeader,
+            Err(e) => Proposed::Failed(e.to_string()),
+        };
+        encode(&answer)
     }
 }
 

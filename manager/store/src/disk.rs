@@ -24,6 +24,7 @@ use fleetgate_shared::{Resource, ResourceKey, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::agents::AgentRegistry;
 use crate::state::{ChangeSet, ConfigState, StateDoc, StateError};
 use crate::types::{ApiToken, Entry, LogId, ManagerNode, NodeId, StoredMembership};
 
@@ -57,6 +58,9 @@ pub struct AppliedMeta {
     /// rather than given keys of their own. Defaulted for stores from before tokens.
     #[serde(default)]
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Join tokens and enrolled agents, stored the same way; defaulted for older stores.
+    #[serde(default)]
+    pub agents: AgentRegistry,
 }
 
 /// The stored Raft snapshot: openraft's metadata and our JSON bytes.
@@ -223,11 +227,13 @@ impl Disk {
             source: serde::de::Error::custom(e),
         })?;
         let tokens = meta.tokens.clone();
+        let agents = meta.agents.clone();
         let state = ConfigState::from_doc(
             StateDoc {
                 content,
                 history,
                 tokens,
+                agents,
             },
             history_limit,
         )?;

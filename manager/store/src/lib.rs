@@ -12,6 +12,7 @@
 //!
 //! Open a node's store with [`Store::open`] and hand its two halves to `openraft::Raft::new`.
 
+pub mod agents;
 mod disk;
 mod log_store;
 pub mod state;
@@ -20,6 +21,7 @@ pub mod types;
 
 use std::path::Path;
 
+pub use agents::{AgentRecord, AgentRegistry, JoinToken};
 pub use disk::DiskError;
 pub use log_store::LogStore;
 pub use state::{ChangeSet, ConfigState, DEFAULT_HISTORY_LIMIT};

@@ -10,6 +10,7 @@ use fleetgate_shared::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::agents::AgentRegistry;
 use crate::types::{ApiToken, Command, CommandResult, Reason};
 
 /// How many change sets the history keeps. Enough for deltas to agents that were away for a
@@ -58,6 +59,9 @@ pub struct StateDoc {
     /// still decode.
     #[serde(default)]
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Join tokens and enrolled agents; defaulted for snapshots from before agents.
+    #[serde(default)]
+    pub agents: AgentRegistry,
 }
 
 /// Stored state that does not hang together: a sign of corruption or of a bug.
@@ -89,6 +93,8 @@ pub struct ConfigState {
     history_limit: usize,
     /// API tokens by name: replicated with the config, outside its content and revisions.
     tokens: BTreeMap<String, ApiToken>,
+    /// Join tokens and enrolled agents: replicated the same way as API tokens.
+    agents: AgentRegistry,
 }
 
 impl Default for ConfigState {
@@ -107,6 +113,7 @@ impl ConfigState {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             tokens: BTreeMap::new(),
+            agents: AgentRegistry::default(),
         }
     }
 
@@ -117,6 +124,7 @@ impl ConfigState {
             content,
             history,
             tokens,
+            agents,
         } = doc;
         for pair in history.windows(2) {
             if pair[1].revision != pair[0].revision + 1 {
@@ -148,6 +156,7 @@ impl ConfigState {
             history: history.into(),
             history_limit: history_limit.max(1),
             tokens,
+            agents,
         };
         state.trim();
         Ok(state)
@@ -159,7 +168,13 @@ impl ConfigState {
             content: self.current.clone(),
             history: self.history.iter().cloned().collect(),
             tokens: self.tokens.clone(),
+            agents: self.agents.clone(),
         }
+    }
+
+    /// Join tokens and enrolled agents.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.agents
     }
 
     /// The API tokens, by name.
@@ -286,6 +301,37 @@ impl ConfigState {
                     None => CommandResult::Rejected(Reason::UnknownToken(name.clone())),
                 };
             }
+            Command::PutJoinToken { token, .. } => {
+                self.agents.put_join_token(token.clone());
+                return self.unchanged();
+            }
+            Command::RevokeJoinToken { id, .. } => {
+                let result = self.agents.revoke_join_token(id);
+                return self.registry_result(result);
+            }
+            Command::EnrollAgent {
+                time_ms,
+                token_sha256,
+                agent,
+                ..
+            } => {
+                let result = self.agents.enroll(token_sha256, *time_ms, agent);
+                return self.registry_result(result);
+            }
+            Command::RenewAgent {
+                agent_id,
+                cert_not_after_ms,
+                ..
+            } => {
+                let result = self.agents.renew(agent_id, *cert_not_after_ms);
+                return self.registry_result(result);
+            }
+            Command::RevokeAgent {
+                time_ms, agent_id, ..
+            } => {
+                let result = self.agents.revoke(agent_id, *time_ms);
+                return self.registry_result(result);
+            }
             Command::Apply { .. } | Command::Rollback { .. } => {}
         }
         let expected = match command {
@@ -295,7 +341,7 @@ impl ConfigState {
             | Command::Rollback {
                 expected_revision, ..
             } => *expected_revision,
-            Command::PutToken { .. } | Command::RevokeToken { .. } => None,
+            _ => None,
         };
         if let Some(expected) = expected
             && expected != self.current.revision
@@ -310,7 +356,7 @@ impl ConfigState {
                 upserts, deletes, ..
             } => self.plan_apply(upserts, deletes),
             Command::Rollback { to_revision, .. } => self.plan_rollback(*to_revision),
-            Command::PutToken { .. } | Command::RevokeToken { .. } => Ok(Delta::default()),
+            _ => Ok(Delta::default()),
         };
         let delta = match planned {
             Ok(delta) => delta,
@@ -346,12 +392,7 @@ impl ConfigState {
                 to_revision,
                 ..
             } => (author.clone(), *time_ms, Some(*to_revision)),
-            Command::PutToken {
-                author, time_ms, ..
-            }
-            | Command::RevokeToken {
-                author, time_ms, ..
-            } => (author.clone(), *time_ms, None),
+            _ => (command.author().to_owned(), 0, None),
         };
         let checksum = next.checksum();
         self.history.push_back(ChangeSet {
@@ -369,6 +410,13 @@ impl ConfigState {
         CommandResult::Committed {
             revision: self.current.revision,
             checksum,
+        }
+    }
+
+    fn registry_result(&self, result: Result<(), Reason>) -> CommandResult {
+        match result {
+            Ok(()) => self.unchanged(),
+            Err(reason) => CommandResult::Rejected(reason),
         }
     }
 

@@ -9,10 +9,11 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
 
+use crate::agents::{AgentRecord, AgentRegistry};
 use crate::disk::{AppliedMeta, Disk, DiskError, SnapshotMeta};
 use crate::state::{ChangeSet, ConfigState, StateDoc};
 use crate::types::{
-    ApiToken, CommandResult, Entry, LogId, StorageError, StoredMembership, TypeConfig,
+    ApiToken, CommandResult, Entry, LogId, Reason, StorageError, StoredMembership, TypeConfig,
 };
 
 /// The applied state: the config plus what openraft needs to know about it.
@@ -30,6 +31,7 @@ impl Applied {
             last_membership: self.last_membership.clone(),
             revision: self.config.revision(),
             tokens: self.config.tokens().clone(),
+            agents: self.config.agents().clone(),
         }
     }
 }
@@ -39,6 +41,9 @@ impl Applied {
 struct Shared {
     applied: RwLock<Applied>,
     revision: watch::Sender<u64>,
+    /// The index of the last applied log entry: changes with every apply, including those that
+    /// change the agent registry but not the revision.
+    applied_index: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -65,6 +70,7 @@ impl StateMachineStore {
     pub(crate) fn open(disk: Disk, history_limit: usize) -> Result<Self, DiskError> {
         let (meta, config) = disk.load_config(history_limit)?;
         let (revision, _) = watch::channel(config.revision());
+        let (applied_index, _) = watch::channel(meta.last_applied.map_or(0, |l| l.index));
         let applied = Applied {
             config,
             last_applied: meta.last_applied,
@@ -75,6 +81,7 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 revision,
+                applied_index,
             }),
             history_limit,
         })
@@ -166,6 +173,32 @@ impl ConfigReader {
     /// install). For sync hubs that push deltas.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.revision.subscribe()
+    }
+
+    /// Notified with the last applied log index after every apply: also after changes to the
+    /// agent registry, which do not change the revision.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied_index.subscribe()
+    }
+
+    /// The join tokens and enrolled agents.
+    pub fn agent_registry(&self) -> AgentRegistry {
+        self.shared.read().config.agents().clone()
+    }
+
+    /// The agent `id` if it is enrolled and not revoked; the reason otherwise.
+    pub fn active_agent(&self, id: &str) -> Result<AgentRecord, Reason> {
+        self.shared.read().config.agents().active(id).cloned()
+    }
+
+    /// Whether a join token would admit one more agent now (see
+    /// [`AgentRegistry::check_join_token`]).
+    pub fn check_join_token(&self, id: &str, sha256: &str, time_ms: u64) -> Result<(), Reason> {
+        self.shared
+            .read()
+            .config
+            .agents()
+            .check_join_token(id, sha256, time_ms)
     }
 }
 
@@ -270,8 +303,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.disk
                 .save_applied(&applied.meta(), &committed, &applied.config)
                 .map_err(write_sm)?;
-            applied.config.revision()
+            (
+                applied.config.revision(),
+                applied.last_applied.map_or(0, |l| l.index),
+            )
         };
+        let (revision, index) = revision;
+        self.shared.applied_index.send_replace(index);
         self.shared.revision.send_if_modified(|current| {
             let changed = *current != revision;
             *current = revision;
@@ -313,8 +351,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.disk.save_snapshot(meta, &data).map_err(install)?;
         self.disk.flush().await.map_err(install)?;
         let revision = applied.config.revision();
+        let index = applied.last_applied.map_or(0, |l| l.index);
         *self.shared.write() = applied;
         self.shared.revision.send_replace(revision);
+        self.shared.applied_index.send_replace(index);
         tracing::info!(snapshot = %meta, revision, "installed snapshot");
         Ok(())
     }

@@ -8,6 +8,8 @@ use fleetgate_shared::validate::ValidationError;
 use fleetgate_shared::{Checksum, Resource, ResourceKey};
 use serde::{Deserialize, Serialize};
 
+use crate::agents::{AgentRecord, JoinToken};
+
 openraft::declare_raft_types!(
     /// Fleetgate's Raft types: `u64` node ids, [`ManagerNode`] addresses, [`Command`] entries
     /// answered by [`CommandResult`]s, snapshots as JSON bytes, on tokio.
@@ -99,6 +101,39 @@ pub enum Command {
         time_ms: u64,
         name: String,
     },
+    /// Add or replace an agent join token (agent registry: outside the config content).
+    PutJoinToken {
+        author: String,
+        time_ms: u64,
+        token: JoinToken,
+    },
+    /// Remove the join token `id`; agents already enrolled with it stay enrolled.
+    RevokeJoinToken {
+        author: String,
+        time_ms: u64,
+        id: String,
+    },
+    /// Record an agent that presented a valid join token; `token_sha256` is the hash of the
+    /// secret it presented, checked again here so that every replica decides the same.
+    EnrollAgent {
+        author: String,
+        time_ms: u64,
+        token_sha256: String,
+        agent: AgentRecord,
+    },
+    /// Record the expiry of a renewed client certificate.
+    RenewAgent {
+        author: String,
+        time_ms: u64,
+        agent_id: String,
+        cert_not_after_ms: u64,
+    },
+    /// Revoke an agent: every manager refuses it from now on.
+    RevokeAgent {
+        author: String,
+        time_ms: u64,
+        agent_id: String,
+    },
 }
 
 /// What an API token may do. Ordered: each role may do everything the roles before it may.
@@ -133,7 +168,12 @@ impl Command {
             Command::Apply { author, .. }
             | Command::Rollback { author, .. }
             | Command::PutToken { author, .. }
-            | Command::RevokeToken { author, .. } => author,
+            | Command::RevokeToken { author, .. }
+            | Command::PutJoinToken { author, .. }
+            | Command::RevokeJoinToken { author, .. }
+            | Command::EnrollAgent { author, .. }
+            | Command::RenewAgent { author, .. }
+            | Command::RevokeAgent { author, .. } => author,
         }
     }
 }
@@ -178,4 +218,17 @@ pub enum Reason {
     /// A token revocation names no token.
     #[error("there is no token named `{0}`")]
     UnknownToken(String),
+    /// No join token with this id, or the secret presented does not match it.
+    #[error("join token `{0}` is unknown or its secret does not match")]
+    UnknownJoinToken(String),
+    #[error("join token `{0}` has expired")]
+    JoinTokenExpired(String),
+    #[error("join token `{0}` has been used as many times as it allows")]
+    JoinTokenUsedUp(String),
+    #[error("agent `{0}` is already enrolled")]
+    AgentExists(String),
+    #[error("there is no agent `{0}`")]
+    UnknownAgent(String),
+    #[error("agent `{0}` has been revoked")]
+    AgentRevoked(String),
 }
