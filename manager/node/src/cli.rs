@@ -82,8 +82,8 @@ struct NodeArgs {
     /// for the name `fleetgate-manager`.
     #[arg(long)]
     api_addr: String,
-    /// `host:port` for agents' config sync (QUIC). Stored and advertised in the membership;
-    /// the sync server itself is not part of this binary yet.
+    /// `host:port` (UDP) for agents: enrolment with a join token and config sync over QUIC
+    /// with mutual TLS. Agents may be given any node's sync address; followers serve them too.
     #[arg(long)]
     sync_addr: String,
 }

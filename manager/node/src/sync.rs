@@ -109,6 +109,15 @@ fn manager_message(body: wire::manager_message::Body) -> wire::ManagerMessage {
     wire::ManagerMessage { body: Some(body) }
 }
 
+/// Sends a Goodbye, then closes the connection once the agent has read it (it closes its side
+/// on a Goodbye) or after a second. Closing at once could drop the Goodbye in flight, and the
+/// agent would only see "connection lost" instead of the reason.
+async fn goodbye_and_close(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+    goodbye(send, reason).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    conn.close(CLOSE_REFUSED.into(), b"refused");
+}
+
 /// Sends a Goodbye and ends the stream.
 async fn goodbye(send: &mut quinn::SendStream, reason: &str) {
     let message = manager_message(wire::manager_message::Body::Goodbye(wire::Goodbye {
@@ -378,8 +387,7 @@ impl Session {
         };
         if let Some(reason) = refusal {
             tracing::warn!(agent = %agent_id, %remote, "session refused: {reason}");
-            goodbye(&mut send, &format!("session refused: {reason}")).await;
-            conn.close(CLOSE_REFUSED.into(), b"refused");
+            goodbye_and_close(&conn, &mut send, &format!("session refused: {reason}")).await;
             return;
         }
         let hello_checksum = fleetgate_proto::convert::parse_checksum(&hello.checksum)
@@ -457,8 +465,7 @@ impl Session {
                         break "the node is shutting down".to_owned();
                     }
                     if let Err(reason) = self.ctx.reader.active_agent(&self.agent_id) {
-                        goodbye(&mut send, &format!("session ended: {reason}")).await;
-                        self.conn.close(CLOSE_REFUSED.into(), b"revoked");
+                        goodbye_and_close(&self.conn, &mut send, &format!("session ended: {reason}")).await;
                         break reason.to_string();
                     }
                 }

@@ -59,8 +59,16 @@ pub const CRS_EXCLUSIONS_BEFORE: &str =
 /// The operator's rule exclusions applied after the CRS (`SecRuleRemoveById` and the like).
 pub const CRS_EXCLUSIONS_AFTER: &str =
     "/etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf";
-/// The CRS rule files.
+/// The CRS rule files where Debian and Ubuntu install them.
 pub const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
+/// Names another directory of CRS rule files (other distributions install them elsewhere).
+pub const CRS_RULES_ENV: &str = "FLEETGATE_CRS_RULES_DIR";
+
+/// The CRS rule directory: [`CRS_RULES_ENV`] if set, else [`CRS_RULES`]. Read once.
+fn crs_rules() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::var(CRS_RULES_ENV).unwrap_or_else(|_| CRS_RULES.to_owned()))
+}
 
 /// Requests allowed to wait for an evaluation thread, per thread. At roughly 0.5 ms per
 /// evaluation this bounds the added queueing delay to about 0.1 s before the WAF sheds load.
@@ -121,7 +129,7 @@ SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level={pl},setv
     if Path::new(CRS_EXCLUSIONS_BEFORE).is_file() {
         text.push_str(&format!("Include {CRS_EXCLUSIONS_BEFORE}\n"));
     }
-    text.push_str(&format!("Include {CRS_RULES}/REQUEST-*.conf\n"));
+    text.push_str(&format!("Include {}/REQUEST-*.conf\n", crs_rules()));
     if Path::new(CRS_EXCLUSIONS_AFTER).is_file() {
         text.push_str(&format!("Include {CRS_EXCLUSIONS_AFTER}\n"));
     }
@@ -133,7 +141,7 @@ SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level={pl},setv
 }
 
 fn load(key: &RulesKey) -> Result<Engine, String> {
-    for (path, what) in [(CRS_SETUP, "file"), (CRS_RULES, "directory")] {
+    for (path, what) in [(CRS_SETUP, "file"), (crs_rules(), "directory")] {
         if !Path::new(path).exists() {
             return Err(format!(
                 "the OWASP CRS is not installed: no {what} {path} (Debian: apt-get install modsecurity-crs)"
