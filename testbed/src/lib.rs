@@ -5,7 +5,10 @@
 //! - [`harness`]: managers and agents as real processes, for tests and scenarios.
 //! - [`wan`]: a user-space WAN emulator (TCP and UDP relays with latency, jitter, loss and
 //!   partitions), because the test machines have no `netem`.
+//! - [`load`]: an HTTP/1.1 and WebSocket load generator whose failure counts a scenario can
+//!   assert on while it runs.
 
 pub mod backend;
 pub mod harness;
+pub mod load;
 pub mod wan;

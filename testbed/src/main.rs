@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod managers;
 
-use fleetgate_testbed::{backend, wan};
+use fleetgate_testbed::{backend, load, wan};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +68,37 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
     },
+    /// Generate HTTP/1.1 and WebSocket load; prints the totals as JSON, and one line of the last
+    /// second's HTTP counts every second on stderr.
+    Load {
+        /// Where to connect.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header (default: the address).
+        #[arg(long)]
+        host: Option<String>,
+        /// Path and query of the HTTP requests.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// HTTP keep-alive connections (0 for none).
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Total HTTP requests per second (0: as fast as responses come).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// WebSocket connections held open (0 for none).
+        #[arg(long, default_value_t = 0)]
+        ws_connections: usize,
+        /// WebSocket path.
+        #[arg(long, default_value = "/ws")]
+        ws_path: String,
+        /// Milliseconds between a WebSocket client's messages.
+        #[arg(long, default_value_t = 100)]
+        ws_interval_ms: u64,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+    },
     /// Run one demo backend: HTTP echo (JSON), WebSocket echo on /ws, SSE ticker on /sse.
     DemoBackend {
         #[arg(long)]
@@ -111,6 +142,63 @@ fn main() -> ExitCode {
                 let _udp = wan::UdpRelay::start(listen, target, link).await?;
                 eprintln!("relaying {listen} -> {target} (TCP and UDP); Ctrl-C stops");
                 tokio::signal::ctrl_c().await?;
+                Ok(())
+            })
+        }
+        Cmd::Load {
+            addr,
+            host,
+            path,
+            connections,
+            rate,
+            ws_connections,
+            ws_path,
+            ws_interval_ms,
+            duration_secs,
+        } => {
+            let http = (connections > 0).then(|| {
+                let mut http = load::HttpLoad::new(addr);
+                http.host.clone_from(&host);
+                http.path = path;
+                http.connections = connections;
+                http.rate = (rate > 0.0).then_some(rate);
+                http
+            });
+            let websocket = (ws_connections > 0).then(|| {
+                let mut ws = load::WsLoad::new(addr);
+                ws.host = host;
+                ws.path = ws_path;
+                ws.connections = ws_connections;
+                ws.interval = std::time::Duration::from_millis(ws_interval_ms);
+                ws
+            });
+            let plan = load::LoadPlan {
+                http,
+                websocket,
+                duration: std::time::Duration::from_secs(duration_secs),
+            };
+            run_async(async move {
+                let run = load::LoadRun::start(plan)?;
+                let stats = run.stats();
+                let progress = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let last = stats.snapshot(std::time::Duration::from_secs(1));
+                        eprintln!(
+                            "last 1 s: {} sent, {} ok, {} failed, p99 {:?} ms; websockets open {}",
+                            last.http.sent,
+                            last.http.succeeded,
+                            last.http.failed.total(),
+                            last.http.latency.p99_ms,
+                            last.websocket.open_now,
+                        );
+                    }
+                });
+                let report = run.finish().await;
+                progress.abort();
+                println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })
         }
