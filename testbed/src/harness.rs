@@ -21,18 +21,37 @@ use serde_json::Value;
 /// How long a cluster may take to elect a leader or add a node on a busy two-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Ports handed out for listeners: below Linux's default ephemeral range (32768–60999), so
+/// that the outgoing connections of a hundred processes cannot take a port between the moment
+/// it is chosen and the moment its process binds it (which `bind(":0")` cannot promise).
+const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port free at the time of the call, from [`LISTEN_PORTS`], for which `bind`
+/// succeeds, and never handed out before by this process (a hundred agents pick two hundred
+/// ports before any of them binds: random picks alone would collide).
+fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = fastrand::u16(LISTEN_PORTS);
+        if !given.contains(&port) && bind(port) {
+            given.push(port);
+            return port;
+        }
+    }
+    0
+}
+
 /// A loopback TCP address free at the time of the call.
 pub fn free_tcp() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or_else(|_| "127.0.0.1:0".to_owned(), |a| a.to_string())
+    let port = free_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+    format!("127.0.0.1:{port}")
 }
 
 /// A loopback UDP address free at the time of the call.
 pub fn free_udp() -> String {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_or_else(|_| "127.0.0.1:0".to_owned(), |a| a.to_string())
+    let port = free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+    format!("127.0.0.1:{port}")
 }
 
 /// A child process killed (SIGKILL) when dropped.

@@ -286,3 +286,123 @@ async fn a_rejected_revision_is_nacked_and_a_revoked_agent_is_refused() {
         "a revoked agent is not rolled out to: {view}"
     );
 }
+
+/// Waits until the fleet view shows `count` connected agents serving `revision` or newer;
+/// `None` after two minutes.
+async fn rollout_reaches(managers: &Managers, revision: u64, count: u64) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(view) = managers.agents(Some(revision)).await
+            && view["rollout"]["applied"] == count
+        {
+            return Some(view);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A hundred agents on a three-node cluster; the leader is killed and a change is committed
+/// through the survivors: every agent converges on it, including those whose manager died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_agents_converge_through_a_leader_change() {
+    const AGENTS: u64 = 100;
+    let root = tempfile::tempdir().unwrap();
+    let bin = Path::new(BIN);
+    let mut managers = Managers::start(bin, &root.path().join("managers"), 3, &[])
+        .await
+        .unwrap();
+    let v1 = managers.apply(&bundle("v1")).await.unwrap();
+    let token = managers.join_token(0).await.unwrap();
+    let sync = managers.sync_addrs();
+    let agents_dir = root.path().join("agents");
+    let mut agents: Vec<Agent> = (0..AGENTS)
+        .map(|i| {
+            let labels = format!("cloud={}", ["a", "b", "c"][i as usize % 3]);
+            Agent::new(
+                bin,
+                &agents_dir,
+                &format!("edge-{i:03}"),
+                &labels,
+                &sync,
+                Some(&token),
+            )
+        })
+        .collect();
+    for agent in &mut agents {
+        agent.start().unwrap();
+    }
+    if rollout_reaches(&managers, v1, AGENTS).await.is_none() {
+        let stuck: Vec<String> = agents
+            .iter()
+            .filter(|a| a.revision() != Some(v1))
+            .map(|a| log_tail(&a.dir.with_extension("log")))
+            .collect();
+        panic!("not every agent reached v1:\n{}", stuck.join("\n"));
+    }
+
+    let leader = managers.leader().await.unwrap();
+    managers.kill(leader);
+    let v2 = managers.apply(&bundle("v2")).await.unwrap();
+    let view = rollout_reaches(&managers, v2, AGENTS)
+        .await
+        .expect("every agent converges on the change committed after the leader died");
+    assert_eq!(view["rollout"]["selected"], AGENTS, "{}", view["rollout"]);
+    // The fleet view is what the managers believe; each agent confirms it serves v2.
+    for agent in &agents {
+        assert_eq!(body(agent, "/").as_deref(), Some("v2"), "{}", agent.name);
+    }
+}
+
+/// With short-lived certificates, an agent renews before expiry over its session, and after
+/// the first certificate has expired it still connects (with the renewed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_renew_their_certificates_before_they_expire() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = Path::new(BIN);
+    let env = [("FLEETGATE_AGENT_CERT_TTL_SECS", "12")];
+    let managers = Managers::start(bin, &root.path().join("managers"), 1, &env)
+        .await
+        .unwrap();
+    managers.apply(&bundle("v1")).await.unwrap();
+    let token = managers.join_token(1).await.unwrap();
+    let mut agent = Agent::new(
+        bin,
+        &root.path().join("agents"),
+        "edge",
+        "cloud=a",
+        &managers.sync_addrs(),
+        Some(&token),
+    );
+    agent.start().unwrap();
+    serves(&agent, "/", "v1").await;
+    let first = agent.config().unwrap()["sync"]["cert_not_after_ms"]
+        .as_u64()
+        .unwrap();
+    // Renewal happens at half the lifetime (about 6 s in).
+    let renewed = eventually(Duration::from_secs(20), "a renewed certificate", || {
+        let expiry = agent.config()?["sync"]["cert_not_after_ms"].as_u64()?;
+        (expiry > first).then_some(expiry)
+    })
+    .await
+    .unwrap();
+    assert!(renewed >= first + 3_000, "{first} -> {renewed}");
+    // Past the first certificate's expiry, a restarted agent (a new connection) is admitted
+    // with the renewed certificate and receives new revisions.
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(first.saturating_sub(now_ms) + 500)).await;
+    agent.kill();
+    agent.join = None;
+    agent.start().unwrap();
+    managers.apply(&bundle("v2")).await.unwrap();
+    serves(&agent, "/", "v2").await;
+    assert_eq!(agent.config().unwrap()["sync"]["state"], "connected");
+}
