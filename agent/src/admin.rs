@@ -213,6 +213,16 @@ fn metrics(gateway: &Gateway) -> String {
                 "Revisions from the managers rejected (the previous one kept serving).",
                 sync.nacks_total,
             ),
+            (
+                "fleetgate_sync_received_bytes_total",
+                "UDP bytes received from managers (QUIC, TLS and keep-alives included).",
+                sync.received_bytes,
+            ),
+            (
+                "fleetgate_sync_sent_bytes_total",
+                "UDP bytes sent to managers.",
+                sync.sent_bytes,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

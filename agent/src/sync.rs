@@ -76,6 +76,10 @@ pub struct SyncStatus {
     pub acks_total: u64,
     pub nacks_total: u64,
     pub cert_not_after_ms: Option<u64>,
+    /// UDP bytes received from and sent to managers (QUIC framing, TLS and keep-alives
+    /// included: what the network carries).
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
 }
 
 fn now_ms() -> u64 {
@@ -132,6 +136,9 @@ struct Client {
     endpoint_v4: Option<quinn::Endpoint>,
     endpoint_v6: Option<quinn::Endpoint>,
     next_manager: usize,
+    /// UDP bytes of the sessions that ended, so that the totals survive reconnects.
+    received_before: u64,
+    sent_before: u64,
 }
 
 /// Why a session ended.
@@ -165,6 +172,8 @@ pub async fn run(gateway: Arc<Gateway>, settings: SyncSettings, mut stop: watch:
         endpoint_v4: None,
         endpoint_v6: None,
         next_manager: fastrand::usize(..1024),
+        received_before: 0,
+        sent_before: 0,
     };
     gateway.set_sync_status(|s| {
         s.agent_id = client.identity.as_ref().map(|i| i.agent_id.clone());
@@ -433,6 +442,7 @@ impl Client {
         let mut identity = identity;
         let mut renew_at = instant_at(identity.renew_at_ms());
         let end = loop {
+            self.count_bytes(conn);
             tokio::select! {
                 message = control.recv() => {
                     let message = match message {
@@ -490,7 +500,24 @@ impl Client {
             }
         };
         reader.abort();
+        self.count_bytes(conn);
+        let stats = conn.stats();
+        self.received_before += stats.udp_rx.bytes;
+        self.sent_before += stats.udp_tx.bytes;
         end
+    }
+
+    /// Publishes the byte counters: earlier sessions plus this connection so far.
+    fn count_bytes(&self, conn: &quinn::Connection) {
+        let stats = conn.stats();
+        let (rx, tx) = (
+            self.received_before + stats.udp_rx.bytes,
+            self.sent_before + stats.udp_tx.bytes,
+        );
+        self.gateway.set_sync_status(|s| {
+            s.received_bytes = rx;
+            s.sent_bytes = tx;
+        });
     }
 
     async fn on_control(
