@@ -48,6 +48,13 @@ pub fn free_tcp() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// A TCP address on loopback address `ip` (any of 127.0.0.0/8 binds on Linux), free at the time
+/// of the call.
+pub fn free_tcp_on(ip: std::net::Ipv4Addr) -> String {
+    let port = free_port(|p| TcpListener::bind((ip, p)).is_ok());
+    format!("{ip}:{port}")
+}
+
 /// A loopback UDP address free at the time of the call.
 pub fn free_udp() -> String {
     let port = free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
@@ -93,6 +100,28 @@ impl Proc {
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM (a graceful stop: agents drain, managers leave Raft cleanly), then SIGKILL if
+    /// the process is still there after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -244,6 +273,92 @@ impl Managers {
             managers.wait_voters(&voters).await?;
         }
         Ok(managers)
+    }
+
+    /// Writes what [`Managers::resume`] needs (node addresses and the admin token) to
+    /// `root/cluster.json`.
+    pub fn save(&self, root: &Path) -> anyhow::Result<()> {
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "dir": n.dir, "raft": n.raft, "api": n.api, "sync": n.sync,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "token": self.token, "nodes": nodes });
+        let path = root.join("cluster.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Restarts (`serve`) the cluster saved by [`Managers::save`] under `root`; `None` when
+    /// there is none. Waits for a leader.
+    pub async fn resume(
+        bin: &Path,
+        root: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Option<Self>> {
+        let path = root.join("cluster.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let doc: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let field = |v: &Value, name: &str| -> anyhow::Result<String> {
+            v[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("{}: no {name}", path.display()))
+        };
+        let mut nodes = Vec::new();
+        for node in doc["nodes"].as_array().into_iter().flatten() {
+            nodes.push(Manager {
+                id: node["id"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("{}: node without id", path.display()))?,
+                dir: PathBuf::from(field(node, "dir")?),
+                raft: field(node, "raft")?,
+                api: field(node, "api")?,
+                sync: field(node, "sync")?,
+                proc: None,
+            });
+        }
+        if nodes.is_empty() {
+            bail!("{}: no nodes", path.display());
+        }
+        let ca_pem = std::fs::read_to_string(nodes[0].dir.join("tls/ca.pem"))?;
+        let mut managers = Self {
+            bin: bin.to_owned(),
+            http: HttpClient::new(&ca_pem).map_err(|e| anyhow!("{e}"))?,
+            nodes,
+            token: field(&doc, "token")?,
+            ca_pem,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        for index in 0..managers.nodes.len() {
+            managers.serve(index)?;
+        }
+        managers.wait_leader().await?;
+        Ok(Some(managers))
+    }
+
+    /// Stops every running node with SIGTERM (SIGKILL after `grace`).
+    pub fn terminate_all(&mut self, grace: Duration) {
+        for node in &mut self.nodes {
+            if let Some(mut proc) = node.proc.take() {
+                proc.terminate(grace);
+            }
+        }
+    }
+
+    /// The log file of node `index`.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.nodes[index].log()
     }
 
     fn spawn(&self, args: &[String], log: &Path) -> anyhow::Result<Proc> {
@@ -533,6 +648,17 @@ impl Agent {
         if let Some(mut proc) = self.proc.take() {
             proc.kill();
         }
+    }
+
+    /// SIGTERM (the agent drains), SIGKILL after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.terminate(grace);
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.proc.is_some()
     }
 
     /// `GET path` on the agent's HTTP listener: status and body, or `None` if the request

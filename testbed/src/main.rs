@@ -1,18 +1,17 @@
 //! `fleetgate-testbed`: run Fleetgate on one machine.
 //!
-//! `up` starts demo backends (blue and green) and a gateway agent as separate processes of this
-//! same binary, applies the standalone example config, prints where everything is, and stops
-//! it all on Ctrl-C. Managers and emulated clouds join when the manager and sync issues land.
+//! `up` starts a fleet (three managers, emulated clouds of agents behind their own WAN links,
+//! blue and green demo backends; see `fleetgate_testbed::fleet`), applies the demo bundle,
+//! prints where everything is, and stops it all on Ctrl-C. `run` runs scenario files (see
+//! `fleetgate_testbed::scenario`). Managers and agents are processes of this same binary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod managers;
-
-use fleetgate_testbed::{backend, load, wan};
+use fleetgate_testbed::{backend, fleet, load, scenario, wan};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,27 +26,44 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start demo backends and a gateway on loopback, and keep them running until Ctrl-C.
+    /// Start a fleet on loopback (3 managers, emulated clouds of agents, blue and green
+    /// backends, the demo bundle) and keep it running until Ctrl-C.
     Up {
-        /// Config bundle served by the gateway.
-        #[arg(long, default_value = "examples/standalone/gateway.yaml")]
-        config: PathBuf,
-        /// Gateway HTTP address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Gateway admin address.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
-        /// The blue and green demo backends (the example config points at these).
+        /// Emulated clouds; cloud K's agents listen on 127.0.(10+K).1, .2, ...
+        #[arg(long, default_value_t = 3)]
+        clouds: usize,
+        /// Agents in each cloud.
+        #[arg(long, default_value_t = 2)]
+        agents_per_cloud: usize,
+        /// Gateway port of every agent (each agent has its own address).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port of every agent.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// The blue and green demo backends.
         #[arg(long, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"], num_args = 2)]
         backends: Vec<SocketAddr>,
-        /// State directory (persisted snapshots, manager data, logs).
+        /// State directory (manager data, agents' identities and snapshots, logs); a second
+        /// `up` resumes the cluster found there.
         #[arg(long, default_value = ".fleetgate")]
         state_dir: PathBuf,
-        /// Manager nodes to run (a Raft cluster; 0 for none). Their admin APIs listen on
-        /// 127.0.0.1:8101 and up, Raft on 7101 and up.
-        #[arg(long, default_value_t = 3)]
-        managers: u8,
+    },
+    /// Run scenario files (faults, load, assertions); exit 0 only when every assertion of
+    /// every scenario holds.
+    Run {
+        /// Scenario files (scenarios/*.yaml).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Shrink durations and counts (the scenario's `short` values), for CI.
+        #[arg(long)]
+        short: bool,
+        /// Write a JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// State directory of the runs (each scenario's is wiped when it starts).
+        #[arg(long, default_value = ".fleetgate/scenarios")]
+        state_dir: PathBuf,
     },
     /// Relay TCP and UDP from one port to another through an emulated WAN link (fixed
     /// conditions; scenarios change them at run time through the library).
@@ -243,20 +259,214 @@ fn main() -> ExitCode {
             std::iter::once("fleetgate-manager".to_owned()).chain(args),
         ),
         Cmd::Up {
-            config,
-            listen,
-            admin,
+            clouds,
+            agents_per_cloud,
+            port,
+            admin_port,
             backends,
             state_dir,
-            managers,
-        } => match up(&config, listen, admin, &backends, &state_dir, managers) {
-            Ok(()) => ExitCode::SUCCESS,
+        } => {
+            let options = fleet::FleetOptions {
+                agent_ports: Some((port, admin_port)),
+                backends: Some((backends[0], backends[1])),
+                ..fleet::FleetOptions::new(&PathBuf::new(), &state_dir, clouds, agents_per_cloud)
+            };
+            run_multi(up(options))
+        }
+        Cmd::Run {
+            scenarios,
+            short,
+            report,
+            state_dir,
+        } => run_scenarios(&scenarios, short, report.as_deref(), &state_dir),
+    }
+}
+
+/// Runs on a two-thread runtime (the load generator, relays and backends share it).
+fn run_multi(work: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(mut options: fleet::FleetOptions) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    options.bin = std::env::current_exe().context("cannot find this program's path")?;
+    std::fs::create_dir_all(&options.root)
+        .with_context(|| format!("cannot create {}", options.root.display()))?;
+    options.root = options
+        .root
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", options.root.display()))?;
+    eprintln!(
+        "starting 3 managers, {} cloud(s) of {} agent(s), and the blue and green backends (state in {})",
+        options.clouds,
+        options.agents_per_cloud,
+        options.root.display()
+    );
+    let fleet = fleet::Fleet::start(&options).await?;
+    let token = fleet::demo_token("demo-user", std::time::Duration::from_secs(24 * 3600))?;
+    let first = fleet
+        .clouds
+        .first()
+        .and_then(|c| c.agents.first())
+        .map_or_else(String::new, |a| a.listen.clone());
+    println!();
+    println!(
+        "Fleetgate is up{}: revision {} on every agent.",
+        if fleet.resumed {
+            " (managers resumed from the state directory)"
+        } else {
+            ""
+        },
+        fleet.revision
+    );
+    for cloud in &fleet.clouds {
+        let relays: Vec<String> = cloud.relays.iter().map(|r| r.addr().to_string()).collect();
+        println!(
+            "  {}  (reaches the managers through the WAN relays {})",
+            cloud.name,
+            relays.join(", ")
+        );
+        for agent in &cloud.agents {
+            println!(
+                "    gateway http://{}/   admin http://{}/config",
+                agent.listen, agent.admin
+            );
+        }
+    }
+    println!(
+        "  backends     blue http://{}/  green http://{}/  (HTTP echo, WebSocket /ws, SSE /sse)",
+        fleet.blue.addr(),
+        fleet.green.addr()
+    );
+    let apis: Vec<String> = fleet
+        .managers
+        .nodes
+        .iter()
+        .map(|n| format!("https://{}", n.api))
+        .collect();
+    let ca = fleet.managers.nodes[0].dir.join("tls").join("ca.pem");
+    println!("  admin API    {}", apis.join("  "));
+    println!("  admin token  {}", fleet.managers.token);
+    println!(
+        "  CLI          cargo run -q -p fleetgate-manager-cli -- --server {} --ca-cert {} --token {} cluster status",
+        apis[0],
+        ca.display(),
+        fleet.managers.token
+    );
+    println!("  try          curl -s http://{first}/hello                 (blue; the web route)");
+    println!("               curl -sN http://{first}/sse                  (server-sent events)");
+    println!(
+        "               for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' http://{first}/api/x; done   (429 past 20/s)"
+    );
+    println!("               curl -s http://{first}/private               (401 without a token)");
+    println!("               curl -s -H 'authorization: Bearer {token}' http://{first}/private");
+    println!(
+        "  logs         {}/managers/*.log  {}/agents/*.log",
+        options.root.display(),
+        options.root.display()
+    );
+    println!("Press Ctrl-C to stop.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping the fleet");
+    fleet.shutdown().await;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_scenarios(
+    paths: &[PathBuf],
+    short: bool,
+    report: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> ExitCode {
+    // Parse every file first: a typo in the last one should not wait for the first to run.
+    let mut scenarios = Vec::new();
+    for path in paths {
+        match scenario::Scenario::load(path) {
+            Ok(s) => scenarios.push(s),
             Err(e) => {
                 eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+                return ExitCode::from(2);
             }
-        },
+        }
     }
+    let bin = match std::env::current_exe() {
+        Ok(bin) => bin,
+        Err(e) => {
+            eprintln!("error: cannot find this program's path: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    run_multi(async move {
+        let mut reports = Vec::new();
+        for s in &scenarios {
+            let options = scenario::RunOptions {
+                bin: bin.clone(),
+                root: std::path::absolute(state_dir.join(&s.name))?,
+                short,
+            };
+            match scenario::run(s, &options).await {
+                Ok(r) => reports.push(serde_json::to_value(&r)?),
+                Err(e) => {
+                    println!("FAILED {}: {e:#}", s.name);
+                    reports.push(serde_json::json!({
+                        "scenario": s.name, "short": short, "passed": false,
+                        "error": format!("{e:#}"),
+                    }));
+                }
+            }
+            println!();
+        }
+        let passed = reports.iter().all(|r| r["passed"] == true);
+        if reports.len() > 1 {
+            println!("summary:");
+            for r in &reports {
+                println!(
+                    "  {} {:<28} {:>6.1}s",
+                    if r["passed"] == true {
+                        "PASSED"
+                    } else {
+                        "FAILED"
+                    },
+                    r["scenario"].as_str().unwrap_or("?"),
+                    r["total_secs"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        if let Some(path) = report {
+            let doc = serde_json::json!({ "passed": passed, "short": short, "scenarios": reports });
+            std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            println!("report written to {}", path.display());
+        }
+        Ok(if passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
 }
 
 /// Runs a small tool on a current-thread runtime and maps its outcome to an exit code.
@@ -278,135 +488,4 @@ fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
             ExitCode::FAILURE
         }
     }
-}
-
-/// Children that are killed when this guard drops, so that Ctrl-C or an error never leaves
-/// processes behind.
-pub(crate) struct Fleet(pub(crate) Vec<(String, Child)>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for (name, child) in &mut self.0 {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-            eprintln!("stopped {name}");
-        }
-    }
-}
-
-fn up(
-    config: &std::path::Path,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    backends: &[SocketAddr],
-    state_dir: &std::path::Path,
-    manager_count: u8,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
-    std::fs::create_dir_all(state_dir.join("logs"))
-        .with_context(|| format!("cannot create {}", state_dir.display()))?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        let path = state_dir.join("logs").join(format!("{name}.log"));
-        Ok(std::fs::File::create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?
-            .into())
-    };
-    let mut fleet = Fleet(Vec::new());
-    for (addr, stage) in backends.iter().zip(["blue", "green"]) {
-        let name = format!("backend-{stage}");
-        eprintln!("starting {name} on {addr}");
-        let child = Command::new(&exe)
-            .args([
-                "demo-backend",
-                "--listen",
-                &addr.to_string(),
-                "--name",
-                &name,
-            ])
-            .stdout(log(&name)?)
-            .stderr(log(&format!("{name}.err"))?)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        fleet.0.push((name, child));
-    }
-    eprintln!(
-        "starting the gateway agent on {listen} with {}",
-        config.display()
-    );
-    let agent = Command::new(&exe)
-        .arg("agent")
-        .arg("--config")
-        .arg(config)
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(state_dir.join("agent"))
-        .stdout(log("agent-access")?)
-        .stderr(log("agent")?)
-        .spawn()
-        .context("cannot start the agent")?;
-    fleet.0.push(("agent".into(), agent));
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let cluster = if manager_count > 0 {
-        Some(runtime.block_on(managers::start(
-            &exe,
-            state_dir,
-            manager_count,
-            config,
-            &mut fleet,
-        ))?)
-    } else {
-        None
-    };
-    runtime.block_on(async {
-        wait_ready(admin).await?;
-        println!();
-        println!("Fleetgate is up.");
-        println!("  gateway      http://{listen}/            (try /api/hello, /healthz, /sse, and a WebSocket on /ws)");
-        println!("  canary       curl -H 'x-canary: green' http://{listen}/api/hello");
-        println!("  admin        http://{admin}/config   http://{admin}/metrics");
-        println!("  config       {} (edit it: changes apply hot)", config.display());
-        if let Some(cluster) = &cluster {
-            cluster.print();
-        }
-        println!("  logs         {}/logs/", state_dir.display());
-        println!("Press Ctrl-C to stop.");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-        eprintln!("stopping the fleet");
-        Ok::<_, anyhow::Error>(())
-    })?;
-    drop(fleet);
-    Ok(())
-}
-
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
-    use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("http://{admin}/readyz").parse()?;
-    for _ in 0..100 {
-        if let Ok(response) = client.get(uri.clone()).await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the agent did not become ready within 10 s; see .fleetgate/logs/agent.log")
 }
