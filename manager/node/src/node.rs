@@ -21,13 +21,19 @@ use crate::settings::{DataDir, NodeSettings, write_file};
 use crate::tls::NodeTls;
 use crate::transport::{GrpcTransport, RaftService};
 
-/// Leader heartbeats. Well under the election timeout so that a few lost heartbeats on a busy
-/// machine do not start an election.
-const HEARTBEAT_MS: u64 = 150;
-/// Election timeouts: a follower waits this long without a heartbeat before standing. The
-/// failover goal is 2 s (p99); 0.6–1.2 s leaves room for one split vote.
-const ELECTION_TIMEOUT_MIN_MS: u64 = 600;
-const ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+/// Leader heartbeats. openraft 0.9 checks its timers on a tick of 1.5 × this, so a heartbeat
+/// leaves the leader every 150 ms: several per election timeout even on a busy machine.
+const HEARTBEAT_MS: u64 = 100;
+/// Election timeouts. The failover goal is 2 s (p99) from the leader's death to the first
+/// acknowledged write. In openraft 0.9 a follower that has seen a leader refuses votes for a
+/// lease of `election_timeout_max` after the last heartbeat and stands only after lease +
+/// its own election timeout (drawn once per process from min..max), checked on the 150 ms tick:
+/// with 400–800 ms that is 1.2–1.6 s (+ one tick) of silence, so the first candidate stands at
+/// most ~1.75 s after the last heartbeat. The same sum is the slack before a spurious
+/// election: more than 1.2 s without a heartbeat, eight missed ticks. (The previous
+/// 150 ms / 600–1200 ms gave 1.8–2.4 s + a tick: failover p99 ~2.5 s, see docs/benchmarks.md.)
+const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
 /// Build a snapshot (and allow purging the log before it) every this many applied entries.
 const SNAPSHOT_EVERY: u64 = 1000;
 /// Snapshot bytes per InstallSnapshot RPC. The chunk travels as a JSON array of numbers (up to
@@ -290,6 +296,7 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
     if let Some(endpoint) = &sync_endpoint {
         tokio::spawn(crate::sync::serve(endpoint.clone(), ctx.clone()));
     }
+    tokio::spawn(log_leadership(ctx.raft.clone()));
     tracing::info!(
         node_id = settings.node_id,
         addrs = %settings.addrs,
@@ -301,6 +308,26 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
         api_server,
         sync_endpoint,
     })
+}
+
+/// Logs every change of term or leader this node sees (one line each, at info): elections,
+/// spurious or not, are visible in a node's log without openraft's own debug output.
+async fn log_leadership(raft: Raft<TypeConfig>) {
+    let mut metrics = raft.metrics();
+    let mut seen = (0, None);
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        if now != seen {
+            tracing::info!(term = now.0, leader = ?now.1, "raft term or leader changed");
+            seen = now;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Running {

@@ -131,9 +131,35 @@ impl Node {
     }
 }
 
+/// When set, every node log is copied into this directory when its node is dropped (the
+/// test's temporary directory is deleted): for looking for elections across test runs.
+pub const KEEP_LOGS_ENV: &str = "FLEETGATE_TEST_KEEP_LOGS";
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if let Some(keep) = std::env::var_os(KEEP_LOGS_ENV) {
+            let keep = PathBuf::from(keep);
+            let run = self
+                .dir
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .replace("::", "-");
+            let _ = std::fs::create_dir_all(&keep);
+            for log in &self.logs {
+                if let Some(name) = log.file_name() {
+                    let _ = std::fs::copy(
+                        log,
+                        keep.join(format!("{test}-{run}-{}", name.to_string_lossy())),
+                    );
+                }
+            }
+        }
         // A failing test says what the nodes said.
         if std::thread::panicking() {
             for log in &self.logs {
@@ -367,17 +393,22 @@ pub async fn three_nodes_with(root: &Path, snapshot_every: Option<u64>) -> (Vec<
         args.extend(["--cluster".to_owned(), nodes[0].api.clone()]);
         args.extend(["--token".to_owned(), token.clone()]);
         args.extend(["--ca-cert".to_owned(), ca_path.clone()]);
-        node.spawn(&args);
-        // Joined when the leader lists it as a voter.
+        let log = node.spawn(&args);
+        // Joined when `join` says so: its membership change has left the joint configuration.
+        // (The leader lists the node as a voter from the joint configuration on, where the old
+        // voters still form a quorum of their own: a test that killed one of them then would
+        // stall every commit.)
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let status = api.status(&nodes[0].api, &token).await.unwrap();
-            if status.voters.contains(&id) {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            if said.contains("joined the cluster as a voter") {
                 break;
             }
             assert!(Instant::now() < deadline, "node {id} never became a voter");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let status = api.status(&nodes[0].api, &token).await.unwrap();
+        assert!(status.voters.contains(&id), "{status:?}");
         nodes.push(node);
     }
     (nodes, token)
