@@ -62,7 +62,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use fleetgate_manager::http_client::HttpClient;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, header};
 use serde::de::{DeserializeOwned, Error as _};
@@ -726,20 +725,29 @@ pub struct RunReport {
     /// The whole run's load, summed over agents.
     pub load: LoadSummary,
     pub final_revision: u64,
+    /// Every storm's outcome, in order.
+    pub storms: Vec<StormReport>,
+    /// Every `wait_converged`, in seconds, in order.
+    pub convergence_secs: Vec<f64>,
     pub error: Option<String>,
 }
 
 // ------------------------------------------------------------------------------------ storm
 
-/// Writes to the managers from a background task: its own client, trying each node in turn
-/// (killed ones fail fast), retrying `503` and connection errors through leader changes.
+/// Writes to the managers from a background task: its own client with a pool of keep-alive
+/// HTTPS connections (a TLS handshake per write would cost more CPU than the write on two
+/// cores), trying each node in turn (killed ones fail fast), retrying `503` and connection
+/// errors through leader changes, as an operator's CLI retry loop would.
 #[derive(Clone)]
 struct Writer {
-    http: HttpClient,
+    tls: tokio_rustls::TlsConnector,
     headers: HeaderMap,
     apis: Arc<Vec<String>>,
     next: Arc<AtomicU64>,
+    idle: Arc<parking_lot::Mutex<Vec<(usize, Conn)>>>,
 }
+
+type Conn = hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>;
 
 impl Writer {
     fn new(fleet: &Fleet) -> anyhow::Result<Self> {
@@ -752,12 +760,72 @@ impl Writer {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/yaml"),
         );
+        let tls = fleetgate_manager::tls::client_config(&fleet.managers.ca_pem)
+            .map_err(|e| anyhow!("cluster CA: {e}"))?;
         Ok(Self {
-            http: HttpClient::new(&fleet.managers.ca_pem).map_err(|e| anyhow!("{e}"))?,
+            tls: tokio_rustls::TlsConnector::from(tls),
             headers,
             apis: Arc::new(fleet.managers.nodes.iter().map(|n| n.api.clone()).collect()),
             next: Arc::new(AtomicU64::new(0)),
+            idle: Arc::new(parking_lot::Mutex::new(Vec::new())),
         })
+    }
+
+    async fn connect(&self, index: usize) -> Result<Conn, String> {
+        let authority = &self.apis[index];
+        let tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+            fleetgate_manager::tls::NODE_SERVER_NAME,
+        )
+        .map_err(|e| e.to_string())?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {authority}: {e}"))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// One POST on a pooled (or new) connection to node `index`.
+    async fn post(&self, index: usize, body: Bytes) -> Result<(http::StatusCode, Bytes), String> {
+        use http_body_util::BodyExt;
+        let pooled = {
+            let mut idle = self.idle.lock();
+            idle.iter()
+                .position(|(i, c)| *i == index && !c.is_closed())
+                .map(|at| idle.swap_remove(at).1)
+        };
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect(index).await?,
+        };
+        conn.ready().await.map_err(|e| e.to_string())?;
+        let mut builder = http::Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/apply")
+            .header(header::HOST, &self.apis[index]);
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        let request = builder
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = conn
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        self.idle.lock().push((index, conn));
+        Ok((parts.status, body))
     }
 
     /// Applies `yaml`; returns the revision. Gives up after `patience`.
@@ -765,31 +833,27 @@ impl Writer {
         let deadline = Instant::now() + patience;
         let body = Bytes::from(yaml.to_owned());
         let mut last = String::new();
+        let nodes = self.apis.len() as u64;
         loop {
             let start = self.next.load(Ordering::Relaxed);
-            for i in 0..self.apis.len() as u64 {
-                let index = usize::try_from((start + i) % self.apis.len() as u64).unwrap_or(0);
-                let url = format!("https://{}/api/v1/apply", self.apis[index]);
-                let call = self
-                    .http
-                    .call(Method::POST, &url, &self.headers, body.clone());
-                match tokio::time::timeout(Duration::from_secs(5), call).await {
-                    Ok(Ok(reply)) if reply.status.is_success() => {
+            for i in 0..nodes {
+                let index = usize::try_from((start + i) % nodes).unwrap_or(0);
+                let url = &self.apis[index];
+                match tokio::time::timeout(Duration::from_secs(5), self.post(index, body.clone()))
+                    .await
+                {
+                    Ok(Ok((status, body))) if status.is_success() => {
                         self.next.store(index as u64, Ordering::Relaxed);
                         let json: serde_json::Value =
-                            serde_json::from_slice(&reply.body).unwrap_or_default();
+                            serde_json::from_slice(&body).unwrap_or_default();
                         return json["revision"]
                             .as_u64()
                             .ok_or_else(|| format!("no revision in {json}"));
                     }
-                    Ok(Ok(reply)) if reply.status.as_u16() != 503 => {
-                        return Err(format!(
-                            "{} {}",
-                            reply.status,
-                            String::from_utf8_lossy(&reply.body)
-                        ));
+                    Ok(Ok((status, body))) if status.as_u16() != 503 => {
+                        return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
                     }
-                    Ok(Ok(reply)) => last = format!("{url}: {}", reply.status),
+                    Ok(Ok((status, _))) => last = format!("{url}: {status}"),
                     Ok(Err(e)) => last = format!("{url}: {e}"),
                     Err(_) => last = format!("{url}: no answer in 5 s"),
                 }
@@ -932,6 +996,8 @@ struct Runner<'a> {
     storm: Option<JoinHandle<StormReport>>,
     last_storm: Option<StormReport>,
     last_convergence: Option<Duration>,
+    storms: Vec<StormReport>,
+    convergences: Vec<f64>,
     writer: Writer,
 }
 
@@ -973,6 +1039,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ru
         storm: None,
         last_storm: None,
         last_convergence: None,
+        storms: Vec::new(),
+        convergences: Vec::new(),
         writer,
     };
     runner.start_load().await?;
@@ -1057,6 +1125,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ru
         steps,
         load,
         final_revision,
+        storms: std::mem::take(&mut runner.storms),
+        convergence_secs: std::mem::take(&mut runner.convergences),
         error,
     };
     print_summary(&report);
@@ -1289,6 +1359,7 @@ impl Runner<'_> {
                         format!("; errors: {}", report.first_errors.join(" | "))
                     }
                 );
+                self.storms.push(report.clone());
                 self.last_storm = Some(report);
                 Ok(Verdict::Done(detail))
             }
@@ -1381,6 +1452,7 @@ impl Runner<'_> {
                     .wait_converged(timeout.0, *skip_partitioned)
                     .await?;
                 self.last_convergence = Some(took);
+                self.convergences.push(took.as_secs_f64());
                 let skipped: Vec<&str> = self
                     .fleet
                     .clouds
