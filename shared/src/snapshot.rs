@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,12 +15,27 @@ use sha2::{Digest, Sha256};
 use crate::model::{Labels, Resource, ResourceKey};
 
 /// The config at one revision: at most one resource per key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Resources are shared (`Arc`) between snapshots: applying a one-route delta to a config of
+/// 10,000 routes, selecting it for an agent, or cloning it copies pointers, not resources, and
+/// comparing two snapshots that share a resource is a pointer comparison. The content checksum
+/// is computed once per snapshot, on first use.
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The revision this content was committed at; 0 is the empty config before any commit.
     pub revision: u64,
-    resources: BTreeMap<ResourceKey, Resource>,
+    resources: BTreeMap<ResourceKey, Arc<Resource>>,
+    /// [`Self::checksum`], once computed. Content never changes after construction.
+    checksum: OnceLock<Checksum>,
 }
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision && self.resources == other.resources
+    }
+}
+
+impl Eq for Snapshot {}
 
 /// Two resources with the same kind and name in one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,22 +69,30 @@ impl Snapshot {
             if map.contains_key(&key) {
                 return Err(DuplicateResource(key));
             }
-            map.insert(key, resource);
+            map.insert(key, Arc::new(resource));
         }
         Ok(Self {
             revision,
             resources: map,
+            checksum: OnceLock::new(),
         })
     }
 
     /// The resources, in key order (kind, then name).
     pub fn resources(&self) -> impl ExactSizeIterator<Item = &Resource> {
-        self.resources.values()
+        self.resources.values().map(|r| &**r)
     }
 
     /// The resource with `key`, if present.
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.resources.get(key)
+        self.resources.get(key).map(|r| &**r)
+    }
+
+    /// Validates the content as one complete config (see [`crate::validate`]), without copying
+    /// the resources.
+    pub fn validate(&self) -> Result<(), Vec<crate::ValidationError>> {
+        let refs: Vec<&Resource> = self.resources().collect();
+        crate::validate::validate_refs(&refs)
     }
 
     /// The number of resources.
@@ -83,7 +107,10 @@ impl Snapshot {
 
     /// Consumes the snapshot, returning its resources in key order.
     pub fn into_resources(self) -> Vec<Resource> {
-        self.resources.into_values().collect()
+        self.resources
+            .into_values()
+            .map(Arc::unwrap_or_clone)
+            .collect()
     }
 
     /// The canonical encoding of the content (not the revision): each resource as compact JSON,
@@ -93,16 +120,18 @@ impl Snapshot {
         let mut out = Vec::new();
         for resource in self.resources.values() {
             // Serializing plain data with string keys into a Vec cannot fail.
-            if serde_json::to_writer(&mut out, resource).is_ok() {
+            if serde_json::to_writer(&mut out, &**resource).is_ok() {
                 out.push(b'\n');
             }
         }
         out
     }
 
-    /// The SHA-256 of [`Self::canonical_bytes`].
+    /// The SHA-256 of [`Self::canonical_bytes`], computed once.
     pub fn checksum(&self) -> Checksum {
-        Checksum(Sha256::digest(self.canonical_bytes()).into())
+        *self
+            .checksum
+            .get_or_init(|| Checksum(Sha256::digest(self.canonical_bytes()).into()))
     }
 
     /// Applies `delta`, returning the snapshot at `delta.to`. The delta must start at this
@@ -127,7 +156,7 @@ impl Snapshot {
             if !upserted.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key));
             }
-            next.insert(key, resource.clone());
+            next.insert(key, Arc::new(resource.clone()));
         }
         for key in &delta.deletes {
             if upserted.contains(key) {
@@ -140,21 +169,34 @@ impl Snapshot {
         Ok(Snapshot {
             revision: delta.to,
             resources: next,
+            // Unchanged content (a delta that only moves the revision) keeps its checksum.
+            checksum: if delta.is_empty() {
+                self.checksum.clone()
+            } else {
+                OnceLock::new()
+            },
         })
     }
 
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
     /// a placement, and every resource whose placement selects those labels.
     pub fn select(&self, agent_labels: &Labels) -> Snapshot {
-        let resources = self
+        let resources: BTreeMap<ResourceKey, Arc<Resource>> = self
             .resources
             .iter()
             .filter(|(_, r)| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels)))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
+        // Selecting everything keeps the content, and so the checksum.
+        let checksum = if resources.len() == self.resources.len() {
+            self.checksum.clone()
+        } else {
+            OnceLock::new()
+        };
         Snapshot {
             revision: self.revision,
             resources,
+            checksum,
         }
     }
 }
@@ -183,7 +225,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
         .resources
         .iter()
         .filter(|(key, resource)| a.resources.get(*key) != Some(*resource))
-        .map(|(_, resource)| resource.clone())
+        .map(|(_, resource)| Resource::clone(resource))
         .collect();
     let deletes = a
         .resources
@@ -262,7 +304,7 @@ impl Serialize for Snapshot {
         use serde::ser::SerializeStruct;
         let mut s = serializer.serialize_struct("Snapshot", 2)?;
         s.serialize_field("revision", &self.revision)?;
-        s.serialize_field("resources", &self.resources.values().collect::<Vec<_>>())?;
+        s.serialize_field("resources", &self.resources().collect::<Vec<_>>())?;
         s.end()
     }
 }

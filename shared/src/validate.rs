@@ -41,6 +41,13 @@ impl std::error::Error for ValidationError {}
 
 /// Validates `resources` as one complete config. Returns every problem found, in resource order.
 pub fn validate(resources: &[Resource]) -> Result<(), Vec<ValidationError>> {
+    let refs: Vec<&Resource> = resources.iter().collect();
+    validate_refs(&refs)
+}
+
+/// [`validate`] over borrowed resources, so that a caller holding them elsewhere (a
+/// [`crate::Snapshot`]) validates without copying them.
+pub fn validate_refs(resources: &[&Resource]) -> Result<(), Vec<ValidationError>> {
     let index = Index::new(resources);
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
@@ -102,10 +109,10 @@ struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    fn new(resources: &'a [Resource]) -> Self {
+    fn new(resources: &[&'a Resource]) -> Self {
         let mut by_key = HashMap::new();
         for r in resources {
-            by_key.entry(r.key()).or_insert(r);
+            by_key.entry(r.key()).or_insert(*r);
         }
         Self { by_key }
     }
@@ -1073,7 +1080,7 @@ fn header_edits(check: &mut Check<'_>, path: &str, edits: &HeaderEdits) {
 
 /// Checks that look at several resources together: hosts claimed by two domains, credentials
 /// shared by two consumers, and routes that could never be told apart.
-fn cross_resource_checks(resources: &[Resource], errors: &mut Vec<ValidationError>) {
+fn cross_resource_checks(resources: &[&Resource], errors: &mut Vec<ValidationError>) {
     let mut push = |r: &Resource, path: String, message: String| {
         errors.push(ValidationError {
             resource: r.key().to_string(),

@@ -72,12 +72,11 @@ impl RouteTable {
     /// Validates the snapshot's resources with [`fleetgate_shared::validate`] and compiles every
     /// route. Fails with every validation error; a snapshot that validates compiles.
     pub fn compile(snapshot: &Snapshot) -> Result<RouteTable, Vec<ValidationError>> {
-        let resources: Vec<_> = snapshot.resources().cloned().collect();
-        fleetgate_shared::validate(&resources)?;
-        let mut specs: Vec<(String, RouteSpec)> = resources
-            .into_iter()
-            .filter_map(|r| match r.spec {
-                Spec::Route(spec) => Some((r.name, spec)),
+        snapshot.validate()?;
+        let mut specs: Vec<(String, RouteSpec)> = snapshot
+            .resources()
+            .filter_map(|r| match &r.spec {
+                Spec::Route(spec) => Some((r.name.clone(), spec.clone())),
                 _ => None,
             })
             .collect();

@@ -262,14 +262,13 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiRes
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
 }
 
-/// The whole config after `upserts` and `deletes`, validated.
+/// The whole config after `upserts` and `deletes`, validated. Unchanged resources are shared
+/// with `current`, not copied.
 fn resulting(
     current: &Snapshot,
     upserts: &[Resource],
     deletes: &[ResourceKey],
 ) -> ApiResult<Snapshot> {
-    let mut map: BTreeMap<ResourceKey, Resource> =
-        current.resources().map(|r| (r.key(), r.clone())).collect();
     let mut seen = BTreeSet::new();
     for key in deletes {
         if !seen.insert(key.clone()) {
@@ -277,7 +276,7 @@ fn resulting(
                 "{key} appears more than once"
             )));
         }
-        if map.remove(key).is_none() {
+        if current.get(key).is_none() {
             return Err(ApiError::NotFound(format!("{key} does not exist")));
         }
     }
@@ -288,11 +287,18 @@ fn resulting(
                 "{key} appears more than once"
             )));
         }
-        map.insert(key, resource.clone());
     }
-    let resources: Vec<Resource> = map.into_values().collect();
-    fleetgate_shared::validate(&resources).map_err(ApiError::Invalid)?;
-    Snapshot::new(current.revision, resources).map_err(|e| ApiError::Internal(e.to_string()))
+    let delta = fleetgate_shared::Delta {
+        from: current.revision,
+        to: current.revision,
+        upserts: upserts.to_vec(),
+        deletes: deletes.to_vec(),
+    };
+    let next = current
+        .apply(&delta)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    next.validate().map_err(ApiError::Invalid)?;
+    Ok(next)
 }
 
 /// The answer to a committed (or unchanged) write.
@@ -532,8 +538,7 @@ async fn rollback(
             current.revision
         ))
     })?;
-    let resources: Vec<Resource> = target.into_resources();
-    fleetgate_shared::validate(&resources).map_err(ApiError::Invalid)?;
+    target.validate().map_err(ApiError::Invalid)?;
     propose(
         &ctx,
         Command::Rollback {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use fleetgate_shared::{
-    Checksum, Delta, DeltaError, Resource, ResourceKey, Snapshot, diff, validate,
+    Checksum, Delta, DeltaError, Resource, ResourceKey, Snapshot, diff,
 };
 use serde::{Deserialize, Serialize};
 
@@ -371,8 +371,7 @@ impl ConfigState {
             Ok(next) => next,
             Err(e) => return CommandResult::Rejected(reason_for(e)),
         };
-        let all: Vec<Resource> = next.resources().cloned().collect();
-        if let Err(problems) = validate(&all) {
+        if let Err(problems) = next.validate() {
             return CommandResult::Rejected(Reason::Invalid(problems));
         }
         let replaced = delta

@@ -20,7 +20,7 @@ use crate::model::{Kind, Placement, Resource, SelectorOperator, Spec};
 
 /// Reports every reference to a resource whose placement is neither absent nor the same as the
 /// referring resource's. References to resources that do not exist are reported elsewhere.
-pub(super) fn check(resources: &[Resource], index: &Index<'_>, check: &mut Check<'_>) {
+pub(super) fn check(resources: &[&Resource], index: &Index<'_>, check: &mut Check<'_>) {
     for resource in resources {
         let here = selection(resource.placement.as_ref());
         check.resource = resource.key().to_string();
