@@ -35,7 +35,7 @@ const FORWARDED: &str = "x-fleetgate-forwarded";
 /// The largest request body: bundles can carry certificate chains.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// How many change sets `GET /api/v1/revisions` lists unless `?limit=` says otherwise.
-const DEFAULT_HISTORY_PAGE: usize = 100;
+pub(crate) const DEFAULT_HISTORY_PAGE: usize = 100;
 
 /// The admin API's router.
 pub fn router(ctx: NodeCtx) -> Router {
@@ -235,13 +235,18 @@ fn parse_kind(kind: &str) -> ApiResult<Kind> {
 
 /// Parses a request body as a bundle: JSON when the content type says so, else YAML.
 fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Vec<Resource>> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".to_owned()))?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("json"));
-    let format = if json { Format::Json } else { Format::Yaml };
+    parse_bundle_bytes(body, if json { Format::Json } else { Format::Yaml })
+}
+
+/// Parses a bundle (REST bodies, the gRPC `bundle_yaml`); every problem is reported, as a
+/// validation failure.
+pub(crate) fn parse_bundle_bytes(body: &[u8], format: Format) -> ApiResult<Vec<Resource>> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("the bundle is not UTF-8".to_owned()))?;
     fleetgate_shared::parse_bundle(text, format, "").map_err(|errors| {
         ApiError::Invalid(
             errors
@@ -303,13 +308,28 @@ fn resulting(
 
 /// The answer to a committed (or unchanged) write.
 #[derive(Debug, Serialize)]
-struct Written {
-    revision: u64,
-    checksum: String,
-    changed: bool,
+pub(crate) struct Written {
+    pub(crate) revision: u64,
+    pub(crate) checksum: String,
+    pub(crate) changed: bool,
 }
 
-/// Proposes `command` through Raft and maps its outcome to a response.
+/// What a proposed command's result means to a client: the REST and gRPC APIs answer the same.
+pub(crate) fn outcome(result: CommandResult) -> ApiResult<Written> {
+    let (revision, checksum, changed) = match result {
+        CommandResult::Committed { revision, checksum } => (revision, checksum, true),
+        CommandResult::Unchanged { revision, checksum } => (revision, checksum, false),
+        CommandResult::Rejected(reason) => return Err(rejected(reason)),
+    };
+    Ok(Written {
+        revision,
+        checksum: checksum.to_string(),
+        changed,
+    })
+}
+
+/// Proposes `command` through Raft on this node (the leader: REST writes reach it through
+/// [`forward_writes`]) and maps its outcome to a response.
 pub(crate) async fn propose(ctx: &NodeCtx, command: Command) -> ApiResult<Response> {
     let result = ctx.raft.client_write(command).await.map_err(|e| match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -320,21 +340,9 @@ pub(crate) async fn propose(ctx: &NodeCtx, command: Command) -> ApiResult<Respon
         }
         other => ApiError::Unavailable(other.to_string()),
     })?;
-    let (revision, checksum, changed) = match result.data {
-        CommandResult::Committed { revision, checksum } => (revision, checksum, true),
-        CommandResult::Unchanged { revision, checksum } => (revision, checksum, false),
-        CommandResult::Rejected(reason) => return Err(rejected(reason)),
-    };
-    let mut response = Json(Written {
-        revision,
-        checksum: checksum.to_string(),
-        changed,
-    })
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&revision.to_string()) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    Ok(response)
+    let written = outcome(result.data)?;
+    let revision = written.revision;
+    Ok(with_revision(Json(written).into_response(), revision))
 }
 
 fn rejected(reason: Reason) -> ApiError {
@@ -360,6 +368,66 @@ fn check_revision(expected: Option<u64>, current: u64) -> ApiResult<()> {
     match expected {
         Some(expected) if expected != current => Err(ApiError::Conflict { expected, current }),
         _ => Ok(()),
+    }
+}
+
+/// The checks an upsert/delete write gets before it is proposed (REST on the leader, gRPC on
+/// the leader): `If-Match` against the current revision, then the whole resulting config
+/// validated. Returns that resulting config (what a dry run shows). The state machine checks
+/// both again when it applies the command, so a write checked against a stale state is still
+/// refused if it no longer holds.
+pub(crate) fn check_write(
+    current: &Snapshot,
+    expected: Option<u64>,
+    upserts: &[Resource],
+    deletes: &[ResourceKey],
+) -> ApiResult<Snapshot> {
+    check_revision(expected, current.revision)?;
+    resulting(current, upserts, deletes)
+}
+
+/// The checks a rollback to `to` gets before it is proposed: `If-Match`, the revision still
+/// in the history, and its content valid under today's rules.
+pub(crate) fn check_rollback(
+    ctx: &NodeCtx,
+    current: &Snapshot,
+    expected: Option<u64>,
+    to: u64,
+) -> ApiResult<()> {
+    check_revision(expected, current.revision)?;
+    let target = ctx.reader.content_at(to).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "revision {to} is not in the history (kept: {} to {})",
+            ctx.reader.oldest_revision(),
+            current.revision
+        ))
+    })?;
+    target.validate().map_err(ApiError::Invalid)
+}
+
+/// An upsert/delete write by the holder of `token`, stamped now.
+pub(crate) fn apply_command(
+    token: ApiToken,
+    expected: Option<u64>,
+    upserts: Vec<Resource>,
+    deletes: Vec<ResourceKey>,
+) -> Command {
+    Command::Apply {
+        author: token.name,
+        time_ms: now_ms(),
+        expected_revision: expected,
+        upserts,
+        deletes,
+    }
+}
+
+/// A rollback to `to` by the holder of `token`, stamped now.
+pub(crate) fn rollback_command(token: ApiToken, expected: Option<u64>, to: u64) -> Command {
+    Command::Rollback {
+        author: token.name,
+        time_ms: now_ms(),
+        expected_revision: expected,
+        to_revision: to,
     }
 }
 
@@ -437,18 +505,15 @@ async fn put_one(
             resource.key()
         )));
     }
-    let current = ctx.reader.snapshot();
-    check_revision(expected, current.revision)?;
-    resulting(&current, std::slice::from_ref(&resource), &[])?;
+    check_write(
+        &ctx.reader.snapshot(),
+        expected,
+        std::slice::from_ref(&resource),
+        &[],
+    )?;
     propose(
         &ctx,
-        Command::Apply {
-            author: token.name,
-            time_ms: now_ms(),
-            expected_revision: expected,
-            upserts: vec![resource],
-            deletes: Vec::new(),
-        },
+        apply_command(token, expected, vec![resource], Vec::new()),
     )
     .await
 }
@@ -461,20 +526,13 @@ async fn delete_one(
     let token = authorize(&ctx, &headers, Role::Editor)?;
     let key = ResourceKey::new(parse_kind(&kind)?, name);
     let expected = if_match(&headers)?;
-    let current = ctx.reader.snapshot();
-    check_revision(expected, current.revision)?;
-    resulting(&current, &[], std::slice::from_ref(&key))?;
-    propose(
-        &ctx,
-        Command::Apply {
-            author: token.name,
-            time_ms: now_ms(),
-            expected_revision: expected,
-            upserts: Vec::new(),
-            deletes: vec![key],
-        },
-    )
-    .await
+    check_write(
+        &ctx.reader.snapshot(),
+        expected,
+        &[],
+        std::slice::from_ref(&key),
+    )?;
+    propose(&ctx, apply_command(token, expected, Vec::new(), vec![key])).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -493,8 +551,7 @@ async fn apply(
     let expected = if_match(&headers)?;
     let resources = parse_body(&headers, &body)?;
     let current = ctx.reader.snapshot();
-    check_revision(expected, current.revision)?;
-    let after = resulting(&current, &resources, &[])?;
+    let after = check_write(&current, expected, &resources, &[])?;
     if query.dry_run {
         let delta = fleetgate_shared::diff(&current, &after);
         return Ok(
@@ -502,17 +559,7 @@ async fn apply(
                 .into_response(),
         );
     }
-    propose(
-        &ctx,
-        Command::Apply {
-            author: token.name,
-            time_ms: now_ms(),
-            expected_revision: expected,
-            upserts: resources,
-            deletes: Vec::new(),
-        },
-    )
-    .await
+    propose(&ctx, apply_command(token, expected, resources, Vec::new())).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -528,27 +575,8 @@ async fn rollback(
     let token = authorize(&ctx, &headers, Role::Editor)?;
     let request: RollbackRequest = parse_json(&body)?;
     let expected = if_match(&headers)?;
-    let current = ctx.reader.snapshot();
-    check_revision(expected, current.revision)?;
-    let target = ctx.reader.content_at(request.to).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "revision {} is not in the history (kept: {} to {})",
-            request.to,
-            ctx.reader.oldest_revision(),
-            current.revision
-        ))
-    })?;
-    target.validate().map_err(ApiError::Invalid)?;
-    propose(
-        &ctx,
-        Command::Rollback {
-            author: token.name,
-            time_ms: now_ms(),
-            expected_revision: expected,
-            to_revision: request.to,
-        },
-    )
-    .await
+    check_rollback(&ctx, &ctx.reader.snapshot(), expected, request.to)?;
+    propose(&ctx, rollback_command(token, expected, request.to)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -604,10 +632,15 @@ pub struct ClusterStatus {
 
 async fn cluster(State(ctx): State<NodeCtx>, headers: HeaderMap) -> ApiResult<Response> {
     authorize(&ctx, &headers, Role::Viewer)?;
+    Ok(Json(cluster_status(&ctx)).into_response())
+}
+
+/// The cluster as this node sees it.
+pub(crate) fn cluster_status(ctx: &NodeCtx) -> ClusterStatus {
     let metrics = ctx.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let (revision, checksum) = ctx.reader.revision();
-    Ok(Json(ClusterStatus {
+    ClusterStatus {
         node_id: ctx.id,
         state: format!("{:?}", metrics.state),
         leader: metrics.current_leader,
@@ -620,8 +653,7 @@ async fn cluster(State(ctx): State<NodeCtx>, headers: HeaderMap) -> ApiResult<Re
             .collect(),
         revision,
         checksum: checksum.to_string(),
-    })
-    .into_response())
+    }
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, ManagerNode>>) -> ApiError {

@@ -7,6 +7,8 @@
 //! - [`auth`]: bearer tokens with roles, stored hashed.
 //! - [`api`]: the admin REST API under `/api/v1` (axum over rustls), with write forwarding to
 //!   the leader; [`http_client`]: HTTPS to other managers, trusting the cluster CA only.
+//! - [`grpc_admin`]: the same admin API as the gRPC service `fleetgate.admin.v1.Admin`, on the
+//!   same port (requests with a gRPC content type go to it).
 //! - [`sync`]: the QUIC sync endpoint agents enrol at and receive config from;
 //!   [`fleet`]: this node's live view of its agents.
 //! - [`node`]: `init`, `join`, `serve` and `leave`: what the binary's subcommands do.
@@ -16,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod fleet;
+pub mod grpc_admin;
 pub mod http_client;
 pub mod network;
 pub mod node;

@@ -289,7 +289,7 @@ pub async fn start(dir: &DataDir) -> Result<Running, Error> {
             .serve(raft_listener, &server_tls, std::future::pending())
             .await
     });
-    let app = crate::api::router(ctx.clone());
+    let app = crate::grpc_admin::admin_app(ctx.clone());
     let api_tls = crate::tls::api_server_config(&ctx.tls)?;
     let api_server =
         tokio::spawn(async move { crate::api::serve_tls(api_listener, app, api_tls).await });
