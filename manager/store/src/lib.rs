@@ -22,7 +22,7 @@ pub mod types;
 use std::path::Path;
 
 pub use agents::{AgentRecord, AgentRegistry, JoinToken};
-pub use disk::DiskError;
+pub use disk::{DiskError, SKIP_FDATASYNC_ENV};
 pub use log_store::LogStore;
 pub use state::{ChangeSet, ConfigState, DEFAULT_HISTORY_LIMIT};
 pub use state_machine::{ConfigReader, SnapshotBuilder, StateMachineStore};
