@@ -881,6 +881,10 @@ pub struct StormReport {
     pub latency_p99_ms: Option<f64>,
     pub latency_max_ms: Option<f64>,
     pub first_errors: Vec<String>,
+    /// The Raft term (as the first answering manager sees it) when the storm started and
+    /// ended: a difference means leader elections during the storm.
+    pub term_before: Option<u64>,
+    pub term_after: Option<u64>,
 }
 
 static CHURN: AtomicU64 = AtomicU64::new(1);
@@ -890,7 +894,10 @@ fn next_churn() -> u64 {
     CHURN.fetch_add(1, Ordering::Relaxed)
 }
 
-const STORM_IN_FLIGHT: usize = 32;
+/// Writes in flight at most. The storm is open-loop (a write is started on every tick whatever
+/// the earlier ones are doing, like independent operators), so a manager stall shows as latency
+/// rather than as a lower offered rate; ticks are skipped only past this bound.
+const STORM_IN_FLIGHT: usize = 256;
 
 async fn storm(
     writer: Writer,
@@ -998,6 +1005,7 @@ struct Runner<'a> {
     last_convergence: Option<Duration>,
     storms: Vec<StormReport>,
     convergences: Vec<f64>,
+    storm_term: Option<u64>,
     writer: Writer,
 }
 
@@ -1041,6 +1049,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ru
         last_convergence: None,
         storms: Vec::new(),
         convergences: Vec::new(),
+        storm_term: None,
         writer,
     };
     runner.start_load().await?;
@@ -1254,6 +1263,17 @@ impl Runner<'_> {
         merge(&reports)
     }
 
+    /// The Raft term the first answering manager reports.
+    async fn term(&self) -> Option<u64> {
+        let (status, body) = self
+            .fleet
+            .managers
+            .call(Method::GET, "/api/v1/cluster", None)
+            .await
+            .ok()?;
+        status.is_success().then(|| body["term"].as_u64()).flatten()
+    }
+
     fn totals(&self) -> LoadSummary {
         let reports: Vec<load::Report> = self.loads.values().map(LoadStats::total).collect();
         merge(&reports)
@@ -1329,8 +1349,12 @@ impl Runner<'_> {
                 let rate = rate.get(short);
                 let duration = duration.map(|d| d.get(short).0);
                 let changes = changes.map(|c| c.get(short));
+                self.storm_term = self.term().await;
                 self.storm = Some(tokio::spawn(storm(writer, rate, duration, changes)));
-                Ok(Verdict::Done(String::new()))
+                Ok(Verdict::Done(
+                    self.storm_term
+                        .map_or(String::new(), |t| format!("Raft term {t}")),
+                ))
             }
             Step::WaitStorm { timeout } => {
                 let Some(handle) = self.storm.take() else {
@@ -1340,9 +1364,12 @@ impl Runner<'_> {
                     .await
                     .map_err(|_| anyhow!("the storm did not end within {:?}", timeout.0))?
                     .map_err(|e| anyhow!("the storm task failed: {e}"))?;
+                let mut report = report;
+                report.term_before = self.storm_term;
+                report.term_after = self.term().await;
                 self.fleet.revision = self.fleet.revision.max(report.max_revision);
                 let detail = format!(
-                    "{} writes in {:.1}s ({:.0}/s), {} committed, {} failed, {} skipped (32 in flight), latency p50 {} ms p99 {} ms max {} ms; revision {}{}",
+                    "{} writes in {:.1}s ({:.0}/s), {} committed, {} failed, {} skipped ({STORM_IN_FLIGHT} in flight), latency p50 {} ms p99 {} ms max {} ms; revision {}{}{}",
                     report.attempted,
                     report.secs,
                     report.achieved_rate,
@@ -1353,6 +1380,11 @@ impl Runner<'_> {
                     fmt_ms(report.latency_p99_ms),
                     fmt_ms(report.latency_max_ms),
                     report.max_revision,
+                    match (report.term_before, report.term_after) {
+                        (Some(a), Some(b)) if a != b => format!("; Raft term {a} -> {b}"),
+                        (Some(a), Some(_)) => format!("; Raft term {a} throughout"),
+                        _ => String::new(),
+                    },
                     if report.first_errors.is_empty() {
                         String::new()
                     } else {
