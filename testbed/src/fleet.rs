@@ -284,11 +284,15 @@ impl Fleet {
                 for agent in cloud.agents.iter().filter(|a| a.is_up()) {
                     let revision = agent_revision(agent).await;
                     if revision.is_none_or(|r| r < target) {
-                        behind.push(format!(
-                            "{} at {}",
-                            agent.name,
-                            revision.map_or("?".to_owned(), |r| r.to_string())
-                        ));
+                        behind.push(match revision {
+                            Some(r) => format!("{} at {r}", agent.name),
+                            None => format!(
+                                "{} not answering on {} (log: {})",
+                                agent.name,
+                                agent.admin,
+                                agent.dir.with_extension("log").display()
+                            ),
+                        });
                     }
                 }
             }

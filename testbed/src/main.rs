@@ -427,7 +427,16 @@ fn run_scenarios(
                 root: std::path::absolute(state_dir.join(&s.name))?,
                 short,
             };
-            match scenario::run(s, &options).await {
+            // Ctrl-C drops the run: the fleet's processes are killed on the way out instead of
+            // outliving this one.
+            let outcome = tokio::select! {
+                outcome = scenario::run(s, &options) => outcome,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted: stopping {}", s.name);
+                    return Ok(ExitCode::from(130));
+                }
+            };
+            match outcome {
                 Ok(r) => reports.push(serde_json::to_value(&r)?),
                 Err(e) => {
                     println!("FAILED {}: {e:#}", s.name);
