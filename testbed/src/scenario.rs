@@ -575,13 +575,19 @@ fn describe_step(step: &Step, short: bool) -> String {
             latency,
             jitter,
             loss,
-        } => format!(
-            "link of {}: latency {:?}, jitter {:?}, loss {:?}",
-            which(cloud),
-            latency.map(|l| l.0),
-            jitter.map(|j| j.0),
-            loss
-        ),
+        } => {
+            let mut parts = Vec::new();
+            if let Some(l) = latency {
+                parts.push(format!("latency {:?}", l.0));
+            }
+            if let Some(j) = jitter {
+                parts.push(format!("jitter ±{:?}", j.0));
+            }
+            if let Some(p) = loss {
+                parts.push(format!("loss {:.1} %", p * 100.0));
+            }
+            format!("link of {}: {}", which(cloud), parts.join(", "))
+        }
         Step::KillManager(m) => format!("kill {}", manager(m)),
         Step::RestartManager(m) => format!("restart {}", manager(m)),
         Step::KillAgent(a) => format!("kill cloud-{}-agent-{}", a.cloud, a.agent),
