@@ -39,10 +39,12 @@ use crate::tls;
 
 /// How long a new stream may take to say what it is for.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// QUIC keep-alive: well under the idle timeout, so a quiet session stays open through NATs.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// A connection with no packet for this long is dead; the agent then tries another manager.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// QUIC keep-alive: well under the idle timeout, so a quiet session stays open through NATs
+/// and a lossy link gets several tries.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connection with no packet for this long is dead; the agent then tries another manager
+/// (the agent uses the same value; the lower of the two applies).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Limits on what an agent may claim about itself.
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_BYTES: usize = 253;
