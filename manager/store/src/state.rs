@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use fleetgate_shared::{
-    Checksum, Delta, DeltaError, Resource, ResourceKey, Snapshot, diff,
-};
+use fleetgate_shared::{Checksum, Delta, DeltaError, Resource, ResourceKey, Snapshot, diff};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::AgentRegistry;
