@@ -23,17 +23,29 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ports handed out for listeners: below Linux's default ephemeral range (32768–60999), so
 /// that the outgoing connections of a hundred processes cannot take a port between the moment
-/// it is chosen and the moment its process binds it (which `bind(":0")` cannot promise).
+/// it is chosen and the moment its process binds it (which `bind(":0")` cannot promise). Each
+/// process (each test binary run by nextest) draws from one of six slices chosen by its pid, so
+/// that concurrent test processes rarely draw the same port; [`Agent::restart_if_exited`]
+/// recovers from the collisions that remain.
 const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+const SLICES: u16 = 6;
 
-/// A loopback port free at the time of the call, from [`LISTEN_PORTS`], for which `bind`
-/// succeeds, and never handed out before by this process (a hundred agents pick two hundred
-/// ports before any of them binds: random picks alone would collide).
+fn port_slice() -> std::ops::Range<u16> {
+    let width = (LISTEN_PORTS.end - LISTEN_PORTS.start) / SLICES;
+    let slice = u16::try_from(std::process::id() % u32::from(SLICES)).unwrap_or(0);
+    let start = LISTEN_PORTS.start + slice * width;
+    start..start + width
+}
+
+/// A loopback port free at the time of the call, from this process's slice of
+/// [`LISTEN_PORTS`], for which `bind` succeeds, and never handed out before by this process (a
+/// hundred agents pick two hundred ports before any of them binds: random picks alone would
+/// collide).
 fn free_port(bind: impl Fn(u16) -> bool) -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
-        let port = fastrand::u16(LISTEN_PORTS);
+        let port = fastrand::u16(port_slice());
         if !given.contains(&port) && bind(port) {
             given.push(port);
             return port;
@@ -659,6 +671,30 @@ impl Agent {
 
     pub fn is_up(&self) -> bool {
         self.proc.is_some()
+    }
+
+    /// If the process has exited (typically: another process took one of its ports between
+    /// the choice and the bind), picks new ports on the same addresses and starts it again.
+    /// Returns whether it restarted.
+    pub fn restart_if_exited(&mut self) -> anyhow::Result<bool> {
+        let exited = self.proc.as_mut().is_some_and(|p| !p.is_running());
+        if !exited {
+            return Ok(false);
+        }
+        self.proc = None;
+        let ip = |addr: &str| {
+            addr.parse::<SocketAddr>()
+                .ok()
+                .and_then(|a| match a.ip() {
+                    std::net::IpAddr::V4(ip) => Some(ip),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
+        };
+        self.listen = free_tcp_on(ip(&self.listen));
+        self.admin = free_tcp_on(ip(&self.admin));
+        self.start()?;
+        Ok(true)
     }
 
     /// `GET path` on the agent's HTTP listener: status and body, or `None` if the request

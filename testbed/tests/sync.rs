@@ -334,6 +334,18 @@ async fn a_hundred_agents_converge_through_a_leader_change() {
     for agent in &mut agents {
         agent.start().unwrap();
     }
+    // A port taken by a concurrent test process between its choice and the bind ends that
+    // agent at once: start those again on other ports.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut restarted = 0;
+        for agent in &mut agents {
+            restarted += usize::from(agent.restart_if_exited().unwrap());
+        }
+        if restarted == 0 {
+            break;
+        }
+    }
     if rollout_reaches(&managers, v1, AGENTS).await.is_none() {
         let stuck: Vec<String> = agents
             .iter()
