@@ -447,6 +447,60 @@ fn single_node_apply_get_diff_delete_rollback_history_and_tokens() {
     assert!(from_file.stdout.contains("leader"), "{}", from_file.stdout);
 }
 
+/// Join tokens and the fleet view from the CLI: a join token is printed once on stdout with
+/// what it admits on stderr; a bad `--ttl` is a usage error; `agents` shows an empty fleet and
+/// its rollout line; revoking an unknown agent names it.
+#[test]
+fn join_tokens_and_the_fleet_view() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let manager = Manager::start(root.path());
+    let admin = Client {
+        manager: &manager,
+        home: &home,
+        token: manager.token.clone(),
+    };
+    admin.wait_ready();
+
+    let run = admin.run(&[
+        "token",
+        "create",
+        "--agent",
+        "--ttl",
+        "30m",
+        "--max-uses",
+        "2",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let token = run.stdout.trim();
+    assert!(
+        token.starts_with("fgj1.") && token.split('.').count() == 4,
+        "{token}"
+    );
+    assert!(run.stderr.contains("for 2 agents"), "{}", run.stderr);
+
+    let bad = admin.run(&["token", "create", "--agent", "--ttl", "soon"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--ttl soon"), "{}", bad.stderr);
+    let neither = admin.run(&["token", "create"]);
+    assert_eq!(neither.code, 2, "{}", neither.stderr);
+
+    let table = admin.ok(&["agents"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains("applied on 0 of 0 connected agents"),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(&admin.ok(&["agents", "-o", "json"])).unwrap();
+    assert_eq!(json["agents"], Value::Array(vec![]), "{json}");
+    assert_eq!(json["rollout"]["selected"], 0, "{json}");
+
+    let unknown = admin.run(&["agents", "revoke", "ag-nobody"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("ag-nobody"), "{}", unknown.stderr);
+}
+
 /// A CA certificate that the CLI accepts, for tests without a manager.
 fn some_ca(dir: &Path) -> PathBuf {
     let (cert, _key) = fleetgate_manager::tls::create_ca().unwrap();
