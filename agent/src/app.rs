@@ -103,9 +103,12 @@ fn start(
         .config
         .as_ref()
         .is_some_and(|path| source::load_and_apply(gateway, path, 1));
+    // Loaded once: in manager mode it is also the base of the first delta.
+    let mut manager_base = None;
     if !from_file {
         match gateway.load_persisted() {
-            Some(snapshot) => {
+            Some(persisted) => {
+                let snapshot = persisted.snapshot;
                 match &config.config {
                     Some(_) => tracing::warn!(
                         revision = snapshot.revision,
@@ -117,6 +120,9 @@ fn start(
                     ),
                 }
                 let _ = gateway.apply(&snapshot, ConfigSource::Disk);
+                if persisted.from_manager {
+                    manager_base = Some(snapshot);
+                }
             }
             None => match &config.config {
                 Some(path) => tracing::warn!(
@@ -174,7 +180,12 @@ fn start(
                 labels: config.labels.iter().cloned().collect(),
                 data_dir: data_dir.clone(),
             };
-            tokio::spawn(crate::sync::run(gateway.clone(), settings, stopped));
+            tokio::spawn(crate::sync::run(
+                gateway.clone(),
+                settings,
+                manager_base,
+                stopped,
+            ));
         }
         (None, None) => anyhow::bail!("manager mode needs --data-dir"),
     }

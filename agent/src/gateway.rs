@@ -155,14 +155,9 @@ impl Gateway {
         change(sync.get_or_insert_with(Default::default));
     }
 
-    /// The newest persisted snapshot that passes its checksum: the current file, else the
-    /// previous generation (with a warning).
-    pub fn load_persisted(&self) -> Option<Snapshot> {
-        self.load_persisted_origin().map(|p| p.snapshot)
-    }
-
-    /// [`Self::load_persisted`], with where the snapshot came from.
-    pub fn load_persisted_origin(&self) -> Option<PersistedSnapshot> {
+    /// The newest persisted snapshot that passes its checksum, with where it came from: the
+    /// current file, else the previous generation (with a warning).
+    pub fn load_persisted(&self) -> Option<PersistedSnapshot> {
         let dir = self.data_dir.as_ref()?;
         for name in [CURRENT, PREVIOUS] {
             let path = dir.join(name);

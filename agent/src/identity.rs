@@ -16,7 +16,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 /// What `identity/agent.json` records besides the PEM files.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -211,7 +210,7 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|cert| hex::encode(sha2::Sha256::digest(cert.as_ref())) == self.fingerprint)
+            .find(|cert| fleetgate_proto::join_token::fingerprint(cert) == self.fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the manager's CA is not the one the join token names (fingerprint mismatch)"

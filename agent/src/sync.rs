@@ -29,7 +29,7 @@ use fleetgate_proto::{MANAGER_SERVER_NAME, PROTOCOL_VERSION, WireError};
 use fleetgate_shared::model::Labels;
 use fleetgate_shared::{Snapshot, ValidationError};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 use crate::generation::ConfigSource;
@@ -152,8 +152,14 @@ enum End {
     Stop,
 }
 
-/// Runs manager mode until `stop` flips.
-pub async fn run(gateway: Arc<Gateway>, settings: SyncSettings, mut stop: watch::Receiver<bool>) {
+/// Runs manager mode until `stop` flips. `base` is the persisted snapshot the agent serves, if a
+/// manager sent it: the base of the first delta.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    settings: SyncSettings,
+    base: Option<Snapshot>,
+    mut stop: watch::Receiver<bool>,
+) {
     let identity = match Identity::load(&settings.data_dir) {
         Ok(identity) => identity,
         Err(e) => {
@@ -161,12 +167,7 @@ pub async fn run(gateway: Arc<Gateway>, settings: SyncSettings, mut stop: watch:
             None
         }
     };
-    let base = gateway
-        .load_persisted_origin()
-        .filter(|p| p.from_manager)
-        .map(|p| Base {
-            snapshot: p.snapshot,
-        });
+    let base = base.map(|snapshot| Base { snapshot });
     let mut client = Client {
         gateway: gateway.clone(),
         settings,
@@ -416,7 +417,7 @@ impl Client {
         let Some(identity) = self.identity.clone() else {
             return End::Retry("no identity".to_owned());
         };
-        let (mut send, mut recv) = match conn.open_bi().await {
+        let (mut send, recv) = match conn.open_bi().await {
             Ok(streams) => streams,
             Err(e) => return End::Retry(format!("cannot open a stream to {addr}: {e}")),
         };
@@ -430,16 +431,7 @@ impl Client {
             s.last_error = None;
             s.sessions_total += 1;
         });
-        let (tx, mut control) = mpsc::channel::<Result<wire::ManagerMessage, FrameError>>(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let message = frame::read_message::<_, wire::ManagerMessage>(&mut recv).await;
-                let end = message.is_err();
-                if tx.send(message).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+        let (mut control, reader) = frame::spawn_reader::<_, wire::ManagerMessage>(recv);
         let mut status = tokio::time::interval(STATUS_EVERY);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut identity = identity;
@@ -466,7 +458,7 @@ impl Client {
                         Ok(frame) => frame,
                         Err(e) => break End::Retry(format!("unreadable snapshot from {addr}: {e}")),
                     };
-                    if let Err(end) = self.on_snapshot(&mut send, frame).await {
+                    if let Err(end) = self.on_snapshot_frame(&mut send, frame).await {
                         break end;
                     }
                 }
@@ -555,12 +547,8 @@ impl Client {
                 let result = self.apply(next).await;
                 self.reply(send, revision, result).await
             }
-            Some(Body::Snapshot(snapshot)) => {
-                // Managers send snapshots on their own stream; accept one here all the same.
-                let frame = frame::compress_snapshot(&snapshot)
-                    .map_err(|e| End::Retry(format!("cannot handle a snapshot: {e}")))?;
-                self.on_snapshot(send, frame).await
-            }
+            // Managers send snapshots on their own stream; accept one here all the same.
+            Some(Body::Snapshot(snapshot)) => self.on_snapshot(send, snapshot).await,
             Some(Body::Ping(ping)) => {
                 let pong = wire::AgentMessage {
                     body: Some(wire::agent_message::Body::Pong(wire::Pong {
@@ -582,22 +570,31 @@ impl Client {
         }
     }
 
-    async fn on_snapshot(
+    /// Inflates a snapshot frame off the async workers and applies it.
+    async fn on_snapshot_frame(
         &mut self,
         send: &mut quinn::SendStream,
         frame: wire::SnapshotFrame,
     ) -> Result<(), End> {
-        // Inflating and decoding a big snapshot is CPU work: off the async workers.
-        let decoded = tokio::task::spawn_blocking(move || {
-            let snapshot = frame::decompress_snapshot(&frame).map_err(|e| e.to_string())?;
-            let revision = snapshot.revision;
-            Ok::<_, String>((revision, Snapshot::try_from(snapshot)))
-        })
-        .await
-        .map_err(|e| End::Retry(format!("snapshot decoding failed: {e}")))?;
-        let (revision, snapshot) =
-            decoded.map_err(|e| End::Retry(format!("unusable snapshot: {e}")))?;
-        let result = match snapshot {
+        let snapshot = tokio::task::spawn_blocking(move || frame::decompress_snapshot(&frame))
+            .await
+            .map_err(|e| End::Retry(format!("snapshot decoding failed: {e}")))?
+            .map_err(|e| End::Retry(format!("unusable snapshot: {e}")))?;
+        self.on_snapshot(send, snapshot).await
+    }
+
+    /// Decodes a snapshot (off the async workers: big ones are CPU work), applies it, and
+    /// answers.
+    async fn on_snapshot(
+        &mut self,
+        send: &mut quinn::SendStream,
+        snapshot: wire::Snapshot,
+    ) -> Result<(), End> {
+        let revision = snapshot.revision;
+        let decoded = tokio::task::spawn_blocking(move || Snapshot::try_from(snapshot))
+            .await
+            .map_err(|e| End::Retry(format!("snapshot decoding failed: {e}")))?;
+        let result = match decoded {
             Ok(snapshot) => self.apply(snapshot).await,
             Err(e) => Err(vec![problem(e.to_string())]),
         };
@@ -698,14 +695,13 @@ fn instant_at(unix_ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
-/// SHA-256 (hex) of the first certificate in `pem`.
+/// The fingerprint of the first certificate in `pem`, as join tokens pin it.
 fn manager_ca_fingerprint(pem: &str) -> anyhow::Result<String> {
     use rustls_pki_types::pem::PemObject;
-    use sha2::Digest;
     let cert = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .ok_or_else(|| anyhow!("no certificate in the manager CA"))??;
-    Ok(hex::encode(sha2::Sha256::digest(cert.as_ref())))
+    Ok(fleetgate_proto::join_token::fingerprint(&cert))
 }
 
 #[cfg(test)]

@@ -90,6 +90,33 @@ where
     })
 }
 
+/// Reads messages from `input` on a task of their own and hands each one over the returned
+/// channel; the last item is the error that ended the stream ([`FrameError::Closed`] for a clean
+/// end). Reading a frame is not cancel-safe, so a session that waits on messages and on other
+/// events at once (`select!`) reads through this. Abort the handle when the session ends.
+pub fn spawn_reader<R, M>(
+    mut input: R,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<M, FrameError>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    M: Message + Default + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            let message = read_message::<_, M>(&mut input).await;
+            let end = message.is_err();
+            if tx.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
 /// Compresses a snapshot into its frame. CPU-bound: run it off the async workers for big
 /// snapshots.
 pub fn compress_snapshot(snapshot: &wire::Snapshot) -> Result<wire::SnapshotFrame, FrameError> {

@@ -13,6 +13,14 @@
 
 use std::fmt;
 
+/// The fingerprint a join token pins: the lower-case hex SHA-256 of a certificate's DER bytes.
+/// The manager computes it over its CA when it makes a token; the agent over the CA a manager
+/// presents, and over the CA it is given at enrolment.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(cert_der))
+}
+
 /// The version prefix; a new format would take a new one.
 const PREFIX: &str = "fgj1";
 

@@ -28,7 +28,6 @@ use fleetgate_proto::sync::v1 as wire;
 use fleetgate_shared::model::Labels;
 use fleetgate_shared::{Checksum, Snapshot, diff};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::api::now_ms;
@@ -431,19 +430,10 @@ impl Session {
     }
 
     /// Serves the session until it ends; returns why it ended.
-    async fn run(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> String {
-        // Reading a frame is not cancel-safe, so one task reads and hands complete messages
-        // over; the loop below can then wait on messages and on config changes at once.
-        let (tx, mut messages) = mpsc::channel::<Result<wire::AgentMessage, FrameError>>(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let message = frame::read_message::<_, wire::AgentMessage>(&mut recv).await;
-                let end = message.is_err();
-                if tx.send(message).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+    async fn run(&mut self, mut send: quinn::SendStream, recv: quinn::RecvStream) -> String {
+        // Messages arrive through a reader task, so that the loop waits on them and on config
+        // changes at once.
+        let (mut messages, reader) = frame::spawn_reader::<_, wire::AgentMessage>(recv);
         let mut applied = self.ctx.reader.subscribe_applied();
         let reason = loop {
             if self.pending.is_none()

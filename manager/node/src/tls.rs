@@ -15,7 +15,6 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::Error;
 use crate::settings::{DataDir, write_file};
@@ -238,7 +237,7 @@ pub fn fingerprint(pem: &str) -> Result<String, Error> {
         .into_iter()
         .next()
         .ok_or_else(|| Error::Tls("no certificate in the PEM text".to_owned()))?;
-    Ok(hex::encode(sha2::Sha256::digest(cert.as_ref())))
+    Ok(fleetgate_proto::join_token::fingerprint(&cert))
 }
 
 /// A signed agent client certificate.
