@@ -25,6 +25,14 @@
 //! cache survives it) but not for a power loss. So after sled's flush, [`Disk::flush`] calls
 //! `fdatasync` on sled's log file `db` and on every blob file it has not synced before (and
 //! `fsync` on `blobs/` when one appeared): an acknowledged write is then on stable storage.
+//!
+//! Why [`Disk::open`] deletes `snap.*.generating` files first: sled 0.34 writes its own page-table
+//! snapshot to `snap.<lsn>.generating` and renames it to `snap.<lsn>` once complete, but when it
+//! opens it reads the name that sorts last among *all* `snap.*` files, the unfinished one
+//! included. A process killed while sled writes that file leaves a database that refuses to open
+//! ("Read corrupted data at file offset None"; sled issue 1527). An unfinished file was never
+//! used: sled removes the previous snapshot only after the rename, and replays its log from that
+//! one. Found by the SIGKILL crash test (`tests/crash.rs`) in CI.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -171,6 +179,7 @@ impl Disk {
     /// Opens (or creates) the database in `dir`, and finishes a log purge that a crash
     /// interrupted.
     pub fn open(dir: &Path) -> Result<Self, DiskError> {
+        remove_unfinished_sled_snapshots(dir)?;
         let db = sled::Config::new().path(dir).open()?;
         let disk = Self {
             log: db.open_tree("log")?,
@@ -441,6 +450,30 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, DiskError>
     })
 }
 
+/// Deletes the page-table snapshots sled was still writing when its process died (see the module
+/// documentation).
+fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<(), DiskError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::info!(
+                file = %entry.path().display(),
+                "removing a storage snapshot the previous process did not finish writing \
+                 (it stopped abruptly); the store recovers from its previous snapshot and log"
+            );
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -463,5 +496,44 @@ mod tests {
         assert!(blobs > 0, "sled kept a 300 KiB value inline");
         let synced = disk.files.synced_blobs.lock().unwrap().len();
         assert!(disk.files.skip || synced == blobs, "{synced} of {blobs}");
+    }
+
+    /// The state a SIGKILL during sled's snapshot write leaves: a torn `.generating` snapshot
+    /// newer than anything else sled has. The store must open with every write intact.
+    #[test]
+    fn a_torn_sled_snapshot_does_not_stop_the_store_from_opening() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let disk = Disk::open(dir.path()).unwrap();
+            for index in 1..=200 {
+                disk.log.insert(index_key(index), vec![1u8; 64]).unwrap();
+            }
+            runtime.block_on(disk.flush()).unwrap();
+        }
+        let torn = dir.path().join("snap.FFFFFFFFFFFFFFF0.generating");
+        std::fs::write(
+            &torn,
+            [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9],
+        )
+        .unwrap();
+        // sled alone refuses this directory: that is the bug being worked around.
+        let refused = sled::Config::new().path(dir.path()).open();
+        assert!(
+            refused.is_err(),
+            "sled opened a directory with a torn snapshot"
+        );
+        drop(refused);
+
+        let disk = Disk::open(dir.path()).unwrap();
+        assert!(!torn.exists());
+        assert_eq!(disk.log.len(), 200);
+        assert_eq!(
+            disk.log.get(index_key(200)).unwrap().unwrap(),
+            vec![1u8; 64]
+        );
     }
 }
