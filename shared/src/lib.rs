@@ -21,5 +21,5 @@ pub mod validate;
 pub use bundle::{BundleError, LoadError, load_paths, parse_bundle};
 pub use duration::Duration;
 pub use model::{Kind, Placement, Resource, ResourceKey, Spec};
-pub use snapshot::{Checksum, Delta, DeltaError, Snapshot, diff};
-pub use validate::{ValidationError, validate};
+pub use snapshot::{Change, Checksum, Delta, DeltaError, SharedResource, Snapshot, changes, diff};
+pub use validate::{ValidationError, validate, validate_change};

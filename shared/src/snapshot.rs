@@ -16,18 +16,76 @@ use crate::model::{Labels, Resource, ResourceKey};
 
 /// The config at one revision: at most one resource per key.
 ///
-/// Resources are shared (`Arc`) between snapshots: applying a one-route delta to a config of
-/// 10,000 routes, selecting it for an agent, or cloning it copies pointers, not resources, and
-/// comparing two snapshots that share a resource is a pointer comparison. The content checksum
-/// is computed once per snapshot, on first use.
+/// Resources are shared ([`SharedResource`]) between snapshots: applying a one-route delta to a
+/// config of 10,000 routes, selecting it for an agent, or cloning it copies pointers, not
+/// resources, and comparing two snapshots that share a resource is a pointer comparison. Each
+/// resource's digest is computed once for its lifetime, and the content checksum once per
+/// snapshot from those digests, so a new revision costs hashing of what changed plus 32 bytes
+/// per resource.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The revision this content was committed at; 0 is the empty config before any commit.
     pub revision: u64,
-    resources: BTreeMap<ResourceKey, Arc<Resource>>,
+    resources: BTreeMap<ResourceKey, SharedResource>,
     /// [`Self::checksum`], once computed. Content never changes after construction.
     checksum: OnceLock<Checksum>,
 }
+
+/// A resource as snapshots hold it: shared between every snapshot that contains it, with the
+/// SHA-256 of its canonical JSON computed on first use.
+#[derive(Clone, Debug)]
+pub struct SharedResource(Arc<Stored>);
+
+#[derive(Debug)]
+struct Stored {
+    resource: Resource,
+    digest: OnceLock<[u8; 32]>,
+}
+
+impl SharedResource {
+    fn new(resource: Resource) -> Self {
+        Self(Arc::new(Stored {
+            resource,
+            digest: OnceLock::new(),
+        }))
+    }
+
+    /// Whether `self` and `other` are the same shared resource (not only equal content): true
+    /// for a resource a delta left untouched.
+    pub fn same(&self, other: &SharedResource) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The canonical encoding of the resource: compact JSON, struct fields in declaration
+    /// order and every map ordered, so equal content gives equal bytes on every machine.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys into a Vec cannot fail.
+        serde_json::to_vec(&self.0.resource).unwrap_or_default()
+    }
+
+    /// The SHA-256 of [`Self::canonical_json`], computed once.
+    pub fn digest(&self) -> &[u8; 32] {
+        self.0
+            .digest
+            .get_or_init(|| Sha256::digest(self.canonical_json()).into())
+    }
+}
+
+impl std::ops::Deref for SharedResource {
+    type Target = Resource;
+
+    fn deref(&self) -> &Resource {
+        &self.0.resource
+    }
+}
+
+impl PartialEq for SharedResource {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other) || self.0.resource == other.0.resource
+    }
+}
+
+impl Eq for SharedResource {}
 
 impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
@@ -69,7 +127,7 @@ impl Snapshot {
             if map.contains_key(&key) {
                 return Err(DuplicateResource(key));
             }
-            map.insert(key, Arc::new(resource));
+            map.insert(key, SharedResource::new(resource));
         }
         Ok(Self {
             revision,
@@ -83,9 +141,25 @@ impl Snapshot {
         self.resources.values().map(|r| &**r)
     }
 
+    /// The resources as shared handles, in key order: for callers that reuse work done for a
+    /// resource an earlier snapshot shared ([`SharedResource::same`]).
+    pub fn shared(&self) -> impl ExactSizeIterator<Item = &SharedResource> {
+        self.resources.values()
+    }
+
     /// The resource with `key`, if present.
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
         self.resources.get(key).map(|r| &**r)
+    }
+
+    /// The resources with their keys, in key order.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (&ResourceKey, &SharedResource)> {
+        self.resources.iter()
+    }
+
+    /// The shared handle of the resource with `key`, if present.
+    pub fn get_shared(&self, key: &ResourceKey) -> Option<&SharedResource> {
+        self.resources.get(key)
     }
 
     /// Validates the content as one complete config (see [`crate::validate`]), without copying
@@ -109,29 +183,35 @@ impl Snapshot {
     pub fn into_resources(self) -> Vec<Resource> {
         self.resources
             .into_values()
-            .map(Arc::unwrap_or_clone)
+            .map(|shared| match Arc::try_unwrap(shared.0) {
+                Ok(stored) => stored.resource,
+                Err(shared) => shared.resource.clone(),
+            })
             .collect()
     }
 
-    /// The canonical encoding of the content (not the revision): each resource as compact JSON,
-    /// in key order, one per line. Struct fields serialize in declaration order and every map
-    /// in the model is ordered, so equal contents give equal bytes on every machine.
+    /// The canonical encoding of the content (not the revision): each resource's
+    /// [`SharedResource::canonical_json`], in key order, one per line.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for resource in self.resources.values() {
-            // Serializing plain data with string keys into a Vec cannot fail.
-            if serde_json::to_writer(&mut out, &**resource).is_ok() {
-                out.push(b'\n');
-            }
+            out.extend_from_slice(&resource.canonical_json());
+            out.push(b'\n');
         }
         out
     }
 
-    /// The SHA-256 of [`Self::canonical_bytes`], computed once.
+    /// The content checksum: the SHA-256 of the resources' digests
+    /// ([`SharedResource::digest`]) in key order, computed once. Equal content gives an equal
+    /// checksum on every machine; the revision is not part of it.
     pub fn checksum(&self) -> Checksum {
-        *self
-            .checksum
-            .get_or_init(|| Checksum(Sha256::digest(self.canonical_bytes()).into()))
+        *self.checksum.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            for resource in self.resources.values() {
+                hasher.update(resource.digest());
+            }
+            Checksum(hasher.finalize().into())
+        })
     }
 
     /// Applies `delta`, returning the snapshot at `delta.to`. The delta must start at this
@@ -156,7 +236,7 @@ impl Snapshot {
             if !upserted.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key));
             }
-            next.insert(key, Arc::new(resource.clone()));
+            next.insert(key, SharedResource::new(resource.clone()));
         }
         for key in &delta.deletes {
             if upserted.contains(key) {
@@ -181,7 +261,7 @@ impl Snapshot {
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
     /// a placement, and every resource whose placement selects those labels.
     pub fn select(&self, agent_labels: &Labels) -> Snapshot {
-        let resources: BTreeMap<ResourceKey, Arc<Resource>> = self
+        let resources: BTreeMap<ResourceKey, SharedResource> = self
             .resources
             .iter()
             .filter(|(_, r)| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels)))
@@ -219,20 +299,75 @@ impl Delta {
     }
 }
 
+/// One difference between two snapshots, found by [`changes`].
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'a> {
+    /// In the second snapshot only.
+    Added(&'a ResourceKey, &'a SharedResource),
+    /// In both, with different content.
+    Changed(&'a ResourceKey, &'a SharedResource),
+    /// In the first snapshot only.
+    Removed(&'a ResourceKey),
+}
+
+impl<'a> Change<'a> {
+    /// The key of the resource that changed.
+    pub fn key(&self) -> &'a ResourceKey {
+        match self {
+            Change::Added(key, _) | Change::Changed(key, _) | Change::Removed(key) => key,
+        }
+    }
+}
+
+/// What differs between `a` and `b`, in key order. One merge walk over both key orders:
+/// resources the two snapshots share cost a pointer comparison.
+pub fn changes<'a>(a: &'a Snapshot, b: &'a Snapshot) -> Vec<Change<'a>> {
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let mut left = a.resources.iter().peekable();
+    let mut right = b.resources.iter().peekable();
+    loop {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((key, _)) = left.next() {
+                    out.push(Change::Removed(key));
+                }
+            }
+            Ordering::Greater => {
+                if let Some((key, resource)) = right.next() {
+                    out.push(Change::Added(key, resource));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((_, old)), Some((key, new))) = (left.next(), right.next())
+                    && old != new
+                {
+                    out.push(Change::Changed(key, new));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The delta that turns `a` into `b`.
 pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
-    let upserts = b
-        .resources
-        .iter()
-        .filter(|(key, resource)| a.resources.get(*key) != Some(*resource))
-        .map(|(_, resource)| Resource::clone(resource))
-        .collect();
-    let deletes = a
-        .resources
-        .keys()
-        .filter(|key| !b.resources.contains_key(*key))
-        .cloned()
-        .collect();
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for change in changes(a, b) {
+        match change {
+            Change::Added(_, resource) | Change::Changed(_, resource) => {
+                upserts.push(Resource::clone(resource));
+            }
+            Change::Removed(key) => deletes.push(key.clone()),
+        }
+    }
     Delta {
         from: a.revision,
         to: b.revision,

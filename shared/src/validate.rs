@@ -48,44 +48,18 @@ pub fn validate(resources: &[Resource]) -> Result<(), Vec<ValidationError>> {
 /// [`validate`] over borrowed resources, so that a caller holding them elsewhere (a
 /// [`crate::Snapshot`]) validates without copying them.
 pub fn validate_refs(resources: &[&Resource]) -> Result<(), Vec<ValidationError>> {
-    let index = Index::new(resources);
+    let index = Index::listed(resources);
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     for resource in resources {
-        let mut check = Check {
-            resource: resource.key().to_string(),
-            errors: &mut errors,
-        };
         if !seen.insert(resource.key()) {
-            check.fail(
-                "name",
-                format!("duplicate: {} is defined more than once", resource.key()),
-            );
+            errors.push(ValidationError {
+                resource: resource.key().to_string(),
+                path: "name".into(),
+                message: format!("duplicate: {} is defined more than once", resource.key()),
+            });
         }
-        check.result("name", syntax::resource_name(&resource.name));
-        for (key, value) in &resource.labels {
-            check.result(
-                &format!("labels.{key}"),
-                syntax::label(key).and_then(|()| syntax::label(value)),
-            );
-        }
-        if let Some(placement) = &resource.placement {
-            placement_checks(&mut check, placement);
-        }
-        match &resource.spec {
-            Spec::Certificate(spec) => {
-                if let Err(found) = certificate_info(spec) {
-                    for (path, message) in found {
-                        check.fail(&path, message);
-                    }
-                }
-            }
-            Spec::Domain(spec) => domain_checks(&mut check, &index, spec),
-            Spec::Service(spec) => service_checks(&mut check, spec),
-            Spec::Consumer(spec) => consumer_checks(&mut check, &index, spec),
-            Spec::Policy(spec) => policy_checks(&mut check, &index, spec),
-            Spec::Route(spec) => route_checks(&mut check, &index, spec),
-        }
+        resource_checks(resource, &index, &mut errors);
     }
     cross_resource_checks(resources, &mut errors);
     placement::check(
@@ -103,22 +77,162 @@ pub fn validate_refs(resources: &[&Resource]) -> Result<(), Vec<ValidationError>
     }
 }
 
-/// Names of every resource, by kind, and the resources themselves for cross-reference checks.
-struct Index<'a> {
-    by_key: HashMap<ResourceKey, &'a Resource>,
+/// Validates `next` as one complete config, given that `base` is a config that passed
+/// validation: only what the change from `base` to `next` can have broken is checked, so the
+/// cost follows the change, not the config. The verdict is [`validate`]'s on `next`.
+///
+/// Checked again: every added or changed resource; every resource that refers by name to one
+/// that was added, changed or removed (its references and placement); host claims when a
+/// domain changed, credentials when a consumer changed; and route ambiguity between each
+/// changed route and the routes with its priority and one of its hosts. A change to more than
+/// an eighth of the resources is validated whole.
+pub fn validate_change(
+    base: &crate::Snapshot,
+    next: &crate::Snapshot,
+) -> Result<(), Vec<ValidationError>> {
+    use std::collections::HashSet;
+    let changes = crate::snapshot::changes(base, next);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if changes.len() * 8 > next.len() {
+        return next.validate();
+    }
+    let changed: HashSet<&ResourceKey> = changes.iter().map(|c| c.key()).collect();
+    let changed_kinds: BTreeSet<Kind> = changed.iter().map(|k| k.kind).collect();
+    let mut affected: BTreeSet<&ResourceKey> = changes
+        .iter()
+        .filter_map(|c| match c {
+            crate::Change::Added(key, _) | crate::Change::Changed(key, _) => Some(*key),
+            crate::Change::Removed(_) => None,
+        })
+        .collect();
+    let referring: BTreeSet<Kind> = changed_kinds
+        .iter()
+        .flat_map(|kind| placement::referring_kinds(*kind))
+        .copied()
+        .collect();
+    if !referring.is_empty() {
+        for (key, resource) in next.entries() {
+            if referring.contains(&key.kind)
+                && !affected.contains(key)
+                && placement::references(resource)
+                    .iter()
+                    .any(|r| changed.contains(&ResourceKey::new(r.kind, r.name)))
+            {
+                affected.insert(key);
+            }
+        }
+    }
+    let checked: Vec<&Resource> = affected.iter().filter_map(|key| next.get(key)).collect();
+
+    let index = Index::Snapshot(next);
+    let mut errors = Vec::new();
+    for resource in &checked {
+        resource_checks(resource, &index, &mut errors);
+    }
+
+    // Cross-resource rules, over the resources a changed one can collide with, in key order.
+    let domains = changed_kinds.contains(&Kind::Domain);
+    let consumers = changed_kinds.contains(&Kind::Consumer);
+    let mut claims: HashSet<(&str, i32)> = HashSet::new();
+    for key in &affected {
+        if let Some(Spec::Route(route)) = next.get(key).map(|r| &r.spec) {
+            for host in route_hosts(route) {
+                claims.insert((host, route.priority));
+            }
+        }
+    }
+    let cross: Vec<&Resource> = next
+        .entries()
+        .filter(|(key, resource)| match &resource.spec {
+            Spec::Domain(_) => domains,
+            Spec::Consumer(_) => consumers,
+            Spec::Route(route) => {
+                affected.contains(key)
+                    || route_hosts(route).any(|host| claims.contains(&(host, route.priority)))
+            }
+            _ => false,
+        })
+        .map(|(_, resource)| &**resource)
+        .collect();
+    cross_resource_checks(&cross, &mut errors);
+    placement::check(
+        &checked,
+        &index,
+        &mut Check {
+            resource: String::new(),
+            errors: &mut errors,
+        },
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The hosts a route claims for ambiguity checks: its hosts, or `*` when it has none.
+fn route_hosts(route: &RouteSpec) -> impl Iterator<Item = &str> {
+    let any = route.hosts.is_empty().then_some("*");
+    route.hosts.iter().map(String::as_str).chain(any)
+}
+
+/// Every check of one resource on its own and against what it refers to.
+fn resource_checks(resource: &Resource, index: &Index<'_>, errors: &mut Vec<ValidationError>) {
+    let mut check = Check {
+        resource: resource.key().to_string(),
+        errors,
+    };
+    check.result("name", syntax::resource_name(&resource.name));
+    for (key, value) in &resource.labels {
+        check.result(
+            &format!("labels.{key}"),
+            syntax::label(key).and_then(|()| syntax::label(value)),
+        );
+    }
+    if let Some(placement) = &resource.placement {
+        placement_checks(&mut check, placement);
+    }
+    match &resource.spec {
+        Spec::Certificate(spec) => {
+            if let Err(found) = certificate_info(spec) {
+                for (path, message) in found {
+                    check.fail(&path, message);
+                }
+            }
+        }
+        Spec::Domain(spec) => domain_checks(&mut check, index, spec),
+        Spec::Service(spec) => service_checks(&mut check, spec),
+        Spec::Consumer(spec) => consumer_checks(&mut check, index, spec),
+        Spec::Policy(spec) => policy_checks(&mut check, index, spec),
+        Spec::Route(spec) => route_checks(&mut check, index, spec),
+    }
+}
+
+/// The resources cross-reference checks look names up in.
+enum Index<'a> {
+    /// A list being validated whole; on duplicate keys the first counts.
+    Listed(HashMap<ResourceKey, &'a Resource>),
+    /// A snapshot, looked up in place.
+    Snapshot(&'a crate::Snapshot),
 }
 
 impl<'a> Index<'a> {
-    fn new(resources: &[&'a Resource]) -> Self {
+    fn listed(resources: &[&'a Resource]) -> Self {
         let mut by_key = HashMap::new();
         for r in resources {
             by_key.entry(r.key()).or_insert(*r);
         }
-        Self { by_key }
+        Index::Listed(by_key)
     }
 
     fn get(&self, kind: Kind, name: &str) -> Option<&'a Resource> {
-        self.by_key.get(&ResourceKey::new(kind, name)).copied()
+        let key = ResourceKey::new(kind, name);
+        match self {
+            Index::Listed(by_key) => by_key.get(&key).copied(),
+            Index::Snapshot(snapshot) => snapshot.get(&key),
+        }
     }
 
     fn service(&self, name: &str) -> Option<&'a ServiceSpec> {

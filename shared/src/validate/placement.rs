@@ -43,14 +43,25 @@ pub(super) fn check(resources: &[&Resource], index: &Index<'_>, check: &mut Chec
 }
 
 /// One by-name reference from a resource to another, with the field that makes it.
-struct Reference<'a> {
-    path: String,
-    kind: Kind,
-    name: &'a str,
+pub(super) struct Reference<'a> {
+    pub(super) path: String,
+    pub(super) kind: Kind,
+    pub(super) name: &'a str,
+}
+
+/// The kinds whose resources can refer by name to a resource of `kind`: what [`references`]
+/// can name, read the other way. A change to a `kind` resource can break only these.
+pub(super) fn referring_kinds(kind: Kind) -> &'static [Kind] {
+    match kind {
+        Kind::Certificate => &[Kind::Domain],
+        Kind::Policy => &[Kind::Domain, Kind::Consumer, Kind::Route],
+        Kind::Consumer | Kind::Domain | Kind::Route => &[Kind::Policy],
+        Kind::Service => &[Kind::Route],
+    }
 }
 
 /// Every by-name reference `resource` makes, in field order.
-fn references<'a>(resource: &'a Resource) -> Vec<Reference<'a>> {
+pub(super) fn references<'a>(resource: &'a Resource) -> Vec<Reference<'a>> {
     let mut out = Vec::new();
     let mut add = |path: String, kind: Kind, name: &'a str| {
         out.push(Reference { path, kind, name });
