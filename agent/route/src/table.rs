@@ -17,9 +17,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use fleetgate_shared::model::RouteSpec;
-use fleetgate_shared::{Snapshot, Spec, ValidationError};
+use fleetgate_shared::{SharedResource, Snapshot, Spec, ValidationError};
 
 use crate::matcher::CompiledMatch;
 use crate::path::{PathCondition, segment_prefixes};
@@ -31,7 +31,11 @@ use crate::route::CompiledRoute;
 /// path, and share it behind an `Arc`.
 pub struct RouteTable {
     /// Sorted by name, so that a route's index is its name rank for precedence rule (7).
-    routes: Vec<CompiledRoute>,
+    /// Shared with the next table for every route a change leaves alone.
+    routes: Vec<Arc<CompiledRoute>>,
+    /// The resource each route was compiled from, by the same index: how the next table
+    /// recognizes a route it can take over.
+    sources: Vec<Option<SharedResource>>,
     exact_hosts: HashMap<Box<str>, Tier>,
     /// Keyed by the suffix after `*.`: `*.example.com` is under `example.com`.
     wildcard_hosts: HashMap<Box<str>, Tier>,
@@ -73,33 +77,54 @@ impl RouteTable {
     /// route. Fails with every validation error; a snapshot that validates compiles.
     pub fn compile(snapshot: &Snapshot) -> Result<RouteTable, Vec<ValidationError>> {
         snapshot.validate()?;
-        let mut specs: Vec<(String, RouteSpec)> = snapshot
-            .resources()
-            .filter_map(|r| match &r.spec {
-                Spec::Route(spec) => Some((r.name.clone(), spec.clone())),
-                _ => None,
-            })
-            .collect();
-        // Snapshots already list resources by name; sorting states the dependency instead of
-        // relying on it.
-        specs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut routes = Vec::with_capacity(specs.len());
+        Self::compile_validated(snapshot, &RouteTable::empty())
+    }
+
+    /// Compiles the routes of a snapshot that has passed validation (whole, or as a change from
+    /// a validated one: [`fleetgate_shared::validate_change`]). A route whose resource
+    /// `previous` was compiled from is taken over as it is, so a one-route change compiles one
+    /// route; the index is rebuilt, because a route's position is part of its precedence.
+    pub fn compile_validated(
+        snapshot: &Snapshot,
+        previous: &RouteTable,
+    ) -> Result<RouteTable, Vec<ValidationError>> {
+        let mut routes = Vec::new();
+        let mut sources = Vec::new();
         let mut errors = Vec::new();
-        for (name, spec) in specs {
-            match CompiledRoute::compile(&name, spec) {
-                Ok(route) => routes.push(route),
-                Err(found) => errors.extend(found),
+        // Snapshots list resources by kind, then name: the routes come out sorted by name.
+        for resource in snapshot.shared() {
+            let Spec::Route(spec) = &resource.spec else {
+                continue;
+            };
+            if let Some(route) = previous.compiled_from(resource) {
+                routes.push(route.clone());
+            } else {
+                match CompiledRoute::compile(&resource.name, spec.clone()) {
+                    Ok(route) => routes.push(Arc::new(route)),
+                    Err(found) => errors.extend(found),
+                }
             }
+            sources.push(Some(resource.clone()));
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Self::index(routes))
+        Ok(Self::index(routes, sources))
+    }
+
+    /// The compiled route of this table that was compiled from `resource` itself.
+    fn compiled_from(&self, resource: &SharedResource) -> Option<&Arc<CompiledRoute>> {
+        let at = self
+            .routes
+            .binary_search_by(|r| r.name.as_str().cmp(resource.name.as_str()))
+            .ok()?;
+        let source = self.sources[at].as_ref()?;
+        source.same(resource).then(|| &self.routes[at])
     }
 
     /// A table without routes: every request is a 404.
     pub fn empty() -> RouteTable {
-        Self::index(Vec::new())
+        Self::index(Vec::new(), Vec::new())
     }
 
     /// The number of routes.
@@ -114,7 +139,7 @@ impl RouteTable {
 
     /// The routes, by name.
     pub fn routes(&self) -> impl Iterator<Item = &CompiledRoute> {
-        self.routes.iter()
+        self.routes.iter().map(|r| &**r)
     }
 
     /// The best route for the request by the precedence rules of `docs/routing.md`, or `None`
@@ -200,10 +225,12 @@ impl RouteTable {
         }
     }
 
-    /// Builds the index over `routes`, which must be sorted by name.
-    fn index(routes: Vec<CompiledRoute>) -> RouteTable {
+    /// Builds the index over `routes`, which must be sorted by name; `sources` holds the
+    /// resource of each.
+    fn index(routes: Vec<Arc<CompiledRoute>>, sources: Vec<Option<SharedResource>>) -> RouteTable {
         let mut table = RouteTable {
             routes: Vec::new(),
+            sources,
             exact_hosts: HashMap::new(),
             wildcard_hosts: HashMap::new(),
             any_host: Tier::default(),
@@ -352,6 +379,58 @@ mod tests {
                 Req::get("a", "/")
             ),
             None
+        );
+    }
+
+    #[test]
+    fn a_change_compiles_only_the_routes_it_touches() {
+        let resources =
+            fleetgate_shared::parse_bundle(PATHS, fleetgate_shared::bundle::Format::Yaml, "")
+                .unwrap();
+        let first = Snapshot::new(1, resources).unwrap();
+        let before = RouteTable::compile(&first).unwrap();
+        let mut changed = first
+            .get(&fleetgate_shared::ResourceKey::new(
+                fleetgate_shared::Kind::Route,
+                "prefix",
+            ))
+            .unwrap()
+            .clone();
+        if let Spec::Route(spec) = &mut changed.spec {
+            spec.priority = 5;
+        }
+        let second = first
+            .apply(&fleetgate_shared::Delta {
+                from: 1,
+                to: 2,
+                upserts: vec![changed],
+                deletes: vec![],
+            })
+            .unwrap();
+        let after = RouteTable::compile_validated(&second, &before).unwrap();
+        let shared: Vec<(&str, bool)> = before
+            .routes
+            .iter()
+            .zip(&after.routes)
+            .map(|(a, b)| (a.name.as_str(), Arc::ptr_eq(a, b)))
+            .collect();
+        assert_eq!(
+            shared,
+            [
+                ("exact", true),
+                ("prefix", false),
+                ("prefix-slash", true),
+                ("regex", true)
+            ]
+        );
+        assert_eq!(
+            after
+                .routes()
+                .find(|r| r.name == "prefix")
+                .unwrap()
+                .spec
+                .priority,
+            5
         );
     }
 

@@ -465,17 +465,65 @@ fn request(shape: Shape) -> BoxedStrategy<Req> {
 
 // ------------------------------------------------------------------------ the property
 
-fn check(routes: &[(String, RouteSpec)], requests: &[Req]) -> Result<(), TestCaseError> {
-    let resources = routes.iter().map(|(name, spec)| Resource {
-        name: name.clone(),
+fn resource(name: &str, spec: &RouteSpec) -> Resource {
+    Resource {
+        name: name.to_owned(),
         labels: Default::default(),
         placement: None,
         spec: Spec::Route(spec.clone()),
-    });
-    let snapshot = Snapshot::new(1, resources).unwrap();
+    }
+}
+
+fn check(routes: &[(String, RouteSpec)], requests: &[Req]) -> Result<(), TestCaseError> {
+    let snapshot = Snapshot::new(1, routes.iter().map(|(n, s)| resource(n, s))).unwrap();
     let table = RouteTable::compile(&snapshot);
     prop_assert!(table.is_ok(), "{:?}", table.err());
-    let table = table.unwrap();
+    check_table(&table.unwrap(), routes, requests)
+}
+
+/// The same route set compiled as a change: first every other route, with the first one
+/// different, then a delta that adds the rest and restores the first. The second table takes
+/// over the routes the two snapshots share and must find exactly what a fresh one finds.
+fn check_incremental(
+    routes: &[(String, RouteSpec)],
+    requests: &[Req],
+) -> Result<(), TestCaseError> {
+    let mut first: Vec<Resource> = routes
+        .iter()
+        .step_by(2)
+        .map(|(n, s)| resource(n, s))
+        .collect();
+    if let Some(Resource {
+        spec: Spec::Route(spec),
+        ..
+    }) = first.first_mut()
+    {
+        spec.priority = spec.priority.wrapping_add(7);
+        spec.hosts.push("changed.example".into());
+    }
+    let first = Snapshot::new(1, first).unwrap();
+    let before = RouteTable::compile_validated(&first, &RouteTable::empty()).unwrap();
+    let delta = fleetgate_shared::Delta {
+        from: 1,
+        to: 2,
+        upserts: routes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1 || *i == 0)
+            .map(|(_, (n, s))| resource(n, s))
+            .collect(),
+        deletes: Vec::new(),
+    };
+    let second = first.apply(&delta).unwrap();
+    let after = RouteTable::compile_validated(&second, &before).unwrap();
+    check_table(&after, routes, requests)
+}
+
+fn check_table(
+    table: &RouteTable,
+    routes: &[(String, RouteSpec)],
+    requests: &[Req],
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(table.len(), routes.len());
     for req in requests {
         let expected = reference(routes, req);
@@ -508,5 +556,13 @@ proptest! {
         requests in prop::collection::vec(request(Shape::Crowded), 1..=8),
     ) {
         check(&routes, &requests)?;
+    }
+
+    #[test]
+    fn a_table_compiled_as_a_change_finds_what_a_fresh_one_finds(
+        routes in route_set(Shape::Wide),
+        requests in prop::collection::vec(request(Shape::Wide), 1..=24),
+    ) {
+        check_incremental(&routes, &requests)?;
     }
 }
