@@ -1,7 +1,7 @@
 //! The gateway's shared state: the current generation, the upstream clients, telemetry, and
 //! the one apply path every config source uses.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -9,13 +9,10 @@ use fleetgate_shared::{Snapshot, ValidationError};
 
 use crate::config::AccessLog;
 use crate::generation::{ConfigSource, Generation};
+pub use crate::persist::PersistedSnapshot;
+use crate::persist::SnapshotStore;
 use crate::telemetry::Telemetry;
 use crate::upstream::UpstreamClients;
-
-/// File name of the current persisted snapshot inside the data directory.
-const CURRENT: &str = "snapshot.json";
-/// File name of the previous generation, kept for when the current one is corrupt.
-const PREVIOUS: &str = "snapshot.prev.json";
 
 /// Shared by every connection and by the config sources.
 #[derive(Debug)]
@@ -26,7 +23,7 @@ pub struct Gateway {
     pub policy_state: fleetgate_agent_policy::PolicyState,
     pub telemetry: Telemetry,
     /// Serializes applies (compile + swap + persist); never taken on the request path.
-    apply_lock: Mutex<()>,
+    applying: Mutex<Applying>,
     data_dir: Option<PathBuf>,
     /// The problems of the last rejected snapshot, for `/config`.
     last_rejection: Mutex<Option<(u64, Vec<ValidationError>)>>,
@@ -34,23 +31,12 @@ pub struct Gateway {
     sync: Mutex<Option<crate::sync::SyncStatus>>,
 }
 
-/// A persisted snapshot and where it came from.
-#[derive(Debug)]
-pub struct PersistedSnapshot {
-    pub snapshot: Snapshot,
-    /// Whether a manager sent it: only then may it be the base of the next delta.
-    pub from_manager: bool,
-}
-
-/// What a persisted snapshot file holds: the snapshot and its content checksum, checked on
-/// load so that a torn or corrupted file is detected rather than served.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Persisted {
-    checksum: fleetgate_shared::Checksum,
-    snapshot: Snapshot,
-    /// Defaulted for files written before manager mode existed.
-    #[serde(default)]
-    from_manager: bool,
+/// What applies build on: the snapshot the current generation was compiled from, and the
+/// persisted copy.
+#[derive(Debug, Default)]
+struct Applying {
+    applied: Option<Snapshot>,
+    store: Option<SnapshotStore>,
 }
 
 impl Gateway {
@@ -60,7 +46,10 @@ impl Gateway {
             clients: UpstreamClients::default(),
             policy_state: Default::default(),
             telemetry: Telemetry::new(access_log),
-            apply_lock: Mutex::new(()),
+            applying: Mutex::new(Applying {
+                applied: None,
+                store: data_dir.clone().map(SnapshotStore::new),
+            }),
             data_dir,
             last_rejection: Mutex::new(None),
             sync: Mutex::new(None),
@@ -80,12 +69,13 @@ impl Gateway {
         snapshot: &Snapshot,
         source: ConfigSource,
     ) -> Result<Arc<Generation>, Vec<ValidationError>> {
-        let _serial = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current();
         let compiled = Generation::compile(
             snapshot,
             source,
             &previous,
+            applying.applied.as_ref(),
             &self.clients,
             &self.policy_state,
         );
@@ -127,12 +117,18 @@ impl Gateway {
             source = ?source,
             "config applied"
         );
-        if let Some(dir) = &self.data_dir
+        let Applying { applied, store } = &mut *applying;
+        if let Some(store) = store
             && source != ConfigSource::Disk
-            && let Err(e) = persist(dir, snapshot, source == ConfigSource::Manager)
+            && let Err(e) = store.write(applied.as_ref(), snapshot, source == ConfigSource::Manager)
         {
+            let dir = self
+                .data_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."));
             tracing::warn!(dir = %dir.display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
+        *applied = Some(snapshot.clone());
         Ok(generation)
     }
 
@@ -155,67 +151,10 @@ impl Gateway {
         change(sync.get_or_insert_with(Default::default));
     }
 
-    /// The newest persisted snapshot that passes its checksum, with where it came from: the
-    /// current file, else the previous generation (with a warning).
+    /// The newest usable persisted snapshot, with where it came from (see [`crate::persist`]
+    /// for what is tried and what is skipped with a warning).
     pub fn load_persisted(&self) -> Option<PersistedSnapshot> {
-        let dir = self.data_dir.as_ref()?;
-        for name in [CURRENT, PREVIOUS] {
-            let path = dir.join(name);
-            match read_persisted(&path) {
-                Ok(Some(snapshot)) => {
-                    if name == PREVIOUS {
-                        tracing::warn!(path = %dir.join(CURRENT).display(), "current persisted snapshot is unusable; serving the previous generation");
-                    }
-                    return Some(snapshot);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(path = %path.display(), "persisted snapshot ignored: {e}"),
-            }
-        }
-        None
+        let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        applying.store.as_mut()?.load()
     }
-}
-
-fn read_persisted(path: &Path) -> Result<Option<PersistedSnapshot>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let persisted: Persisted =
-        serde_json::from_slice(&bytes).map_err(|e| format!("does not parse: {e}"))?;
-    let actual = persisted.snapshot.checksum();
-    if actual != persisted.checksum {
-        return Err(format!(
-            "checksum mismatch: file says {}, content is {}",
-            persisted.checksum.short(),
-            actual.short()
-        ));
-    }
-    Ok(Some(PersistedSnapshot {
-        snapshot: persisted.snapshot,
-        from_manager: persisted.from_manager,
-    }))
-}
-
-/// Writes the snapshot durably: to a temporary file, fsynced, then renamed over the current
-/// one after the current one became the previous generation.
-fn persist(dir: &Path, snapshot: &Snapshot, from_manager: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{CURRENT}.tmp"));
-    let body = serde_json::to_vec(&Persisted {
-        checksum: snapshot.checksum(),
-        snapshot: snapshot.clone(),
-        from_manager,
-    })?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&body)?;
-    file.sync_all()?;
-    let current = dir.join(CURRENT);
-    if current.exists() {
-        std::fs::rename(&current, dir.join(PREVIOUS))?;
-    }
-    std::fs::rename(&tmp, &current)?;
-    std::fs::File::open(dir)?.sync_all()
 }

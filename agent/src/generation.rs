@@ -72,7 +72,9 @@ impl Generation {
         self.retry_budgets.get(route)
     }
 
-    /// Validates and compiles `snapshot`. Service runtimes whose spec is unchanged from
+    /// Validates and compiles `snapshot`. `base` is the snapshot `previous` was compiled from,
+    /// if any: then only what changed from it is validated again, and routes it shares with
+    /// `snapshot` are taken over compiled. Service runtimes whose spec is unchanged from
     /// `previous` are reused, keeping their balancer, health and ejection state. Any error
     /// (validation, or a certificate this host cannot load) rejects the whole snapshot and
     /// returns every problem; the caller keeps serving `previous`.
@@ -80,10 +82,15 @@ impl Generation {
         snapshot: &Snapshot,
         source: ConfigSource,
         previous: &Generation,
+        base: Option<&Snapshot>,
         clients: &UpstreamClients,
         policy_state: &fleetgate_agent_policy::PolicyState,
     ) -> Result<Generation, Vec<ValidationError>> {
-        let routes = RouteTable::compile(snapshot)?;
+        match base {
+            Some(base) => fleetgate_shared::validate_change(base, snapshot)?,
+            None => snapshot.validate()?,
+        }
+        let routes = RouteTable::compile_validated(snapshot, &previous.routes)?;
         let policies = fleetgate_agent_policy::PolicySet::compile(snapshot, policy_state)?;
         let mut services = HashMap::new();
         let mut domains = Vec::new();

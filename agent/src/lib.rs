@@ -18,6 +18,7 @@ pub mod headers;
 pub mod hosts;
 pub mod identity;
 pub mod inbound;
+pub mod persist;
 pub mod proxy;
 pub mod server;
 pub mod source;

@@ -177,9 +177,15 @@ async fn commits_reach_agents_which_ride_out_a_total_manager_outage() {
     assert!(v3 > v2);
 
     // A corrupt current snapshot: the previous generation (v2) serves, with no manager
-    // reachable to hide the fallback (the agent is pointed at a dead address).
+    // reachable to hide the fallback (the agent is pointed at a dead address). v3 reached the
+    // agent as a delta, so the current generation is the last line of its journal.
     b.kill();
-    std::fs::write(b.dir.join("snapshot.json"), b"{ not a snapshot").unwrap();
+    let journal = b.dir.join("snapshot.journal");
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<&str> = lines.lines().collect();
+    assert!(lines.len() >= 2, "v2 and v3 were not journaled: {lines:?}");
+    let damaged = lines.pop().unwrap().replacen("\"v3\"", "\"v9\"", 1);
+    std::fs::write(&journal, format!("{}\n{damaged}\n", lines.join("\n"))).unwrap();
     b.managers = "127.0.0.1:9".to_owned();
     b.start().unwrap();
     serves(&b, "/", "v2").await;
