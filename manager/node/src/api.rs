@@ -302,7 +302,7 @@ fn resulting(
     let next = current
         .apply(&delta)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    next.validate().map_err(ApiError::Invalid)?;
+    fleetgate_shared::validate_change(current, &next).map_err(ApiError::Invalid)?;
     Ok(next)
 }
 

@@ -369,7 +369,9 @@ impl ConfigState {
             Ok(next) => next,
             Err(e) => return CommandResult::Rejected(reason_for(e)),
         };
-        if let Err(problems) = next.validate() {
+        // The current content passed validation when it was committed: only what the change
+        // can have broken is checked again (the same verdict as validating `next` whole).
+        if let Err(problems) = fleetgate_shared::validate_change(&self.current, &next) {
             return CommandResult::Rejected(Reason::Invalid(problems));
         }
         let replaced = delta
