@@ -69,6 +69,7 @@ impl Gateway {
         snapshot: &Snapshot,
         source: ConfigSource,
     ) -> Result<Arc<Generation>, Vec<ValidationError>> {
+        let started = std::time::Instant::now();
         let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current();
         let compiled = Generation::compile(
@@ -81,10 +82,21 @@ impl Gateway {
         );
         let generation = match compiled {
             Ok(mut generation) => {
-                generation.route_stats = self
-                    .telemetry
-                    .stats
-                    .for_routes(generation.routes.routes().map(|r| r.name.as_str()));
+                let same_names = previous.routes.len() == generation.routes.len()
+                    && previous
+                        .routes
+                        .routes()
+                        .zip(generation.routes.routes())
+                        .all(|(a, b)| a.name == b.name);
+                generation.route_stats = if same_names {
+                    previous.route_stats.clone()
+                } else {
+                    Arc::new(
+                        self.telemetry
+                            .stats
+                            .for_routes(generation.routes.routes().map(|r| r.name.as_str())),
+                    )
+                };
                 Arc::new(generation)
             }
             Err(errors) => {
@@ -106,17 +118,11 @@ impl Gateway {
             }
         };
         self.current.store(generation.clone());
+        let swapped = started.elapsed();
         *self
             .last_rejection
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::info!(
-            revision = generation.revision,
-            checksum = %generation.checksum.short(),
-            routes = generation.routes.len(),
-            source = ?source,
-            "config applied"
-        );
         let Applying { applied, store } = &mut *applying;
         if let Some(store) = store
             && source != ConfigSource::Disk
@@ -129,6 +135,15 @@ impl Gateway {
             tracing::warn!(dir = %dir.display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
         *applied = Some(snapshot.clone());
+        tracing::info!(
+            revision = generation.revision,
+            checksum = %generation.checksum.short(),
+            routes = generation.routes.len(),
+            source = ?source,
+            compile_ms = format_args!("{:.1}", swapped.as_secs_f64() * 1000.0),
+            total_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            "config applied"
+        );
         Ok(generation)
     }
 

@@ -42,8 +42,9 @@ pub struct Generation {
     pub policies: fleetgate_agent_policy::PolicySet,
     /// Hosts whose plain-HTTP requests are redirected to HTTPS.
     pub https_redirect: crate::hosts::HostMap<()>,
-    /// Counters of this generation's routes, by route name (filled in when published).
-    pub route_stats: HashMap<String, Arc<crate::stats::RouteStats>>,
+    /// Counters of this generation's routes, by route name (filled in when published; shared
+    /// with the previous generation when the route names are the same).
+    pub route_stats: Arc<HashMap<String, Arc<crate::stats::RouteStats>>>,
     /// Retry budgets of the routes that retry.
     retry_budgets: HashMap<String, RetryBudget>,
 }
@@ -63,7 +64,7 @@ impl Generation {
             policies: Default::default(),
             https_redirect: Default::default(),
             retry_budgets: HashMap::new(),
-            route_stats: HashMap::new(),
+            route_stats: Default::default(),
         }
     }
 
@@ -152,7 +153,7 @@ impl Generation {
             policies,
             https_redirect,
             retry_budgets,
-            route_stats: HashMap::new(),
+            route_stats: Default::default(),
         })
     }
 }

@@ -524,6 +524,7 @@ impl Client {
         match message.body {
             Some(Body::Delta(delta)) => {
                 let revision = delta.to;
+                tracing::debug!(from = delta.from, revision, "delta received");
                 let Some(base) = &self.base else {
                     return Err(End::Retry(
                         "a delta arrived but no base snapshot is known; resyncing".to_owned(),

@@ -26,7 +26,9 @@ use crate::model::{Labels, Resource, ResourceKey};
 pub struct Snapshot {
     /// The revision this content was committed at; 0 is the empty config before any commit.
     pub revision: u64,
-    resources: BTreeMap<ResourceKey, SharedResource>,
+    /// Shared too: cloning a snapshot (to keep it as the base of the next change) is a pointer
+    /// copy.
+    resources: Arc<BTreeMap<ResourceKey, SharedResource>>,
     /// [`Self::checksum`], once computed. Content never changes after construction.
     checksum: OnceLock<Checksum>,
 }
@@ -131,7 +133,7 @@ impl Snapshot {
         }
         Ok(Self {
             revision,
-            resources: map,
+            resources: Arc::new(map),
             checksum: OnceLock::new(),
         })
     }
@@ -181,7 +183,7 @@ impl Snapshot {
 
     /// Consumes the snapshot, returning its resources in key order.
     pub fn into_resources(self) -> Vec<Resource> {
-        self.resources
+        Arc::unwrap_or_clone(self.resources)
             .into_values()
             .map(|shared| match Arc::try_unwrap(shared.0) {
                 Ok(stored) => stored.resource,
@@ -229,7 +231,7 @@ impl Snapshot {
                 to: delta.to,
             });
         }
-        let mut next = self.resources.clone();
+        let mut next = BTreeMap::clone(&self.resources);
         let mut upserted = std::collections::BTreeSet::new();
         for resource in &delta.upserts {
             let key = resource.key();
@@ -248,7 +250,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             revision: delta.to,
-            resources: next,
+            resources: Arc::new(next),
             // Unchanged content (a delta that only moves the revision) keeps its checksum.
             checksum: if delta.is_empty() {
                 self.checksum.clone()
@@ -275,7 +277,7 @@ impl Snapshot {
         };
         Snapshot {
             revision: self.revision,
-            resources,
+            resources: Arc::new(resources),
             checksum,
         }
     }

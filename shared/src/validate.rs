@@ -135,11 +135,14 @@ pub fn validate_change(
     // Cross-resource rules, over the resources a changed one can collide with, in key order.
     let domains = changed_kinds.contains(&Kind::Domain);
     let consumers = changed_kinds.contains(&Kind::Consumer);
-    let mut claims: HashSet<(&str, i32)> = HashSet::new();
+    // What each changed route claims: (host, priority) and the paths of its matches. Another
+    // route can only be ambiguous with it if it claims one of those with an equal path.
+    let mut claims: HashMap<(&str, i32), Vec<&Option<PathMatch>>> = HashMap::new();
     for key in &affected {
         if let Some(Spec::Route(route)) = next.get(key).map(|r| &r.spec) {
             for host in route_hosts(route) {
-                claims.insert((host, route.priority));
+                let paths = claims.entry((host, route.priority)).or_default();
+                paths.extend(route_paths(route));
             }
         }
     }
@@ -150,7 +153,11 @@ pub fn validate_change(
             Spec::Consumer(_) => consumers,
             Spec::Route(route) => {
                 affected.contains(key)
-                    || route_hosts(route).any(|host| claims.contains(&(host, route.priority)))
+                    || route_hosts(route).any(|host| {
+                        claims.get(&(host, route.priority)).is_some_and(|paths| {
+                            route_paths(route).any(|path| paths.contains(&path))
+                        })
+                    })
             }
             _ => false,
         })
@@ -176,6 +183,13 @@ pub fn validate_change(
 fn route_hosts(route: &RouteSpec) -> impl Iterator<Item = &str> {
     let any = route.hosts.is_empty().then_some("*");
     route.hosts.iter().map(String::as_str).chain(any)
+}
+
+/// The path conditions of a route's matches (one, `None`, when it has no matches).
+fn route_paths(route: &RouteSpec) -> impl Iterator<Item = &Option<PathMatch>> {
+    const ANY: &Option<PathMatch> = &None;
+    let any = route.matches.is_empty().then_some(ANY);
+    route.matches.iter().map(|m| &m.path).chain(any)
 }
 
 /// Every check of one resource on its own and against what it refers to.

@@ -91,18 +91,31 @@ impl RouteTable {
         let mut routes = Vec::new();
         let mut sources = Vec::new();
         let mut errors = Vec::new();
-        // Snapshots list resources by kind, then name: the routes come out sorted by name.
+        // Snapshots list resources by kind, then name, and tables hold routes by name: one walk
+        // over both finds each route's predecessor.
+        let mut old = previous.routes.iter().zip(&previous.sources).peekable();
         for resource in snapshot.shared() {
             let Spec::Route(spec) = &resource.spec else {
                 continue;
             };
-            if let Some(route) = previous.compiled_from(resource) {
-                routes.push(route.clone());
-            } else {
-                match CompiledRoute::compile(&resource.name, spec.clone()) {
+            while old
+                .next_if(|(route, _)| route.name.as_str() < resource.name.as_str())
+                .is_some()
+            {}
+            let taken_over = old
+                .next_if(|(route, _)| route.name == resource.name)
+                .and_then(|(route, source)| {
+                    source
+                        .as_ref()
+                        .is_some_and(|s| s.same(resource))
+                        .then(|| route.clone())
+                });
+            match taken_over {
+                Some(route) => routes.push(route),
+                None => match CompiledRoute::compile(&resource.name, spec.clone()) {
                     Ok(route) => routes.push(Arc::new(route)),
                     Err(found) => errors.extend(found),
-                }
+                },
             }
             sources.push(Some(resource.clone()));
         }
@@ -110,16 +123,6 @@ impl RouteTable {
             return Err(errors);
         }
         Ok(Self::index(routes, sources))
-    }
-
-    /// The compiled route of this table that was compiled from `resource` itself.
-    fn compiled_from(&self, resource: &SharedResource) -> Option<&Arc<CompiledRoute>> {
-        let at = self
-            .routes
-            .binary_search_by(|r| r.name.as_str().cmp(resource.name.as_str()))
-            .ok()?;
-        let source = self.sources[at].as_ref()?;
-        source.same(resource).then(|| &self.routes[at])
     }
 
     /// A table without routes: every request is a 404.

@@ -474,6 +474,7 @@ impl Session {
         if revision <= self.agent_revision || revision <= self.nacked {
             return Ok(());
         }
+        tracing::debug!(agent = %self.agent_id, revision, "preparing an update");
         let target = self.placements.current(&self.ctx.reader, &self.labels);
         if self.acked.is_none() && self.agent_revision > 0 {
             self.acked = self.rebuild_agent_content();
@@ -501,6 +502,7 @@ impl Session {
                 let _ = stream.finish();
             }
         }
+        tracing::debug!(agent = %self.agent_id, revision, "update sent");
         self.pending = Some(target);
         Ok(())
     }
