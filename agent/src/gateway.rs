@@ -29,6 +29,41 @@ pub struct Gateway {
     last_rejection: Mutex<Option<(u64, Vec<ValidationError>)>>,
     /// Manager mode's session state; `None` in standalone mode.
     sync: Mutex<Option<crate::sync::SyncStatus>>,
+    /// Replaced generations go to the reaper thread, which frees each once no request holds it.
+    retired: Mutex<std::sync::mpsc::Sender<Arc<Generation>>>,
+}
+
+/// How often the reaper looks for retired generations no request holds any more.
+const REAP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Frees replaced generations off the apply path and off the async workers: a generation of
+/// 10,000 routes takes milliseconds to free, which would otherwise delay the Ack of the next
+/// one, or stall whichever request happened to hold the last reference. Ends when the gateway
+/// is dropped.
+fn reaper() -> std::sync::mpsc::Sender<Arc<Generation>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<Generation>>();
+    let spawned = std::thread::Builder::new()
+        .name("fleetgate-reaper".into())
+        .spawn(move || {
+            let mut held: Vec<Arc<Generation>> = Vec::new();
+            loop {
+                match rx.recv_timeout(REAP_EVERY) {
+                    Ok(generation) => held.push(generation),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                // A count of one is this thread's own reference: nobody can take another.
+                held.retain(|generation| Arc::strong_count(generation) > 1);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread the channel is closed and generations are freed where they are
+        // dropped: slower applies, nothing worse.
+        tracing::warn!(
+            "cannot start the thread that frees old config versions ({e}); freeing them inline"
+        );
+    }
+    tx
 }
 
 /// What applies build on: the snapshot the current generation was compiled from, and the
@@ -53,6 +88,7 @@ impl Gateway {
             data_dir,
             last_rejection: Mutex::new(None),
             sync: Mutex::new(None),
+            retired: Mutex::new(reaper()),
         })
     }
 
@@ -135,6 +171,12 @@ impl Gateway {
             tracing::warn!(dir = %dir.display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
         *applied = Some(snapshot.clone());
+        // A failed send hands the generation back, and it is freed here.
+        let _ = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(previous);
         tracing::info!(
             revision = generation.revision,
             checksum = %generation.checksum.short(),
@@ -171,5 +213,46 @@ impl Gateway {
     pub fn load_persisted(&self) -> Option<PersistedSnapshot> {
         let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         applying.store.as_mut()?.load()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(revision: u64) -> Snapshot {
+        let yaml = format!(
+            "kind: Route\nname: ping\nspec:\n  direct_response: {{ status: 200, body: v{revision} }}\n"
+        );
+        let resources =
+            fleetgate_shared::parse_bundle(&yaml, fleetgate_shared::bundle::Format::Yaml, "")
+                .unwrap();
+        Snapshot::new(revision, resources).unwrap()
+    }
+
+    /// A replaced generation stays alive while a request holds it, and is freed (by the
+    /// reaper, not leaked) once that request ends.
+    #[test]
+    fn a_replaced_generation_is_freed_once_no_request_holds_it() {
+        let gateway = Gateway::new(AccessLog::Off, None);
+        gateway.apply(&config(1), ConfigSource::File).unwrap();
+        let in_flight = gateway.current();
+        let first = Arc::downgrade(&in_flight);
+        gateway.apply(&config(2), ConfigSource::File).unwrap();
+        std::thread::sleep(REAP_EVERY * 3);
+        assert!(first.upgrade().is_some(), "freed while a request held it");
+        assert_eq!(in_flight.revision, 1);
+
+        drop(in_flight);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while first.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replaced generation was never freed"
+            );
+            std::thread::sleep(REAP_EVERY / 4);
+        }
+        assert_eq!(gateway.current().revision, 2);
     }
 }
