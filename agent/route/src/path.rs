@@ -11,9 +11,10 @@
 pub(crate) enum PathCondition {
     /// No path condition: every path.
     Any,
-    Exact(Box<str>),
-    /// A normalized prefix (see [`normalize_prefix`]).
-    Prefix(Box<str>),
+    /// Shared (`Arc`) with the table's index, which keys its maps by it.
+    Exact(std::sync::Arc<str>),
+    /// A normalized prefix (see [`normalize_prefix`]); shared like an exact path.
+    Prefix(std::sync::Arc<str>),
     /// Anchored: the whole path must match.
     Regex(regex::Regex),
 }

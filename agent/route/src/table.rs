@@ -58,10 +58,54 @@ pub struct Matched<'t> {
 /// The entries of one host tier, by path condition.
 #[derive(Default)]
 struct Tier {
-    exact_paths: HashMap<Box<str>, Vec<Entry>>,
-    prefixes: HashMap<Box<str>, Vec<Entry>>,
+    /// Keyed by the compiled routes' own path strings (shared, not copied).
+    exact_paths: HashMap<Arc<str>, Entries>,
+    prefixes: HashMap<Arc<str>, Entries>,
     regexes: Vec<Entry>,
     no_path: Vec<Entry>,
+}
+
+/// The entries under one exact path or prefix: almost always a single route, held inline so
+/// that indexing 10,000 routes does not allocate 10,000 one-element lists.
+#[derive(Default)]
+enum Entries {
+    #[default]
+    None,
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    fn push(&mut self, entry: Entry) {
+        *self = match std::mem::take(self) {
+            Entries::None => Entries::One(entry),
+            Entries::One(first) => Entries::Many(vec![first, entry]),
+            Entries::Many(mut list) => {
+                list.push(entry);
+                Entries::Many(list)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::None => &[],
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(list) => list,
+        }
+    }
+
+    fn sort(&mut self) {
+        if let Entries::Many(list) = self {
+            sort_greatest_first(list);
+        }
+    }
+}
+
+/// Sorts a list greatest key first, which is what lets [`RouteTable::scan`] stop early.
+fn sort_greatest_first(list: &mut Vec<Entry>) {
+    list.sort_by_key(|e| std::cmp::Reverse(e.key));
+    list.shrink_to_fit();
 }
 
 /// One (route, host pattern, match) triple.
@@ -173,16 +217,16 @@ impl RouteTable {
         if !tier.exact_paths.is_empty()
             && let Some(list) = tier.exact_paths.get(req.path)
         {
-            self.scan(list, req, best, false);
+            self.scan(list.as_slice(), req, best, false);
         }
         if !tier.prefixes.is_empty() {
             for prefix in segment_prefixes(req.path) {
                 if let Some(list) = tier.prefixes.get(prefix) {
-                    self.scan(list, req, best, false);
+                    self.scan(list.as_slice(), req, best, false);
                 }
             }
             if let Some(list) = tier.prefixes.get("/") {
-                self.scan(list, req, best, false);
+                self.scan(list.as_slice(), req, best, false);
             }
         }
         self.scan(&tier.regexes, req, best, true);
@@ -318,15 +362,15 @@ impl Tier {
 
     /// Sorts every list greatest key first, which is what lets [`RouteTable::scan`] stop early.
     fn sort(&mut self) {
-        let lists = self
+        for list in self
             .exact_paths
             .values_mut()
             .chain(self.prefixes.values_mut())
-            .chain([&mut self.regexes, &mut self.no_path]);
-        for list in lists {
-            list.sort_by_key(|e| std::cmp::Reverse(e.key));
-            list.shrink_to_fit();
+        {
+            list.sort();
         }
+        sort_greatest_first(&mut self.regexes);
+        sort_greatest_first(&mut self.no_path);
     }
 }
 
