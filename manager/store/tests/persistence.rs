@@ -55,8 +55,27 @@ async fn apply(store: &mut Store, entries: Vec<Entry>) -> Vec<CommandResult> {
     store.state_machine.apply(entries).await.unwrap()
 }
 
+/// Opens the store, waiting out the previous handle's lock: sled frees its file lock from a
+/// background thread a moment after the last handle is dropped, so a reopen in the same
+/// process can briefly find it still held.
 fn open(dir: &Path) -> Store {
-    Store::open(dir).unwrap()
+    open_waiting(|| Store::open(dir))
+}
+
+fn open_waiting(open: impl Fn() -> Result<Store, fleetgate_manager_store::DiskError>) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(store) => return store,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("store does not open: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -134,7 +153,7 @@ fn the_history_bound_holds_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
         {
-            let mut store = Store::open_with_history_limit(dir.path(), 3).unwrap();
+            let mut store = open_waiting(|| Store::open_with_history_limit(dir.path(), 3));
             let entries = (1..=10u16)
                 .map(|i| {
                     normal(
@@ -146,7 +165,7 @@ fn the_history_bound_holds_on_disk() {
             apply(&mut store, entries).await;
             assert_eq!(store.reader().oldest_revision(), 7);
         }
-        let store = Store::open_with_history_limit(dir.path(), 3).unwrap();
+        let store = open_waiting(|| Store::open_with_history_limit(dir.path(), 3));
         let reader = store.reader();
         let revisions: Vec<u64> = reader.history(100).iter().map(|c| c.revision).collect();
         assert_eq!(revisions, [10, 9, 8]);

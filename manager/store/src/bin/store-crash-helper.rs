@@ -76,7 +76,21 @@ fn parse_args() -> Result<Args, String> {
 
 async fn run() -> Result<(), String> {
     let args = parse_args()?;
-    let store = Store::open(&args.dir).map_err(|e| format!("open {}: {e}", args.dir.display()))?;
+    // The test opens the store in its own process between runs; sled frees that handle's file
+    // lock from a background thread a moment after the handle is dropped, so wait it out.
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let store = loop {
+        match Store::open(&args.dir) {
+            Ok(store) => break store,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(format!("open {}: {e}", args.dir.display())),
+        }
+    };
     let reader = store.reader();
     let config = Config {
         cluster_name: "crash-test".into(),
