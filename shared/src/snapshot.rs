@@ -263,22 +263,22 @@ impl Snapshot {
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
     /// a placement, and every resource whose placement selects those labels.
     pub fn select(&self, agent_labels: &Labels) -> Snapshot {
+        let selected =
+            |r: &SharedResource| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels));
+        // The common case, nothing placed away from this agent: the same content, shared.
+        if self.resources.values().all(selected) {
+            return self.clone();
+        }
         let resources: BTreeMap<ResourceKey, SharedResource> = self
             .resources
             .iter()
-            .filter(|(_, r)| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels)))
+            .filter(|(_, r)| selected(r))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
-        // Selecting everything keeps the content, and so the checksum.
-        let checksum = if resources.len() == self.resources.len() {
-            self.checksum.clone()
-        } else {
-            OnceLock::new()
-        };
         Snapshot {
             revision: self.revision,
             resources: Arc::new(resources),
-            checksum,
+            checksum: OnceLock::new(),
         }
     }
 }

@@ -15,7 +15,8 @@
 //! entry whose key cannot beat the best found so far. So the cost follows the request's shape
 //! (segments, matching candidates), not the number of routes.
 
-use std::collections::HashMap;
+// Keys come from the config, never from requests: a fast unkeyed hash is safe (see Cargo.toml).
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -278,8 +279,8 @@ impl RouteTable {
         let mut table = RouteTable {
             routes: Vec::new(),
             sources,
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
+            exact_hosts: HashMap::default(),
+            wildcard_hosts: HashMap::default(),
             any_host: Tier::default(),
         };
         for (route_index, route) in routes.iter().enumerate() {
