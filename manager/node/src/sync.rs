@@ -300,10 +300,25 @@ pub struct Placed {
     pub checksum: Checksum,
 }
 
-/// The newest [`Placed`] per label set, shared by every session of this node.
+/// The newest [`Placed`] per label set, shared by every session of this node, and the updates
+/// built lately: agents with the same labels at the same revision share one `Placed`, so one
+/// delta serves all of them instead of one diff per agent.
 #[derive(Debug, Default)]
 pub struct Placements {
     by_labels: Mutex<std::collections::HashMap<Labels, Arc<Placed>>>,
+    updates: Mutex<std::collections::VecDeque<BuiltUpdate>>,
+}
+
+/// How many built updates are kept for sessions that need the same one.
+const KEPT_UPDATES: usize = 16;
+
+/// An update from `base` (`None`: a full snapshot) to `target`. Holding both keeps their
+/// addresses from being reused while the entry is matched by identity.
+#[derive(Debug)]
+struct BuiltUpdate {
+    base: Option<Arc<Placed>>,
+    target: Arc<Placed>,
+    update: Arc<Update>,
 }
 
 impl Placements {
@@ -332,9 +347,53 @@ impl Placements {
             .insert(labels.clone(), placed.clone());
         placed
     }
+
+    /// The update from `base` to `target`, built once for every session that needs it.
+    async fn update(
+        &self,
+        base: Option<Arc<Placed>>,
+        target: Arc<Placed>,
+    ) -> Result<Arc<Update>, String> {
+        let same = |entry: &BuiltUpdate| {
+            Arc::ptr_eq(&entry.target, &target)
+                && match (&entry.base, &base) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        if let Some(found) = self
+            .updates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|entry| same(entry))
+        {
+            return Ok(found.update.clone());
+        }
+        let (base_for_build, target_for_build) = (base.clone(), target.clone());
+        // Diffing, encoding and compressing a large config is CPU work: off the async workers.
+        let update = tokio::task::spawn_blocking(move || {
+            build_update(base_for_build.as_deref(), &target_for_build)
+        })
+        .await
+        .map_err(|e| format!("building the update failed: {e}"))??;
+        let update = Arc::new(update);
+        let mut kept = self.updates.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= KEPT_UPDATES {
+            kept.pop_front();
+        }
+        kept.push_back(BuiltUpdate {
+            base,
+            target,
+            update: update.clone(),
+        });
+        Ok(update)
+    }
 }
 
 /// What to send the agent next.
+#[derive(Debug)]
 enum Update {
     Delta(wire::ManagerMessage),
     Snapshot(wire::SnapshotFrame),
@@ -479,15 +538,12 @@ impl Session {
         if self.acked.is_none() && self.agent_revision > 0 {
             self.acked = self.rebuild_agent_content();
         }
-        let base = self.acked.clone();
-        let target_for_build = target.clone();
-        // Diffing, encoding and compressing a large config is CPU work: off the async workers.
-        let update =
-            tokio::task::spawn_blocking(move || build_update(base.as_deref(), &target_for_build))
-                .await
-                .map_err(|e| format!("building the update failed: {e}"))??;
-        match update {
-            Update::Delta(message) => frame::write_message(send, &message)
+        let update = self
+            .placements
+            .update(self.acked.clone(), target.clone())
+            .await?;
+        match &*update {
+            Update::Delta(message) => frame::write_message(send, message)
                 .await
                 .map_err(|e| format!("cannot send a delta: {e}"))?,
             Update::Snapshot(snapshot) => {
@@ -496,7 +552,7 @@ impl Session {
                     .open_uni()
                     .await
                     .map_err(|e| format!("cannot open a snapshot stream: {e}"))?;
-                frame::write_message(&mut stream, &snapshot)
+                frame::write_message(&mut stream, snapshot)
                     .await
                     .map_err(|e| format!("cannot send a snapshot: {e}"))?;
                 let _ = stream.finish();
