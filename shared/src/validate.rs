@@ -61,20 +61,7 @@ pub fn validate_refs(resources: &[&Resource]) -> Result<(), Vec<ValidationError>
         }
         resource_checks(resource, &index, &mut errors);
     }
-    cross_resource_checks(resources, &mut errors);
-    placement::check(
-        resources,
-        &index,
-        &mut Check {
-            resource: String::new(),
-            errors: &mut errors,
-        },
-    );
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    conclude(resources, resources, &index, errors)
 }
 
 /// Validates `next` as one complete config, given that `base` is a config that passed
@@ -163,10 +150,21 @@ pub fn validate_change(
         })
         .map(|(_, resource)| &**resource)
         .collect();
-    cross_resource_checks(&cross, &mut errors);
+    conclude(&cross, &checked, &index, errors)
+}
+
+/// The checks across resources, then the verdict: claims and route ambiguity among `cross`,
+/// placement consistency of the references `placed` make, added to the `errors` found so far.
+fn conclude(
+    cross: &[&Resource],
+    placed: &[&Resource],
+    index: &Index<'_>,
+    mut errors: Vec<ValidationError>,
+) -> Result<(), Vec<ValidationError>> {
+    cross_resource_checks(cross, &mut errors);
     placement::check(
-        &checked,
-        &index,
+        placed,
+        index,
         &mut Check {
             resource: String::new(),
             errors: &mut errors,

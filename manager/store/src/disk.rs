@@ -479,12 +479,16 @@ fn remove_unfinished_sled_snapshots(dir: &Path) -> Result<(), DiskError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flush_syncs_the_blob_files_sled_leaves_unsynced() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn flush_syncs_the_blob_files_sled_leaves_unsynced() {
+        let runtime = runtime();
         let dir = tempfile::tempdir().unwrap();
         let disk = Disk::open(dir.path()).unwrap();
         // Over sled's inline limit (a quarter of its 512 KiB segments): stored as a blob file.
@@ -502,10 +506,7 @@ mod tests {
     /// newer than anything else sled has. The store must open with every write intact.
     #[test]
     fn a_torn_sled_snapshot_does_not_stop_the_store_from_opening() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let dir = tempfile::tempdir().unwrap();
         {
             let disk = Disk::open(dir.path()).unwrap();
