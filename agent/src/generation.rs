@@ -92,7 +92,11 @@ impl Generation {
             None => snapshot.validate()?,
         }
         let routes = RouteTable::compile_validated(snapshot, &previous.routes)?;
-        let policies = fleetgate_agent_policy::PolicySet::compile(snapshot, policy_state)?;
+        let policies = fleetgate_agent_policy::PolicySet::compile_from(
+            snapshot,
+            policy_state,
+            &previous.policies,
+        )?;
         let mut services = HashMap::new();
         let mut domains = Vec::new();
         let mut certificates = HashMap::new();

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetgate_shared::model::{Kind, ResourceKey, Spec};
-use fleetgate_shared::{Snapshot, ValidationError};
+use fleetgate_shared::{SharedResource, Snapshot, ValidationError};
 
 use crate::chain::Chain;
 use crate::context::ConsumerEntry;
@@ -77,6 +77,11 @@ pub struct PolicySet {
     /// The chain of such a request on a route without policies: global only.
     global_chain: Chain,
     consumers: Arc<Consumers>,
+    /// Each policy's plugin with the resource it was built from, for the next version to take
+    /// over when neither that resource nor the consumers changed.
+    plugins: HashMap<String, (SharedResource, Arc<dyn Plugin>)>,
+    /// The consumer resources `consumers` was built from.
+    consumer_sources: Vec<SharedResource>,
 }
 
 impl PolicySet {
@@ -87,20 +92,58 @@ impl PolicySet {
         snapshot: &Snapshot,
         state: &PolicyState,
     ) -> Result<PolicySet, Vec<ValidationError>> {
-        let consumers = Arc::new(Consumers::build(snapshot));
+        Self::compile_from(snapshot, state, &PolicySet::default())
+    }
+
+    /// [`PolicySet::compile`] for the version after `previous`: a policy whose resource is the
+    /// very one `previous` built it from keeps its plugin (a route change does not reload a
+    /// WAF rule set or refetch a JWKS), unless the consumers changed, since auth plugins hold
+    /// them.
+    pub fn compile_from(
+        snapshot: &Snapshot,
+        state: &PolicyState,
+        previous: &PolicySet,
+    ) -> Result<PolicySet, Vec<ValidationError>> {
+        let consumer_sources: Vec<SharedResource> = snapshot
+            .shared()
+            .filter(|r| matches!(r.spec, Spec::Consumer(_)))
+            .cloned()
+            .collect();
+        let same_consumers = consumer_sources.len() == previous.consumer_sources.len()
+            && consumer_sources
+                .iter()
+                .zip(&previous.consumer_sources)
+                .all(|(a, b)| a.same(b));
+        let consumers = if same_consumers {
+            previous.consumers.clone()
+        } else {
+            Arc::new(Consumers::build(snapshot))
+        };
         let mut built: HashMap<&str, Arc<dyn Plugin>> = HashMap::new();
         let mut errors = Vec::new();
         let mut set = PolicySet {
             consumers: consumers.clone(),
+            consumer_sources,
             ..PolicySet::default()
         };
-        for resource in snapshot.resources() {
+        for resource in snapshot.shared() {
             let Spec::Policy(spec) = &resource.spec else {
                 continue;
             };
-            match plugins::build(&resource.name, &spec.config, &consumers, state) {
+            let taken_over = previous
+                .plugins
+                .get(&resource.name)
+                .filter(|(source, _)| same_consumers && source.same(resource))
+                .map(|(_, plugin)| plugin.clone());
+            let plugin = match taken_over {
+                Some(plugin) => Ok(plugin),
+                None => plugins::build(&resource.name, &spec.config, &consumers, state),
+            };
+            match plugin {
                 Ok(plugin) => {
-                    built.insert(resource.name.as_str(), plugin);
+                    built.insert(resource.name.as_str(), plugin.clone());
+                    set.plugins
+                        .insert(resource.name.clone(), (resource.clone(), plugin));
                 }
                 Err(message) => errors.push(ValidationError {
                     resource: ResourceKey::new(Kind::Policy, resource.name.clone()).to_string(),
@@ -232,5 +275,94 @@ impl PolicySet {
         }
         plugins.sort_by_key(|p| p.phase());
         Chain::new(plugins)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use fleetgate_shared::{Delta, Resource};
+
+    const CONFIG: &str = r#"
+kind: Policy
+name: keys
+spec:
+  type: key-auth
+  config:
+    key_from: [{header: {name: x-api-key}}]
+---
+kind: Consumer
+name: acme
+spec:
+  credentials: {keys: [acme-key-1]}
+---
+kind: Route
+name: api
+spec:
+  direct_response: {status: 200}
+  policies: [keys]
+"#;
+
+    fn snapshot() -> Snapshot {
+        let resources =
+            fleetgate_shared::parse_bundle(CONFIG, fleetgate_shared::bundle::Format::Yaml, "")
+                .unwrap();
+        Snapshot::new(1, resources).unwrap()
+    }
+
+    /// `base` with `name`'s resource replaced by `change` applied to a copy of it.
+    fn changed(
+        base: &Snapshot,
+        kind: Kind,
+        name: &str,
+        change: impl FnOnce(&mut Resource),
+    ) -> Snapshot {
+        let mut resource = base.get(&ResourceKey::new(kind, name)).unwrap().clone();
+        change(&mut resource);
+        base.apply(&Delta {
+            from: base.revision,
+            to: base.revision + 1,
+            upserts: vec![resource],
+            deletes: vec![],
+        })
+        .unwrap()
+    }
+
+    fn plugin(set: &PolicySet) -> &Arc<dyn Plugin> {
+        &set.plugins["keys"].1
+    }
+
+    #[test]
+    fn a_policy_keeps_its_plugin_until_it_or_the_consumers_change() {
+        let state = PolicyState::default();
+        let first = snapshot();
+        let before = PolicySet::compile(&first, &state).unwrap();
+
+        // A route change: the plugin is taken over, not rebuilt.
+        let route_changed = changed(&first, Kind::Route, "api", |r| {
+            r.labels.insert("tier".into(), "gold".into());
+        });
+        let after = PolicySet::compile_from(&route_changed, &state, &before).unwrap();
+        assert!(Arc::ptr_eq(plugin(&before), plugin(&after)));
+        assert!(Arc::ptr_eq(&before.consumers, &after.consumers));
+
+        // The policy itself changed: rebuilt.
+        let policy_changed = changed(&route_changed, Kind::Policy, "keys", |r| {
+            r.labels.insert("v".into(), "2".into());
+        });
+        let rebuilt = PolicySet::compile_from(&policy_changed, &state, &after).unwrap();
+        assert!(!Arc::ptr_eq(plugin(&after), plugin(&rebuilt)));
+
+        // A consumer changed: the auth plugin holds the consumers, so it is rebuilt too, and
+        // the new key identifies the consumer.
+        let consumer_changed = changed(&policy_changed, Kind::Consumer, "acme", |r| {
+            if let Spec::Consumer(spec) = &mut r.spec {
+                spec.credentials.keys.push("acme-key-2".into());
+            }
+        });
+        let with_new_key = PolicySet::compile_from(&consumer_changed, &state, &rebuilt).unwrap();
+        assert!(!Arc::ptr_eq(plugin(&rebuilt), plugin(&with_new_key)));
+        assert!(with_new_key.consumers().by_key.contains_key("acme-key-2"));
     }
 }
