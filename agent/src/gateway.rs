@@ -24,7 +24,6 @@ pub struct Gateway {
     pub telemetry: Telemetry,
     /// Serializes applies (compile + swap + persist); never taken on the request path.
     applying: Mutex<Applying>,
-    data_dir: Option<PathBuf>,
     /// The problems of the last rejected snapshot, for `/config`.
     last_rejection: Mutex<Option<(u64, Vec<ValidationError>)>>,
     /// Manager mode's session state; `None` in standalone mode.
@@ -83,9 +82,8 @@ impl Gateway {
             telemetry: Telemetry::new(access_log),
             applying: Mutex::new(Applying {
                 applied: None,
-                store: data_dir.clone().map(SnapshotStore::new),
+                store: data_dir.map(SnapshotStore::new),
             }),
-            data_dir,
             last_rejection: Mutex::new(None),
             sync: Mutex::new(None),
             retired: Mutex::new(reaper()),
@@ -164,11 +162,7 @@ impl Gateway {
             && source != ConfigSource::Disk
             && let Err(e) = store.write(applied.as_ref(), snapshot, source == ConfigSource::Manager)
         {
-            let dir = self
-                .data_dir
-                .as_deref()
-                .unwrap_or(std::path::Path::new("."));
-            tracing::warn!(dir = %dir.display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
+            tracing::warn!(dir = %store.dir().display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
         *applied = Some(snapshot.clone());
         // A failed send hands the generation back, and it is freed here.

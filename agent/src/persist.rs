@@ -94,6 +94,11 @@ impl SnapshotStore {
         Self { dir, tip: None }
     }
 
+    /// The data directory the files live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Makes `next` durable. `previous` is the snapshot persisted before it (what the agent
     /// served), if any: when the journal ends at it, only the difference is appended.
     pub fn write(

@@ -159,11 +159,6 @@ impl Snapshot {
         self.resources.iter()
     }
 
-    /// The shared handle of the resource with `key`, if present.
-    pub fn get_shared(&self, key: &ResourceKey) -> Option<&SharedResource> {
-        self.resources.get(key)
-    }
-
     /// Validates the content as one complete config (see [`crate::validate`]), without copying
     /// the resources.
     pub fn validate(&self) -> Result<(), Vec<crate::ValidationError>> {

@@ -232,12 +232,18 @@ fn assert_column_aligned(table: &str, header: &str) {
     }
 }
 
-#[test]
-fn single_node_apply_get_diff_delete_rollback_history_and_tokens() {
+/// A temporary root holding a CLI home directory and a started one-node manager.
+fn one_manager() -> (tempfile::TempDir, PathBuf, Manager) {
     let root = tempfile::tempdir().unwrap();
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let manager = Manager::start(root.path());
+    (root, home, manager)
+}
+
+#[test]
+fn single_node_apply_get_diff_delete_rollback_history_and_tokens() {
+    let (root, home, manager) = one_manager();
     let admin = Client {
         manager: &manager,
         home: &home,
@@ -452,10 +458,7 @@ fn single_node_apply_get_diff_delete_rollback_history_and_tokens() {
 /// its rollout line; revoking an unknown agent names it.
 #[test]
 fn join_tokens_and_the_fleet_view() {
-    let root = tempfile::tempdir().unwrap();
-    let home = root.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let manager = Manager::start(root.path());
+    let (_root, home, manager) = one_manager();
     let admin = Client {
         manager: &manager,
         home: &home,

@@ -549,8 +549,7 @@ async fn a_node_down_for_many_writes_catches_up_by_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut nodes, token) = three_nodes(tmp.path()).await;
     let api = Api::of(&nodes[0]);
-    let status = api.wait_leader(&nodes[0].api, &token, None).await;
-    let leader = status.leader.unwrap();
+    let leader = api.leader(&nodes[0].api, &token).await;
     let down = nodes.iter().position(|n| n.id != leader).unwrap();
     let writer = nodes.iter().position(|n| n.id == leader).unwrap();
 

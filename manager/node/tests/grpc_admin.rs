@@ -397,11 +397,7 @@ async fn grpc_admin_writes_through_a_follower_reach_the_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let (nodes, token) = three_nodes(tmp.path()).await;
     let api = Api::of(&nodes[0]);
-    let leader = api
-        .wait_leader(&nodes[0].api, &token, None)
-        .await
-        .leader
-        .unwrap();
+    let leader = api.leader(&nodes[0].api, &token).await;
     let follower = nodes.iter().find(|n| n.id != leader).unwrap();
     let mut grpc = client(follower).await;
     let bearer = token.as_str();

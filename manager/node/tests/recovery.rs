@@ -96,11 +96,7 @@ async fn a_node_restarted_after_missing_many_writes_catches_up_by_log_replay() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut nodes, token) = three_nodes_with(tmp.path(), None).await;
     let api = Api::of(&nodes[0]);
-    let leader = api
-        .wait_leader(&nodes[0].api, &token, None)
-        .await
-        .leader
-        .unwrap();
+    let leader = api.leader(&nodes[0].api, &token).await;
     let writer = nodes.iter().position(|n| n.id == leader).unwrap();
     let down = nodes.iter().position(|n| n.id != leader).unwrap();
     let start = api.status(&nodes[writer].api, &token).await.unwrap();
@@ -163,11 +159,7 @@ async fn sigkill_a_follower_during_writes_then_its_state_checksum_equals_its_pee
     let (mut nodes, token) = three_nodes_with(tmp.path(), None).await;
     let api = Api::of(&nodes[0]);
     let ca = common::ca_of(&nodes[0]);
-    let leader = api
-        .wait_leader(&nodes[0].api, &token, None)
-        .await
-        .leader
-        .unwrap();
+    let leader = api.leader(&nodes[0].api, &token).await;
     // The writer goes through a follower, so its writes are also forwarded to the leader.
     let writer_node = nodes.iter().position(|n| n.id != leader).unwrap();
 
@@ -300,11 +292,7 @@ async fn linearizable_read_on_a_follower_sees_the_write_just_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let (nodes, token) = three_nodes(tmp.path()).await;
     let api = Api::of(&nodes[0]);
-    let leader = api
-        .wait_leader(&nodes[0].api, &token, None)
-        .await
-        .leader
-        .unwrap();
+    let leader = api.leader(&nodes[0].api, &token).await;
     let leader_node = nodes.iter().find(|n| n.id == leader).unwrap();
     let followers: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
 

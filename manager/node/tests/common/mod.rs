@@ -262,6 +262,14 @@ impl Api {
         (reply.status == StatusCode::OK).then(|| serde_json::from_slice(&reply.body).unwrap())
     }
 
+    /// Waits until `addr` knows a leader, and returns its id.
+    pub async fn leader(&self, addr: &str, token: &str) -> u64 {
+        let status = self.wait_leader(addr, token, None).await;
+        status
+            .leader
+            .unwrap_or_else(|| panic!("{addr} reported no leader"))
+    }
+
     /// Waits until `addr` answers and knows a leader (other than `not`, if given).
     pub async fn wait_leader(&self, addr: &str, token: &str, not: Option<u64>) -> ClusterStatus {
         let deadline = Instant::now() + READY_TIMEOUT;
