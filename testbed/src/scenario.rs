@@ -912,7 +912,28 @@ async fn storm(
     changes: Option<u64>,
 ) -> StormReport {
     let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let rate = rate.max(0.001);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // The writes this storm offers in all: one per tick of its duration, or its change count.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let total = match (duration, changes) {
+        (Some(d), _) => ((d.as_secs_f64() * rate).ceil() as u64).max(1),
+        (_, Some(n)) => n,
+        _ => 0,
+    };
+    // The schedule is fixed from the start: by time t, 1 + t·rate writes are due. A wake-up that
+    // comes late (a busy test process) starts every write it missed instead of skipping them, so
+    // the offered count is exactly `total` and a slow machine cannot lower it.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let due = |elapsed: Duration| (1 + (elapsed.as_secs_f64() * rate) as u64).min(total);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tasks: tokio::task::JoinSet<(Result<u64, String>, Duration)> =
@@ -934,32 +955,26 @@ async fn storm(
             }
         }
     };
-    loop {
-        let done = match (duration, changes) {
-            (Some(d), _) => started.elapsed() >= d,
-            (_, Some(n)) => report.attempted >= n,
-            _ => true,
-        };
-        if done {
-            break;
-        }
+    while report.attempted + report.skipped < total {
         ticker.tick().await;
         while let Some(Ok(outcome)) = tasks.try_join_next() {
             record(&mut report, outcome);
         }
-        if tasks.len() >= STORM_IN_FLIGHT {
-            report.skipped += 1;
-            continue;
+        while report.attempted + report.skipped < due(started.elapsed()) {
+            if tasks.len() >= STORM_IN_FLIGHT {
+                report.skipped += 1;
+                continue;
+            }
+            report.attempted += 1;
+            let writer = writer.clone();
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let outcome = writer
+                    .apply(&churn_change(next_churn()), Duration::from_secs(30))
+                    .await;
+                (outcome, t.elapsed())
+            });
         }
-        report.attempted += 1;
-        let writer = writer.clone();
-        tasks.spawn(async move {
-            let t = Instant::now();
-            let outcome = writer
-                .apply(&churn_change(next_churn()), Duration::from_secs(30))
-                .await;
-            (outcome, t.elapsed())
-        });
     }
     let sending = started.elapsed();
     while let Some(joined) = tasks.join_next().await {
