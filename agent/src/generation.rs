@@ -100,29 +100,33 @@ impl Generation {
         let mut services = HashMap::new();
         let mut domains = Vec::new();
         let mut certificates = HashMap::new();
-        for resource in snapshot.resources() {
-            match &resource.spec {
-                Spec::Service(spec) => {
-                    let runtime = match previous.services.get(&resource.name) {
-                        Some(old) if old.spec == *spec => old.clone(),
-                        _ => {
-                            let client = clients.for_service(spec).map_err(|message| {
-                                vec![ValidationError {
-                                    resource: resource.key().to_string(),
-                                    path: "spec.tls".into(),
-                                    message,
-                                }]
-                            })?;
-                            ServiceRuntime::new(&resource.name, spec, client)
-                        }
-                    };
-                    services.insert(resource.name.clone(), runtime);
+        for (_, resource) in snapshot.of_kind(Kind::Service) {
+            let Spec::Service(spec) = &resource.spec else {
+                continue;
+            };
+            let runtime = match previous.services.get(&resource.name) {
+                Some(old) if old.spec == *spec => old.clone(),
+                _ => {
+                    let client = clients.for_service(spec).map_err(|message| {
+                        vec![ValidationError {
+                            resource: resource.key().to_string(),
+                            path: "spec.tls".into(),
+                            message,
+                        }]
+                    })?;
+                    ServiceRuntime::new(&resource.name, spec, client)
                 }
-                Spec::Domain(spec) => domains.push((resource.name.as_str(), spec)),
-                Spec::Certificate(spec) => {
-                    certificates.insert(resource.name.as_str(), spec);
-                }
-                _ => {}
+            };
+            services.insert(resource.name.clone(), runtime);
+        }
+        for (_, resource) in snapshot.of_kind(Kind::Domain) {
+            if let Spec::Domain(spec) = &resource.spec {
+                domains.push((resource.name.as_str(), spec));
+            }
+        }
+        for (_, resource) in snapshot.of_kind(Kind::Certificate) {
+            if let Spec::Certificate(spec) = &resource.spec {
+                certificates.insert(resource.name.as_str(), spec);
             }
         }
         let tls = TlsTable::build(&domains, &certificates).map_err(|(domain, message)| {

@@ -12,6 +12,7 @@
 //! it and on nothing of each other.
 
 pub mod bundle;
+mod claims;
 pub mod duration;
 pub mod model;
 pub mod password;

@@ -5,14 +5,16 @@
 //! change and not the config. [`diff`] and [`Snapshot::apply`] are exact inverses:
 //! `a.apply(&diff(&a, &b)) == Ok(b)`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Labels, Resource, ResourceKey};
+use crate::claims::RouteClaims;
+use crate::model::{Kind, Labels, Resource, ResourceKey};
 
 /// The config at one revision: at most one resource per key.
 ///
@@ -26,11 +28,24 @@ use crate::model::{Labels, Resource, ResourceKey};
 pub struct Snapshot {
     /// The revision this content was committed at; 0 is the empty config before any commit.
     pub revision: u64,
-    /// Shared too: cloning a snapshot (to keep it as the base of the next change) is a pointer
-    /// copy.
-    resources: Arc<BTreeMap<ResourceKey, SharedResource>>,
-    /// [`Self::checksum`], once computed. Content never changes after construction.
+    /// A persistent map: cloning a snapshot (to keep it as the base of the next change) is a
+    /// pointer copy, a one-resource delta copies one path of tree nodes, and [`changes`]
+    /// between related snapshots skips the nodes they share.
+    resources: OrdMap<ResourceKey, SharedResource>,
+    /// What is computed from the content on first use. Shared by every clone, so work done
+    /// for one copy of a snapshot (the one an agent validated) serves the copy kept as the
+    /// base of the next change. Content never changes after construction.
+    derived: Arc<Derived>,
+}
+
+#[derive(Debug, Default)]
+struct Derived {
+    /// [`Snapshot::checksum`].
     checksum: OnceLock<Checksum>,
+    /// The routes by claim, for validating a change ([`crate::validate_change`]): built on
+    /// first use, then carried forward by [`Snapshot::apply`], which patches what a delta
+    /// touches.
+    route_claims: OnceLock<RouteClaims>,
 }
 
 /// A resource as snapshots hold it: shared between every snapshot that contains it, with the
@@ -123,7 +138,7 @@ impl Snapshot {
         revision: u64,
         resources: impl IntoIterator<Item = Resource>,
     ) -> Result<Self, DuplicateResource> {
-        let mut map = BTreeMap::new();
+        let mut map = OrdMap::new();
         for resource in resources {
             let key = resource.key();
             if map.contains_key(&key) {
@@ -133,8 +148,8 @@ impl Snapshot {
         }
         Ok(Self {
             revision,
-            resources: Arc::new(map),
-            checksum: OnceLock::new(),
+            resources: map,
+            derived: Arc::default(),
         })
     }
 
@@ -159,6 +174,32 @@ impl Snapshot {
         self.resources.iter()
     }
 
+    /// The resources of one kind with their keys, in name order. Keys sort by kind first, so
+    /// this visits only that kind's part of the map.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ResourceKey, &SharedResource)> {
+        self.resources
+            .range(ResourceKey::new(kind, "")..)
+            .take_while(move |(key, _)| key.kind == kind)
+    }
+
+    /// The resource with `key`, with the snapshot's own copy of the key.
+    pub(crate) fn get_entry(&self, key: &ResourceKey) -> Option<(&ResourceKey, &SharedResource)> {
+        self.resources.get_key_value(key)
+    }
+
+    /// Whether the claims index exists yet (tests check that `apply` carries it).
+    #[cfg(test)]
+    pub(crate) fn has_route_claims(&self) -> bool {
+        self.derived.route_claims.get().is_some()
+    }
+
+    /// The routes by claim, built on first use (see the field).
+    pub(crate) fn route_claims(&self) -> &RouteClaims {
+        self.derived
+            .route_claims
+            .get_or_init(|| RouteClaims::of(self.resources()))
+    }
+
     /// Validates the content as one complete config (see [`crate::validate`]), without copying
     /// the resources.
     pub fn validate(&self) -> Result<(), Vec<crate::ValidationError>> {
@@ -178,9 +219,9 @@ impl Snapshot {
 
     /// Consumes the snapshot, returning its resources in key order.
     pub fn into_resources(self) -> Vec<Resource> {
-        Arc::unwrap_or_clone(self.resources)
-            .into_values()
-            .map(|shared| match Arc::try_unwrap(shared.0) {
+        self.resources
+            .into_iter()
+            .map(|(_, shared)| match Arc::try_unwrap(shared.0) {
                 Ok(stored) => stored.resource,
                 Err(shared) => shared.resource.clone(),
             })
@@ -202,7 +243,7 @@ impl Snapshot {
     /// ([`SharedResource::digest`]) in key order, computed once. Equal content gives an equal
     /// checksum on every machine; the revision is not part of it.
     pub fn checksum(&self) -> Checksum {
-        *self.checksum.get_or_init(|| {
+        *self.derived.checksum.get_or_init(|| {
             let mut hasher = Sha256::new();
             for resource in self.resources.values() {
                 hasher.update(resource.digest());
@@ -226,32 +267,46 @@ impl Snapshot {
                 to: delta.to,
             });
         }
-        let mut next = BTreeMap::clone(&self.resources);
+        let mut next = self.resources.clone();
+        // The claims index follows the delta when this snapshot has one; else the next builds
+        // its own when first asked.
+        let mut claims = self.derived.route_claims.get().cloned();
         let mut upserted = std::collections::BTreeSet::new();
         for resource in &delta.upserts {
             let key = resource.key();
             if !upserted.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key));
             }
-            next.insert(key, SharedResource::new(resource.clone()));
+            let old = next.insert(key, SharedResource::new(resource.clone()));
+            if let Some(claims) = &mut claims {
+                claims.replace(old.as_deref(), Some(resource));
+            }
         }
         for key in &delta.deletes {
             if upserted.contains(key) {
                 return Err(DeltaError::Conflict(key.clone()));
             }
-            if next.remove(key).is_none() {
-                return Err(DeltaError::UnknownDelete(key.clone()));
+            match next.remove(key) {
+                None => return Err(DeltaError::UnknownDelete(key.clone())),
+                Some(old) => {
+                    if let Some(claims) = &mut claims {
+                        claims.replace(Some(&old), None);
+                    }
+                }
             }
         }
         Ok(Snapshot {
             revision: delta.to,
-            resources: Arc::new(next),
+            resources: next,
             // Unchanged content (a delta that only moves the revision) keeps its checksum.
-            checksum: if delta.is_empty() {
-                self.checksum.clone()
-            } else {
-                OnceLock::new()
-            },
+            derived: Arc::new(Derived {
+                checksum: if delta.is_empty() {
+                    self.derived.checksum.clone()
+                } else {
+                    OnceLock::new()
+                },
+                route_claims: claims.map_or_else(OnceLock::new, OnceLock::from),
+            }),
         })
     }
 
@@ -264,7 +319,7 @@ impl Snapshot {
         if self.resources.values().all(selected) {
             return self.clone();
         }
-        let resources: BTreeMap<ResourceKey, SharedResource> = self
+        let resources: OrdMap<ResourceKey, SharedResource> = self
             .resources
             .iter()
             .filter(|(_, r)| selected(r))
@@ -272,8 +327,8 @@ impl Snapshot {
             .collect();
         Snapshot {
             revision: self.revision,
-            resources: Arc::new(resources),
-            checksum: OnceLock::new(),
+            resources,
+            derived: Arc::default(),
         }
     }
 }
@@ -316,41 +371,18 @@ impl<'a> Change<'a> {
     }
 }
 
-/// What differs between `a` and `b`, in key order. One merge walk over both key orders:
-/// resources the two snapshots share cost a pointer comparison.
+/// What differs between `a` and `b`, in key order. Both are persistent maps: the walk skips the
+/// tree nodes they share, so two snapshots one delta apart compare in time proportional to the
+/// delta (times the tree depth), and resources they share cost a pointer comparison.
 pub fn changes<'a>(a: &'a Snapshot, b: &'a Snapshot) -> Vec<Change<'a>> {
-    use std::cmp::Ordering;
-    let mut out = Vec::new();
-    let mut left = a.resources.iter().peekable();
-    let mut right = b.resources.iter().peekable();
-    loop {
-        let order = match (left.peek(), right.peek()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-        };
-        match order {
-            Ordering::Less => {
-                if let Some((key, _)) = left.next() {
-                    out.push(Change::Removed(key));
-                }
-            }
-            Ordering::Greater => {
-                if let Some((key, resource)) = right.next() {
-                    out.push(Change::Added(key, resource));
-                }
-            }
-            Ordering::Equal => {
-                if let (Some((_, old)), Some((key, new))) = (left.next(), right.next())
-                    && old != new
-                {
-                    out.push(Change::Changed(key, new));
-                }
-            }
-        }
-    }
-    out
+    a.resources
+        .diff(&b.resources)
+        .map(|item| match item {
+            imbl::ordmap::DiffItem::Add(key, resource) => Change::Added(key, resource),
+            imbl::ordmap::DiffItem::Update { new, .. } => Change::Changed(new.0, new.1),
+            imbl::ordmap::DiffItem::Remove(key, _) => Change::Removed(key),
+        })
+        .collect()
 }
 
 /// The delta that turns `a` into `b`.

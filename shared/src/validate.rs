@@ -99,10 +99,9 @@ pub fn validate_change(
         .flat_map(|kind| placement::referring_kinds(*kind))
         .copied()
         .collect();
-    if !referring.is_empty() {
-        for (key, resource) in next.entries() {
-            if referring.contains(&key.kind)
-                && !affected.contains(key)
+    for kind in referring {
+        for (key, resource) in next.of_kind(kind) {
+            if !affected.contains(key)
                 && placement::references(resource)
                     .iter()
                     .any(|r| changed.contains(&ResourceKey::new(r.kind, r.name)))
@@ -119,37 +118,29 @@ pub fn validate_change(
         resource_checks(resource, &index, &mut errors);
     }
 
-    // Cross-resource rules, over the resources a changed one can collide with, in key order.
-    let domains = changed_kinds.contains(&Kind::Domain);
-    let consumers = changed_kinds.contains(&Kind::Consumer);
-    // What each changed route claims: (host, priority) and the paths of its matches. Another
-    // route can only be ambiguous with it if it claims one of those with an equal path.
-    let mut claims: HashMap<(&str, i32), Vec<&Option<PathMatch>>> = HashMap::new();
+    // Cross-resource rules, over the resources a changed one can collide with, in key order:
+    // every domain when a domain changed, every consumer when a consumer changed, and the
+    // routes that share a claim (host, priority, path) with a changed route.
+    let mut colliding: BTreeSet<&ResourceKey> = BTreeSet::new();
+    for kind in [Kind::Domain, Kind::Consumer] {
+        if changed_kinds.contains(&kind) {
+            colliding.extend(next.of_kind(kind).map(|(key, _)| key));
+        }
+    }
+    let claims = next.route_claims();
     for key in &affected {
         if let Some(Spec::Route(route)) = next.get(key).map(|r| &r.spec) {
-            for host in route_hosts(route) {
-                let paths = claims.entry((host, route.priority)).or_default();
-                paths.extend(route_paths(route));
+            colliding.insert(key);
+            for claim in crate::claims::claims_of(route) {
+                for name in claims.claiming(&claim) {
+                    if let Some((key, _)) = next.get_entry(&ResourceKey::new(Kind::Route, name)) {
+                        colliding.insert(key);
+                    }
+                }
             }
         }
     }
-    let cross: Vec<&Resource> = next
-        .entries()
-        .filter(|(key, resource)| match &resource.spec {
-            Spec::Domain(_) => domains,
-            Spec::Consumer(_) => consumers,
-            Spec::Route(route) => {
-                affected.contains(key)
-                    || route_hosts(route).any(|host| {
-                        claims.get(&(host, route.priority)).is_some_and(|paths| {
-                            route_paths(route).any(|path| paths.contains(&path))
-                        })
-                    })
-            }
-            _ => false,
-        })
-        .map(|(_, resource)| &**resource)
-        .collect();
+    let cross: Vec<&Resource> = colliding.iter().filter_map(|key| next.get(key)).collect();
     conclude(&cross, &checked, &index, errors)
 }
 
@@ -175,19 +166,6 @@ fn conclude(
     } else {
         Err(errors)
     }
-}
-
-/// The hosts a route claims for ambiguity checks: its hosts, or `*` when it has none.
-fn route_hosts(route: &RouteSpec) -> impl Iterator<Item = &str> {
-    let any = route.hosts.is_empty().then_some("*");
-    route.hosts.iter().map(String::as_str).chain(any)
-}
-
-/// The path conditions of a route's matches (one, `None`, when it has no matches).
-fn route_paths(route: &RouteSpec) -> impl Iterator<Item = &Option<PathMatch>> {
-    const ANY: &Option<PathMatch> = &None;
-    let any = route.matches.is_empty().then_some(ANY);
-    route.matches.iter().map(|m| &m.path).chain(any)
 }
 
 /// Every check of one resource on its own and against what it refers to.

@@ -28,7 +28,7 @@ pub struct Consumers {
 impl Consumers {
     fn build(snapshot: &Snapshot) -> Self {
         let mut consumers = Consumers::default();
-        for resource in snapshot.resources() {
+        for (_, resource) in snapshot.of_kind(Kind::Consumer) {
             let Spec::Consumer(spec) = &resource.spec else {
                 continue;
             };
@@ -105,9 +105,8 @@ impl PolicySet {
         previous: &PolicySet,
     ) -> Result<PolicySet, Vec<ValidationError>> {
         let consumer_sources: Vec<SharedResource> = snapshot
-            .shared()
-            .filter(|r| matches!(r.spec, Spec::Consumer(_)))
-            .cloned()
+            .of_kind(Kind::Consumer)
+            .map(|(_, r)| r.clone())
             .collect();
         let same_consumers = consumer_sources.len() == previous.consumer_sources.len()
             && consumer_sources
@@ -126,7 +125,7 @@ impl PolicySet {
             consumer_sources,
             ..PolicySet::default()
         };
-        for resource in snapshot.shared() {
+        for (_, resource) in snapshot.of_kind(Kind::Policy) {
             let Spec::Policy(spec) = &resource.spec else {
                 continue;
             };
@@ -182,7 +181,7 @@ impl PolicySet {
                 _ => {}
             }
         }
-        for resource in snapshot.resources() {
+        for (_, resource) in snapshot.of_kind(Kind::Policy) {
             let Spec::Policy(spec) = &resource.spec else {
                 continue;
             };
