@@ -109,8 +109,8 @@ fn bench(c: &mut Criterion) {
     let mut table = RouteTable::compile(&changes.snapshot).expect("valid");
     group.bench_function("route_table", |b| {
         b.iter(|| {
-            let (_, next) = changes.advance();
-            table = RouteTable::compile_validated(&next, &table).expect("valid");
+            let (base, next) = changes.advance();
+            table = RouteTable::compile_change(&base, &next, &table).expect("valid");
         })
     });
 

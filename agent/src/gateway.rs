@@ -116,13 +116,7 @@ impl Gateway {
         );
         let generation = match compiled {
             Ok(mut generation) => {
-                let same_names = previous.routes.len() == generation.routes.len()
-                    && previous
-                        .routes
-                        .routes()
-                        .zip(generation.routes.routes())
-                        .all(|(a, b)| a.name == b.name);
-                generation.route_stats = if same_names {
+                generation.route_stats = if generation.routes.same_names(&previous.routes) {
                     previous.route_stats.clone()
                 } else {
                     Arc::new(

@@ -45,8 +45,9 @@ pub struct Generation {
     /// Counters of this generation's routes, by route name (filled in when published; shared
     /// with the previous generation when the route names are the same).
     pub route_stats: Arc<HashMap<String, Arc<crate::stats::RouteStats>>>,
-    /// Retry budgets of the routes that retry.
-    retry_budgets: HashMap<String, RetryBudget>,
+    /// Retry budgets of the routes that retry, kept across versions for routes that still
+    /// retry (a config change does not hand a failing endpoint a fresh budget).
+    retry_budgets: Arc<HashMap<String, Arc<RetryBudget>>>,
 }
 
 impl Generation {
@@ -63,14 +64,14 @@ impl Generation {
             tls: TlsTable::default(),
             policies: Default::default(),
             https_redirect: Default::default(),
-            retry_budgets: HashMap::new(),
+            retry_budgets: Default::default(),
             route_stats: Default::default(),
         }
     }
 
     /// The retry budget of a route that has retries.
     pub fn retry_budget(&self, route: &str) -> Option<&RetryBudget> {
-        self.retry_budgets.get(route)
+        self.retry_budgets.get(route).map(|b| &**b)
     }
 
     /// Validates and compiles `snapshot`. `base` is the snapshot `previous` was compiled from,
@@ -91,7 +92,10 @@ impl Generation {
             Some(base) => fleetgate_shared::validate_change(base, snapshot)?,
             None => snapshot.validate()?,
         }
-        let routes = RouteTable::compile_validated(snapshot, &previous.routes)?;
+        let routes = match base {
+            Some(base) => RouteTable::compile_change(base, snapshot, &previous.routes)?,
+            None => RouteTable::compile_validated(snapshot, &previous.routes)?,
+        };
         let policies = fleetgate_agent_policy::PolicySet::compile_from(
             snapshot,
             policy_state,
@@ -144,11 +148,7 @@ impl Generation {
                 }
             }
         }
-        let retry_budgets = routes
-            .routes()
-            .filter(|r| r.spec.forward.as_ref().is_some_and(|f| f.retries.is_some()))
-            .map(|r| (r.name.clone(), RetryBudget::default()))
-            .collect();
+        let retry_budgets = retry_budgets(snapshot, base, &routes, previous);
         Ok(Generation {
             revision: snapshot.revision,
             checksum: snapshot.checksum(),
@@ -164,6 +164,50 @@ impl Generation {
             route_stats: Default::default(),
         })
     }
+}
+
+/// Whether a route's spec asks for retries.
+fn retries(spec: &fleetgate_shared::model::RouteSpec) -> bool {
+    spec.forward.as_ref().is_some_and(|f| f.retries.is_some())
+}
+
+/// The retry budgets of `routes`, taken over from `previous` by route name. When `routes`
+/// holds the same names as `previous.routes` and `snapshot` is a change from `base`, only the
+/// changed routes are looked at; otherwise every route.
+fn retry_budgets(
+    snapshot: &Snapshot,
+    base: Option<&Snapshot>,
+    routes: &RouteTable,
+    previous: &Generation,
+) -> Arc<HashMap<String, Arc<RetryBudget>>> {
+    let old = &previous.retry_budgets;
+    let take = |name: &str| old.get(name).cloned().unwrap_or_default();
+    if let Some(base) = base
+        && routes.same_names(&previous.routes)
+    {
+        let mut budgets = old.clone();
+        for change in fleetgate_shared::changes(base, snapshot) {
+            if let fleetgate_shared::Change::Changed(key, resource) = change
+                && let Spec::Route(spec) = &resource.spec
+                && retries(spec) != budgets.contains_key(&key.name)
+            {
+                let budgets = Arc::make_mut(&mut budgets);
+                if retries(spec) {
+                    budgets.insert(key.name.clone(), take(&key.name));
+                } else {
+                    budgets.remove(&key.name);
+                }
+            }
+        }
+        return budgets;
+    }
+    Arc::new(
+        routes
+            .routes()
+            .filter(|r| retries(&r.spec))
+            .map(|r| (r.name.clone(), take(&r.name)))
+            .collect(),
+    )
 }
 
 /// Retries allowed per window even when the percentage would allow none, so that a route
@@ -213,5 +257,92 @@ impl RetryBudget {
             self.retries.fetch_sub(1, Ordering::Relaxed);
             false
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use fleetgate_shared::{Resource, ResourceKey};
+
+    const CONFIG: &str = r#"
+kind: Service
+name: app
+spec:
+  endpoints: [{address: "127.0.0.1:9"}]
+---
+kind: Route
+name: a
+spec:
+  hosts: [a.test]
+  forward: {backends: [{service: app}], retries: {attempts: 2}}
+---
+kind: Route
+name: b
+spec:
+  hosts: [b.test]
+  forward: {backends: [{service: app}]}
+"#;
+
+    fn with_route(base: &Snapshot, name: &str, change: impl FnOnce(&mut Resource)) -> Snapshot {
+        let mut resource = base
+            .get(&ResourceKey::new(Kind::Route, name))
+            .unwrap()
+            .clone();
+        change(&mut resource);
+        base.with(resource)
+    }
+
+    fn forward(resource: &mut Resource) -> &mut fleetgate_shared::model::Forward {
+        match &mut resource.spec {
+            Spec::Route(route) => route.forward.as_mut().unwrap(),
+            _ => unreachable!("a route"),
+        }
+    }
+
+    #[test]
+    fn a_retry_budget_survives_changes_until_its_route_stops_retrying() {
+        let resources =
+            fleetgate_shared::parse_bundle(CONFIG, fleetgate_shared::bundle::Format::Yaml, "")
+                .unwrap();
+        let first = Snapshot::new(1, resources).unwrap();
+        let (clients, state) = (UpstreamClients::default(), Default::default());
+        let compile = |snapshot: &Snapshot, previous: &Generation, base: Option<&Snapshot>| {
+            Generation::compile(
+                snapshot,
+                ConfigSource::File,
+                previous,
+                base,
+                &clients,
+                &state,
+            )
+            .unwrap()
+        };
+        let one = compile(&first, &Generation::empty(), None);
+        let budget = one.retry_budgets.get("a").unwrap().clone();
+        assert!(one.retry_budget("b").is_none());
+
+        // Route b starts retrying: a keeps its budget (and the requests it counted), b gets one.
+        budget.record_request();
+        let mut a = first
+            .get(&ResourceKey::new(Kind::Route, "a"))
+            .unwrap()
+            .clone();
+        let retries = forward(&mut a).retries.clone();
+        let second = with_route(&first, "b", |r| forward(r).retries = retries);
+        let two = compile(&second, &one, Some(&first));
+        assert!(Arc::ptr_eq(two.retry_budgets.get("a").unwrap(), &budget));
+        assert!(two.retry_budget("b").is_some());
+
+        // The same change compiled whole (no base) keeps the budget too.
+        let whole = compile(&second, &one, None);
+        assert!(Arc::ptr_eq(whole.retry_budgets.get("a").unwrap(), &budget));
+
+        // Route a stops retrying: its budget goes.
+        let third = with_route(&second, "a", |r| forward(r).retries = None);
+        let three = compile(&third, &two, Some(&second));
+        assert!(three.retry_budget("a").is_none());
+        assert!(three.retry_budget("b").is_some());
     }
 }

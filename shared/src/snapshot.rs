@@ -310,6 +310,19 @@ impl Snapshot {
         })
     }
 
+    /// The next revision, with `resource` added or replacing the one with its key.
+    pub fn with(&self, resource: Resource) -> Snapshot {
+        let delta = Delta {
+            from: self.revision,
+            to: self.revision.saturating_add(1),
+            upserts: vec![resource],
+            deletes: Vec::new(),
+        };
+        // One upsert at this snapshot's own revision, forwards: nothing `apply` refuses.
+        self.apply(&delta)
+            .unwrap_or_else(|e| unreachable!("a one-upsert delta applies: {e}"))
+    }
+
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
     /// a placement, and every resource whose placement selects those labels.
     pub fn select(&self, agent_labels: &Labels) -> Snapshot {

@@ -281,7 +281,7 @@ impl PolicySet {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use fleetgate_shared::{Delta, Resource};
+    use fleetgate_shared::Resource;
 
     const CONFIG: &str = r#"
 kind: Policy
@@ -319,13 +319,7 @@ spec:
     ) -> Snapshot {
         let mut resource = base.get(&ResourceKey::new(kind, name)).unwrap().clone();
         change(&mut resource);
-        base.apply(&Delta {
-            from: base.revision,
-            to: base.revision + 1,
-            upserts: vec![resource],
-            deletes: vec![],
-        })
-        .unwrap()
+        base.with(resource)
     }
 
     fn plugin(set: &PolicySet) -> &Arc<dyn Plugin> {

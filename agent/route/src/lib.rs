@@ -15,6 +15,7 @@
 //! config version and readers never lock.
 
 mod canary;
+mod cow;
 mod error;
 mod matcher;
 mod path;

@@ -15,13 +15,12 @@
 //! entry whose key cannot beat the best found so far. So the cost follows the request's shape
 //! (segments, matching candidates), not the number of routes.
 
-// Keys come from the config, never from requests: a fast unkeyed hash is safe (see Cargo.toml).
-use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use fleetgate_shared::{SharedResource, Snapshot, Spec, ValidationError};
+use fleetgate_shared::{Change, Kind, SharedResource, Snapshot, Spec, ValidationError};
 
+use crate::cow::{Chunks, Shards};
 use crate::matcher::CompiledMatch;
 use crate::path::{PathCondition, segment_prefixes};
 use crate::precedence::{HostRank, Precedence, small};
@@ -30,17 +29,24 @@ use crate::route::CompiledRoute;
 
 /// An immutable, indexed set of compiled routes. Build one per config version, off the request
 /// path, and share it behind an `Arc`.
+///
+/// Everything sizeable is in shards or chunks ([`crate::cow`]) shared with the table it was
+/// patched from: a change that keeps every route name copies only what it touches.
+#[derive(Clone)]
 pub struct RouteTable {
     /// Sorted by name, so that a route's index is its name rank for precedence rule (7).
     /// Shared with the next table for every route a change leaves alone.
-    routes: Vec<Arc<CompiledRoute>>,
+    routes: Chunks<Arc<CompiledRoute>>,
     /// The resource each route was compiled from, by the same index: how the next table
     /// recognizes a route it can take over.
-    sources: Vec<Option<SharedResource>>,
-    exact_hosts: HashMap<Box<str>, Tier>,
+    sources: Chunks<Option<SharedResource>>,
+    exact_hosts: Shards<Box<str>, Tier>,
     /// Keyed by the suffix after `*.`: `*.example.com` is under `example.com`.
-    wildcard_hosts: HashMap<Box<str>, Tier>,
+    wildcard_hosts: Shards<Box<str>, Tier>,
     any_host: Tier,
+    /// Shared by tables that hold the same route names in the same order (one patched from
+    /// another), so that per-route state keyed by name can be kept without comparing names.
+    names: Arc<()>,
 }
 
 /// The route that won a request, with which of its matches, and which prefix, took it.
@@ -57,18 +63,18 @@ pub struct Matched<'t> {
 }
 
 /// The entries of one host tier, by path condition.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Tier {
     /// Keyed by the compiled routes' own path strings (shared, not copied).
-    exact_paths: HashMap<Arc<str>, Entries>,
-    prefixes: HashMap<Arc<str>, Entries>,
+    exact_paths: Shards<Arc<str>, Entries>,
+    prefixes: Shards<Arc<str>, Entries>,
     regexes: Vec<Entry>,
     no_path: Vec<Entry>,
 }
 
 /// The entries under one exact path or prefix: almost always a single route, held inline so
 /// that indexing 10,000 routes does not allocate 10,000 one-element lists.
-#[derive(Default)]
+#[derive(Clone, Default)]
 enum Entries {
     #[default]
     None,
@@ -100,6 +106,36 @@ impl Entries {
         if let Entries::Many(list) = self {
             sort_greatest_first(list);
         }
+    }
+
+    /// Keeps the entries of every route but `route`.
+    fn remove_route(&mut self, route: u32) {
+        *self = match std::mem::take(self) {
+            Entries::One(entry) if entry.route == route => Entries::None,
+            Entries::Many(mut list) => {
+                list.retain(|e| e.route != route);
+                match list.len() {
+                    0 => Entries::None,
+                    1 => Entries::One(list[0]),
+                    _ => Entries::Many(list),
+                }
+            }
+            other => other,
+        };
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Entries::None)
+    }
+}
+
+/// Adds `entry` to a list: at its place in key order when `sorted`, else at the end.
+fn insert_into(list: &mut Vec<Entry>, entry: Entry, sorted: bool) {
+    if sorted {
+        let at = list.partition_point(|e| e.key > entry.key);
+        list.insert(at, entry);
+    } else {
+        list.push(entry);
     }
 }
 
@@ -138,7 +174,11 @@ impl RouteTable {
         let mut errors = Vec::new();
         // Snapshots list resources by kind, then name, and tables hold routes by name: one walk
         // over both finds each route's predecessor.
-        let mut old = previous.routes.iter().zip(&previous.sources).peekable();
+        let mut old = previous
+            .routes
+            .iter()
+            .zip(previous.sources.iter())
+            .peekable();
         for resource in snapshot.shared() {
             let Spec::Route(spec) = &resource.spec else {
                 continue;
@@ -170,6 +210,78 @@ impl RouteTable {
         Ok(Self::index(routes, sources))
     }
 
+    /// [`RouteTable::compile_validated`] for `snapshot`, a change from `base`, where `previous`
+    /// was compiled from `base`. When the change keeps every route name, `previous` is patched:
+    /// the changed routes are compiled and their index entries replaced, everything else shared,
+    /// so the cost follows the change. Adding or removing a route moves positions (part of every
+    /// precedence key after it), so that rebuilds the index.
+    pub fn compile_change(
+        base: &Snapshot,
+        snapshot: &Snapshot,
+        previous: &RouteTable,
+    ) -> Result<RouteTable, Vec<ValidationError>> {
+        let mut changed = Vec::new();
+        for change in fleetgate_shared::changes(base, snapshot) {
+            match change {
+                change if change.key().kind != Kind::Route => {}
+                Change::Changed(key, resource) => match previous.position(&key.name) {
+                    Some(position) => changed.push((position, resource)),
+                    // `previous` was not compiled from `base`.
+                    None => return Self::compile_validated(snapshot, previous),
+                },
+                Change::Added(..) | Change::Removed(..) => {
+                    return Self::compile_validated(snapshot, previous);
+                }
+            }
+        }
+        let mut table = previous.clone();
+        let mut errors = Vec::new();
+        for (position, resource) in changed {
+            let Spec::Route(spec) = &resource.spec else {
+                continue;
+            };
+            match CompiledRoute::compile(&resource.name, spec.clone()) {
+                Ok(route) => {
+                    table.unindex_route(position);
+                    table.routes.set(position, Arc::new(route));
+                    table.sources.set(position, Some(resource.clone()));
+                    table.index_route(position, true);
+                }
+                Err(found) => errors.extend(found),
+            }
+        }
+        if errors.is_empty() {
+            Ok(table)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether `self` holds the same route names as `other` in the same order: true at once
+    /// for a table patched from the other (or from one patched from it).
+    pub fn same_names(&self, other: &RouteTable) -> bool {
+        Arc::ptr_eq(&self.names, &other.names)
+            || (self.len() == other.len()
+                && self
+                    .routes()
+                    .zip(other.routes())
+                    .all(|(a, b)| a.name == b.name))
+    }
+
+    /// The position of the route named `name`.
+    fn position(&self, name: &str) -> Option<usize> {
+        let (mut low, mut high) = (0, self.routes.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.routes.get(middle).name.as_str().cmp(name) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Some(middle),
+            }
+        }
+        None
+    }
+
     /// A table without routes: every request is a 404.
     pub fn empty() -> RouteTable {
         Self::index(Vec::new(), Vec::new())
@@ -182,7 +294,7 @@ impl RouteTable {
 
     /// Whether the table has no routes.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes.len() == 0
     }
 
     /// The routes, by name.
@@ -257,11 +369,11 @@ impl RouteTable {
     }
 
     fn compiled_match(&self, entry: &Entry) -> &CompiledMatch {
-        &self.routes[entry.route as usize].matches[entry.match_index as usize]
+        &self.routes.get(entry.route as usize).matches[entry.match_index as usize]
     }
 
     fn matched(&self, entry: &Entry) -> Matched<'_> {
-        let route = &self.routes[entry.route as usize];
+        let route = self.routes.get(entry.route as usize);
         let matched_prefix = match &self.compiled_match(entry).path {
             PathCondition::Prefix(prefix) => Some(&**prefix),
             _ => None,
@@ -277,61 +389,18 @@ impl RouteTable {
     /// resource of each.
     fn index(routes: Vec<Arc<CompiledRoute>>, sources: Vec<Option<SharedResource>>) -> RouteTable {
         let mut table = RouteTable {
-            routes: Vec::new(),
-            sources,
-            exact_hosts: HashMap::default(),
-            wildcard_hosts: HashMap::default(),
+            routes: Chunks::from_vec(routes),
+            sources: Chunks::from_vec(sources),
+            exact_hosts: Shards::default(),
+            wildcard_hosts: Shards::default(),
             any_host: Tier::default(),
+            names: Arc::new(()),
         };
-        for (route_index, route) in routes.iter().enumerate() {
-            let mut hosts: Vec<String> = route
-                .spec
-                .hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect();
-            hosts.sort();
-            hosts.dedup();
-            for (match_index, m) in route.matches.iter().enumerate() {
-                let key = |host: HostRank| Precedence {
-                    priority: route.spec.priority,
-                    host,
-                    path: m.path_rank(),
-                    headers: small(m.header_count()),
-                    query: small(m.query_count()),
-                    method: m.has_methods(),
-                    name: std::cmp::Reverse(small(route_index)),
-                    match_index: std::cmp::Reverse(small(match_index)),
-                };
-                let entry = |host: HostRank| Entry {
-                    key: key(host),
-                    route: small(route_index),
-                    match_index: small(match_index),
-                };
-                if hosts.is_empty() {
-                    table.any_host.insert(&m.path, entry(HostRank::Any));
-                }
-                for host in &hosts {
-                    match host.strip_prefix("*.") {
-                        Some(suffix) => table
-                            .wildcard_hosts
-                            .entry(suffix.into())
-                            .or_default()
-                            .insert(
-                                &m.path,
-                                entry(HostRank::Wildcard {
-                                    suffix_len: small(suffix.len()),
-                                }),
-                            ),
-                        None => table
-                            .exact_hosts
-                            .entry(host.as_str().into())
-                            .or_default()
-                            .insert(&m.path, entry(HostRank::Exact)),
-                    }
-                }
-            }
+        for position in 0..table.routes.len() {
+            table.index_route(position, false);
         }
+        table.exact_hosts.reshard();
+        table.wildcard_hosts.reshard();
         for tier in table
             .exact_hosts
             .values_mut()
@@ -339,25 +408,122 @@ impl RouteTable {
             .chain(std::iter::once(&mut table.any_host))
         {
             tier.sort();
+            tier.exact_paths.reshard();
+            tier.prefixes.reshard();
         }
-        table.routes = routes;
         table
+    }
+
+    /// The hosts of a route as the index keys them: lower case, each once.
+    fn index_hosts(route: &CompiledRoute) -> Vec<String> {
+        let mut hosts: Vec<String> = route
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// Adds the entries of the route at `position`. `sorted`: keep each list it joins sorted
+    /// (a patch); a full build sorts every list once at the end instead.
+    fn index_route(&mut self, position: usize, sorted: bool) {
+        let route = self.routes.get(position).clone();
+        let hosts = Self::index_hosts(&route);
+        for (match_index, m) in route.matches.iter().enumerate() {
+            let key = |host: HostRank| Precedence {
+                priority: route.spec.priority,
+                host,
+                path: m.path_rank(),
+                headers: small(m.header_count()),
+                query: small(m.query_count()),
+                method: m.has_methods(),
+                name: std::cmp::Reverse(small(position)),
+                match_index: std::cmp::Reverse(small(match_index)),
+            };
+            let entry = |host: HostRank| Entry {
+                key: key(host),
+                route: small(position),
+                match_index: small(match_index),
+            };
+            if hosts.is_empty() {
+                self.any_host.insert(&m.path, entry(HostRank::Any), sorted);
+            }
+            for host in &hosts {
+                match host.strip_prefix("*.") {
+                    Some(suffix) => self.wildcard_hosts.get_or_default(suffix.into()).insert(
+                        &m.path,
+                        entry(HostRank::Wildcard {
+                            suffix_len: small(suffix.len()),
+                        }),
+                        sorted,
+                    ),
+                    None => self
+                        .exact_hosts
+                        .get_or_default(host.as_str().into())
+                        .insert(&m.path, entry(HostRank::Exact), sorted),
+                }
+            }
+        }
+    }
+
+    /// Removes the entries of the route at `position`.
+    fn unindex_route(&mut self, position: usize) {
+        let route = self.routes.get(position).clone();
+        let hosts = Self::index_hosts(&route);
+        let position = small(position);
+        for m in &route.matches {
+            if hosts.is_empty() {
+                self.any_host.remove(&m.path, position);
+            }
+            for host in &hosts {
+                let tier = match host.strip_prefix("*.") {
+                    Some(suffix) => self.wildcard_hosts.get_mut(suffix),
+                    None => self.exact_hosts.get_mut(host.as_str()),
+                };
+                if let Some(tier) = tier {
+                    tier.remove(&m.path, position);
+                }
+            }
+        }
     }
 }
 
 impl Tier {
-    fn insert(&mut self, path: &PathCondition, entry: Entry) {
-        match path {
-            PathCondition::Any => self.no_path.push(entry),
-            PathCondition::Exact(exact) => self
-                .exact_paths
-                .entry(exact.clone())
-                .or_default()
-                .push(entry),
-            PathCondition::Prefix(prefix) => {
-                self.prefixes.entry(prefix.clone()).or_default().push(entry)
+    /// Adds `entry` under its path condition; `sorted`: at its place in key order.
+    fn insert(&mut self, path: &PathCondition, entry: Entry, sorted: bool) {
+        let list = match path {
+            PathCondition::Any => {
+                return insert_into(&mut self.no_path, entry, sorted);
             }
-            PathCondition::Regex(_) => self.regexes.push(entry),
+            PathCondition::Regex(_) => {
+                return insert_into(&mut self.regexes, entry, sorted);
+            }
+            PathCondition::Exact(exact) => self.exact_paths.get_or_default(exact.clone()),
+            PathCondition::Prefix(prefix) => self.prefixes.get_or_default(prefix.clone()),
+        };
+        list.push(entry);
+        if sorted {
+            list.sort();
+        }
+    }
+
+    /// Removes the entries of route `route` under `path`.
+    fn remove(&mut self, path: &PathCondition, route: u32) {
+        let (map, key) = match path {
+            PathCondition::Any => return self.no_path.retain(|e| e.route != route),
+            PathCondition::Regex(_) => return self.regexes.retain(|e| e.route != route),
+            PathCondition::Exact(exact) => (&mut self.exact_paths, &**exact),
+            PathCondition::Prefix(prefix) => (&mut self.prefixes, &**prefix),
+        };
+        let emptied = map.get_mut(key).is_some_and(|list| {
+            list.remove_route(route);
+            list.is_empty()
+        });
+        if emptied {
+            map.remove(key);
         }
     }
 
@@ -459,7 +625,7 @@ mod tests {
         let shared: Vec<(&str, bool)> = before
             .routes
             .iter()
-            .zip(&after.routes)
+            .zip(after.routes.iter())
             .map(|(a, b)| (a.name.as_str(), Arc::ptr_eq(a, b)))
             .collect();
         assert_eq!(
