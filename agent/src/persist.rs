@@ -4,7 +4,9 @@
 //!
 //! - `snapshot.json`: a *base*, a whole snapshot with its content checksum.
 //! - `snapshot.journal`: the changes applied since that base, one JSON line each: the delta,
-//!   the checksum of the content it leads to, and whether a manager sent it. Appended and
+//!   the checksum of the content it leads to, whether a manager sent it, and a *seal* (SHA-256
+//!   of the revisions, checksum and source, which the content checksum does not cover; a base
+//!   carries one too). Appended and
 //!   `fdatasync`ed before the agent acknowledges the revision, so persisting a one-route change
 //!   writes a few hundred bytes, not the whole config.
 //! - `snapshot.prev.json` and `snapshot.prev.journal`: the base and journal before the last
@@ -18,8 +20,8 @@
 //! # Loading
 //!
 //! The newest usable generation wins: the current base with the longest prefix of its journal
-//! that chains (each delta starts where the previous one ended) and reproduces the recorded
-//! checksum; else the previous pair the same way. A torn last line (a crash mid-append) or a
+//! that chains (each delta starts where the previous one ended), matches its seal and reproduces
+//! the recorded checksum; else the previous pair the same way. A torn last line (a crash mid-append) or a
 //! damaged entry costs that entry and what follows it: the generation before it is served, with
 //! a warning. A journal left from an older base (a crash between the rename of a new base and
 //! the removal of the journal) does not chain from the new base and is ignored.
@@ -59,6 +61,11 @@ struct Base {
     /// Defaulted for files written before manager mode existed.
     #[serde(default)]
     from_manager: bool,
+    /// [`seal`] of the revision, checksum and source: the content checksum does not cover the
+    /// revision, so without it a damaged digit would serve right content as the wrong revision.
+    /// Absent in files written before it existed (then only the content is checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seal: Option<Checksum>,
 }
 
 /// One journal line.
@@ -68,6 +75,42 @@ struct Entry {
     /// The content checksum after the delta.
     checksum: Checksum,
     from_manager: bool,
+    /// [`seal`] of the delta's revisions, the checksum and the source.
+    seal: Checksum,
+}
+
+/// A SHA-256 over the fields of a persisted record that its content checksum does not cover.
+fn seal(from: u64, to: u64, checksum: &Checksum, from_manager: bool) -> Checksum {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"fleetgate-persist-seal-v1");
+    hasher.update(from.to_be_bytes());
+    hasher.update(to.to_be_bytes());
+    hasher.update(checksum.0);
+    hasher.update([u8::from(from_manager)]);
+    Checksum(hasher.finalize().into())
+}
+
+impl Entry {
+    fn new(delta: Delta, checksum: Checksum, from_manager: bool) -> Self {
+        let seal = seal(delta.from, delta.to, &checksum, from_manager);
+        Self {
+            delta,
+            checksum,
+            from_manager,
+            seal,
+        }
+    }
+
+    fn sealed(&self) -> bool {
+        self.seal
+            == seal(
+                self.delta.from,
+                self.delta.to,
+                &self.checksum,
+                self.from_manager,
+            )
+    }
 }
 
 /// Where the current journal stands, so that the next change can be appended.
@@ -125,11 +168,11 @@ impl SnapshotStore {
         next: &Snapshot,
         from_manager: bool,
     ) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&Entry {
-            delta: diff(previous, next),
-            checksum: next.checksum(),
+        let mut line = serde_json::to_vec(&Entry::new(
+            diff(previous, next),
+            next.checksum(),
             from_manager,
-        })?;
+        ))?;
         line.push(b'\n');
         let path = self.dir.join(JOURNAL);
         let created = !path.exists();
@@ -155,10 +198,12 @@ impl SnapshotStore {
         let dir = &self.dir;
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!("{CURRENT}.tmp"));
+        let checksum = snapshot.checksum();
         let body = serde_json::to_vec(&Base {
-            checksum: snapshot.checksum(),
+            checksum,
             snapshot: snapshot.clone(),
             from_manager,
+            seal: Some(seal(0, snapshot.revision, &checksum, from_manager)),
         })?;
         let mut file = File::create(&tmp)?;
         file.write_all(&body)?;
@@ -255,6 +300,12 @@ fn read_base(path: &Path) -> Result<Option<(PersistedSnapshot, u64)>, String> {
             actual.short()
         ));
     }
+    if base
+        .seal
+        .is_some_and(|s| s != seal(0, base.snapshot.revision, &actual, base.from_manager))
+    {
+        return Err("its revision or source does not match its seal".to_owned());
+    }
     let persisted = PersistedSnapshot {
         snapshot: base.snapshot,
         from_manager: base.from_manager,
@@ -310,6 +361,9 @@ fn replay(base: PersistedSnapshot, path: &Path) -> (PersistedSnapshot, Replayed)
                 "it starts at revision {}, not {revision}",
                 entry.delta.from
             )),
+            Ok(entry) if !entry.sealed() => {
+                Some("its revisions or source do not match its seal".to_owned())
+            }
             Ok(entry) => {
                 revision = entry.delta.to;
                 entries.push((entry, line.len() as u64));
@@ -524,6 +578,37 @@ mod tests {
         assert_eq!(loaded.snapshot, revisions[4]);
     }
 
+    /// The content checksum does not cover revisions: a damaged revision number is caught by the
+    /// seal, so right content is never served as the wrong revision. (Found by the random
+    /// damage test below: a flipped digit turned an entry's `"to":3` into `"to":4`.)
+    #[test]
+    fn a_damaged_revision_number_is_caught_by_the_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SnapshotStore::new(dir.path().into());
+        let revisions = history(&mut store, 5);
+        let mut lines = journal_lines(dir.path());
+        // Entry 2 leads from revision 2 to 3; the base is revision 1.
+        assert!(lines[1].contains("\"to\":3"), "{}", lines[1]);
+        lines[1] = lines[1].replace("\"to\":3", "\"to\":4");
+        std::fs::write(dir.path().join(JOURNAL), lines.join("\n") + "\n").unwrap();
+        let loaded = SnapshotStore::new(dir.path().into()).load().unwrap();
+        assert_eq!(loaded.snapshot, revisions[1]);
+
+        // The same damage to the base file's revision: the previous generation is served.
+        let mut store = SnapshotStore::new(dir.path().into());
+        let next = Snapshot::new(9, revisions[4].resources().cloned()).unwrap();
+        store.write(None, &next, true).unwrap();
+        let base = std::fs::read_to_string(dir.path().join(CURRENT)).unwrap();
+        assert!(base.contains("\"revision\":9"), "{base}");
+        std::fs::write(
+            dir.path().join(CURRENT),
+            base.replace("\"revision\":9", "\"revision\":8"),
+        )
+        .unwrap();
+        let loaded = SnapshotStore::new(dir.path().into()).load().unwrap();
+        assert_eq!(loaded.snapshot.revision, revisions[1].revision);
+    }
+
     /// Whatever happens to the journal (bytes flipped, cut anywhere, garbage appended), loading
     /// never panics and serves one of the revisions that were written, never a mix.
     #[test]
@@ -533,7 +618,11 @@ mod tests {
         let revisions = history(&mut store, 8);
         let path = dir.path().join(JOURNAL);
         let good = std::fs::read(&path).unwrap();
-        let seed = fastrand::u64(..);
+        // A failure prints its seed; FLEETGATE_TEST_SEED=<seed> replays it.
+        let seed = std::env::var("FLEETGATE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
         let mut rng = fastrand::Rng::with_seed(seed);
         for round in 0..300 {
             let mut bytes = good.clone();
