@@ -57,7 +57,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Prints one line of percentiles; the JSON also keeps every value in trial order, so a slow
+/// tail can be matched to when it happened.
 fn summary(name: &str, unit: &str, mut values: Vec<f64>) -> Value {
+    let in_order = values.clone();
     values.sort_by(f64::total_cmp);
     let (p50, p99, max) = (
         percentile(&values, 50.0),
@@ -68,7 +71,7 @@ fn summary(name: &str, unit: &str, mut values: Vec<f64>) -> Value {
         "{name:<44} p50 {p50:>9.1} {unit:<3} p99 {p99:>9.1} {unit:<3} max {max:>9.1} {unit}  (n={})",
         values.len()
     );
-    json!({"p50": p50, "p99": p99, "max": max, "n": values.len(), "unit": unit})
+    json!({"p50": p50, "p99": p99, "max": max, "n": values.len(), "unit": unit, "values": in_order})
 }
 
 /// Waits until every agent has acknowledged `revision`; returns the latest Ack time. The time
