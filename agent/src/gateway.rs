@@ -159,6 +159,10 @@ impl Gateway {
             tracing::warn!(dir = %store.dir().display(), "config applied but not persisted ({e}); a restart would not have it. Check the data directory");
         }
         *applied = Some(snapshot.clone());
+        // After a whole snapshot, index it for the changes that follow while it already serves:
+        // otherwise the first change would pay for it (milliseconds at 10,000 routes, on every
+        // agent at once: the one slow trial in run N of docs/benchmarks.md).
+        snapshot.prepare_for_changes();
         // A failed send hands the generation back, and it is freed here.
         let _ = self
             .retired

@@ -146,7 +146,9 @@ mod tests {
         ];
         let paths = ["/", "/api", "/api/v2", "/static"];
         let mut snapshot = Snapshot::new(1, Vec::new()).expect("empty");
-        snapshot.route_claims();
+        assert!(!snapshot.has_route_claims(), "built on first use only");
+        snapshot.prepare_for_changes();
+        assert!(snapshot.clone().has_route_claims(), "clones share it");
         for step in 0..400u64 {
             let mut delta = Delta {
                 from: snapshot.revision,

@@ -193,6 +193,13 @@ impl Snapshot {
         self.derived.route_claims.get().is_some()
     }
 
+    /// Builds now what validating a change from this snapshot needs (the route claims index),
+    /// so that the first change after a whole snapshot costs what later ones do; snapshots
+    /// made from this one by [`Self::apply`] inherit it. Cheap when already built.
+    pub fn prepare_for_changes(&self) {
+        self.route_claims();
+    }
+
     /// The routes by claim, built on first use (see the field).
     pub(crate) fn route_claims(&self) -> &RouteClaims {
         self.derived
