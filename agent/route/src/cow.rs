@@ -27,10 +27,11 @@ pub(crate) struct Shards<K, V> {
     len: usize,
 }
 
+/// Empty without allocating: a table has two path maps per host, most of them small or empty.
 impl<K, V> Default for Shards<K, V> {
     fn default() -> Self {
         Self {
-            shards: vec![Arc::new(HashMap::default())],
+            shards: Vec::new(),
             bits: 0,
             len: 0,
         }
@@ -61,7 +62,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[self.shard_of(key)].get(key)
+        self.shards.get(self.shard_of(key))?.get(key)
     }
 
     /// The shard holding `key`, for changing (copied first if another table shares it), or
@@ -71,11 +72,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard_of(key);
-        if !self.shards[shard].contains_key(key) {
+        let index = self.shard_of(key);
+        let shard = self.shards.get_mut(index)?;
+        if !shard.contains_key(key) {
             return None;
         }
-        Some(Arc::make_mut(&mut self.shards[shard]))
+        Some(Arc::make_mut(shard))
     }
 
     /// The value under `key` for changing, copying its shard first if another table shares it.
@@ -92,6 +94,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
     where
         V: Default,
     {
+        if self.shards.is_empty() {
+            self.shards.push(Arc::default());
+        }
         let index = self.shard_of(&key);
         let shard = Arc::make_mut(&mut self.shards[index]);
         if !shard.contains_key(&key) {
@@ -122,9 +127,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
     /// Splits the entries into as many shards as their number calls for. Called once a full
     /// build has inserted everything.
     pub(crate) fn reshard(&mut self) {
-        let len: usize = self.shards.iter().map(|s| s.len()).sum();
-        self.len = len;
-        let wanted = (len / SHARD_TARGET).max(1).next_power_of_two();
+        let wanted = (self.len / SHARD_TARGET).max(1).next_power_of_two();
         let bits = wanted.trailing_zeros().min(MAX_SHARD_BITS);
         if bits == self.bits {
             return;
@@ -198,6 +201,12 @@ mod tests {
     #[test]
     fn a_changed_copy_leaves_the_original_and_shares_untouched_shards() {
         let mut map: Shards<String, u32> = Shards::default();
+        assert!(map.shards.is_empty(), "an empty map allocates nothing");
+        assert_eq!(map.get("/r/1"), None);
+        assert_eq!(map.get_mut("/r/1"), None);
+        assert_eq!(map.remove("/r/1"), None);
+        map.reshard();
+        assert!(map.is_empty());
         for i in 0..2000u32 {
             *map.get_or_default(format!("/r/{i}")) = i;
         }
