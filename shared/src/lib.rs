@@ -12,6 +12,7 @@
 //! it and on nothing of each other.
 
 pub mod bundle;
+pub mod checksum;
 mod claims;
 pub mod duration;
 pub mod model;

@@ -13,6 +13,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::checksum::ContentHash;
 use crate::claims::RouteClaims;
 use crate::model::{Kind, Labels, Resource, ResourceKey};
 
@@ -21,9 +22,9 @@ use crate::model::{Kind, Labels, Resource, ResourceKey};
 /// Resources are shared ([`SharedResource`]) between snapshots: applying a one-route delta to a
 /// config of 10,000 routes, selecting it for an agent, or cloning it copies pointers, not
 /// resources, and comparing two snapshots that share a resource is a pointer comparison. Each
-/// resource's digest is computed once for its lifetime, and the content checksum once per
-/// snapshot from those digests, so a new revision costs hashing of what changed plus 32 bytes
-/// per resource.
+/// resource's digest is computed once for its lifetime, and the content checksum of a snapshot
+/// made by [`Snapshot::apply`] rehashes only the checksum buckets the delta touched
+/// ([`crate::checksum`]), so a new revision costs hashing of what changed.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The revision this content was committed at; 0 is the empty config before any commit.
@@ -42,6 +43,10 @@ pub struct Snapshot {
 struct Derived {
     /// [`Snapshot::checksum`].
     checksum: OnceLock<Checksum>,
+    /// The resources by checksum bucket ([`crate::checksum`]): built with the first checksum,
+    /// then carried forward by [`Snapshot::apply`], which rehashes only the buckets a delta
+    /// touches.
+    content_hash: OnceLock<ContentHash>,
     /// The routes by claim, for validating a change ([`crate::validate_change`]): built on
     /// first use, then carried forward by [`Snapshot::apply`], which patches what a delta
     /// touches.
@@ -193,11 +198,13 @@ impl Snapshot {
         self.derived.route_claims.get().is_some()
     }
 
-    /// Builds now what validating a change from this snapshot needs (the route claims index),
-    /// so that the first change after a whole snapshot costs what later ones do; snapshots
-    /// made from this one by [`Self::apply`] inherit it. Cheap when already built.
+    /// Builds now what validating a change from this snapshot and checksumming the result
+    /// need (the route claims index, the checksum buckets), so that the first change after a
+    /// whole snapshot costs what later ones do; snapshots made from this one by
+    /// [`Self::apply`] inherit both. Cheap when already built.
     pub fn prepare_for_changes(&self) {
         self.route_claims();
+        self.checksum();
     }
 
     /// The routes by claim, built on first use (see the field).
@@ -246,17 +253,19 @@ impl Snapshot {
         out
     }
 
-    /// The content checksum: the SHA-256 of the resources' digests
-    /// ([`SharedResource::digest`]) in key order, computed once. Equal content gives an equal
-    /// checksum on every machine; the revision is not part of it.
+    /// The content checksum ([`crate::checksum`] has its definition), computed once. Equal
+    /// content gives an equal checksum on every machine; the revision is not part of it.
     pub fn checksum(&self) -> Checksum {
-        *self.derived.checksum.get_or_init(|| {
-            let mut hasher = Sha256::new();
-            for resource in self.resources.values() {
-                hasher.update(resource.digest());
-            }
-            Checksum(hasher.finalize().into())
-        })
+        *self
+            .derived
+            .checksum
+            .get_or_init(|| self.content_hash().checksum())
+    }
+
+    fn content_hash(&self) -> &ContentHash {
+        self.derived
+            .content_hash
+            .get_or_init(|| ContentHash::of(self.resources.values()))
     }
 
     /// Applies `delta`, returning the snapshot at `delta.to`. The delta must start at this
@@ -279,12 +288,15 @@ impl Snapshot {
         // its own when first asked.
         let mut claims = self.derived.route_claims.get().cloned();
         let mut upserted = std::collections::BTreeSet::new();
+        let mut shared = Vec::with_capacity(delta.upserts.len());
         for resource in &delta.upserts {
             let key = resource.key();
             if !upserted.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key));
             }
-            let old = next.insert(key, SharedResource::new(resource.clone()));
+            let new = SharedResource::new(resource.clone());
+            let old = next.insert(key, new.clone());
+            shared.push(new);
             if let Some(claims) = &mut claims {
                 claims.replace(old.as_deref(), Some(resource));
             }
@@ -302,16 +314,30 @@ impl Snapshot {
                 }
             }
         }
+        // Unchanged content (a delta that only moves the revision) keeps its checksum; else
+        // the checksum buckets follow the delta when this snapshot has them.
+        let (checksum, content_hash) = if delta.is_empty() {
+            (
+                self.derived.checksum.clone(),
+                self.derived.content_hash.clone(),
+            )
+        } else {
+            let patched = self
+                .derived
+                .content_hash
+                .get()
+                .map(|hash| hash.patched(&shared, &delta.deletes));
+            (
+                OnceLock::new(),
+                patched.map_or_else(OnceLock::new, OnceLock::from),
+            )
+        };
         Ok(Snapshot {
             revision: delta.to,
             resources: next,
-            // Unchanged content (a delta that only moves the revision) keeps its checksum.
             derived: Arc::new(Derived {
-                checksum: if delta.is_empty() {
-                    self.derived.checksum.clone()
-                } else {
-                    OnceLock::new()
-                },
+                checksum,
+                content_hash,
                 route_claims: claims.map_or_else(OnceLock::new, OnceLock::from),
             }),
         })

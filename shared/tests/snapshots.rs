@@ -122,6 +122,18 @@ proptest! {
     }
 
     #[test]
+    fn a_checksum_carried_through_deltas_equals_one_computed_afresh(a in snapshot(), b in snapshot(), c in snapshot()) {
+        // a's checksum builds the buckets that apply then patches, twice in a row.
+        a.checksum();
+        let b = Snapshot::new(a.revision + 1, b.into_resources()).unwrap();
+        let c = Snapshot::new(a.revision + 2, c.into_resources()).unwrap();
+        let patched_b = a.apply(&diff(&a, &b)).unwrap();
+        prop_assert_eq!(patched_b.checksum(), b.checksum());
+        let patched_c = patched_b.apply(&diff(&b, &c)).unwrap();
+        prop_assert_eq!(patched_c.checksum(), c.checksum());
+    }
+
+    #[test]
     fn checksums_are_equal_exactly_when_contents_are(a in snapshot(), b in snapshot()) {
         let same_content = a.resources().eq(b.resources());
         prop_assert_eq!(a.checksum() == b.checksum(), same_content);
@@ -158,13 +170,30 @@ fn the_checksum_of_a_known_snapshot_is_stable_across_builds() {
         String::from_utf8(snapshot.canonical_bytes()).unwrap(),
         "{\"kind\":\"Route\",\"name\":\"ping\",\"spec\":{\"matches\":[{\"path\":{\"exact\":\"/ping\"}}],\"direct_response\":{\"status\":200,\"body\":\"pong\"}}}\n"
     );
-    // The checksum is the SHA-256 of the resources' SHA-256 digests, in key order.
+    // The checksum (version 2, see fleetgate_shared::checksum): the SHA-256 of 256 bucket
+    // hashes; each bucket hashes its resources' digests. Here one bucket holds the route and
+    // the other 255 are empty.
     let line = snapshot.canonical_bytes();
     let digest = sha2::Sha256::digest(&line[..line.len() - 1]);
-    assert_eq!(snapshot.checksum().to_string(), sha256_hex(&digest));
+    let bucket = fleetgate_shared::checksum::bucket_of(fleetgate_shared::Kind::Route, "ping");
+    let empty = sha2::Sha256::digest(b"");
+    let mut buckets = Vec::new();
+    for index in 0..fleetgate_shared::checksum::BUCKETS {
+        let hash = if index == bucket {
+            sha2::Sha256::digest(digest)
+        } else {
+            empty
+        };
+        buckets.extend_from_slice(&hash);
+    }
+    assert_eq!(snapshot.checksum().to_string(), sha256_hex(&buckets));
+    assert_eq!(
+        snapshot.checksum().to_string(),
+        "ca2b97a69f0d0592b7772740389ecbdee5877d12fec2298642e237ecfc6f5a21"
+    );
     assert_eq!(
         Snapshot::default().checksum().to_string(),
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        sha256_hex(&empty.repeat(256))
     );
 }
 
