@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,6 +47,9 @@ struct Derived {
     /// then carried forward by [`Snapshot::apply`], which rehashes only the buckets a delta
     /// touches.
     content_hash: OnceLock<ContentHash>,
+    /// The keys of the resources that have a placement, for [`Snapshot::select`]: built on
+    /// first use, then carried forward by [`Snapshot::apply`].
+    placed: OnceLock<OrdSet<ResourceKey>>,
     /// The routes by claim, for validating a change ([`crate::validate_change`]): built on
     /// first use, then carried forward by [`Snapshot::apply`], which patches what a delta
     /// touches.
@@ -205,6 +208,7 @@ impl Snapshot {
     pub fn prepare_for_changes(&self) {
         self.route_claims();
         self.checksum();
+        self.placed();
     }
 
     /// The routes by claim, built on first use (see the field).
@@ -287,6 +291,7 @@ impl Snapshot {
         // The claims index follows the delta when this snapshot has one; else the next builds
         // its own when first asked.
         let mut claims = self.derived.route_claims.get().cloned();
+        let mut placed = self.derived.placed.get().cloned();
         let mut upserted = std::collections::BTreeSet::new();
         let mut shared = Vec::with_capacity(delta.upserts.len());
         for resource in &delta.upserts {
@@ -300,6 +305,13 @@ impl Snapshot {
             if let Some(claims) = &mut claims {
                 claims.replace(old.as_deref(), Some(resource));
             }
+            if let Some(placed) = &mut placed {
+                if resource.placement.is_some() {
+                    placed.insert(resource.key());
+                } else {
+                    placed.remove(&resource.key());
+                }
+            }
         }
         for key in &delta.deletes {
             if upserted.contains(key) {
@@ -310,6 +322,9 @@ impl Snapshot {
                 Some(old) => {
                     if let Some(claims) = &mut claims {
                         claims.replace(Some(&old), None);
+                    }
+                    if let Some(placed) = &mut placed {
+                        placed.remove(key);
                     }
                 }
             }
@@ -338,6 +353,7 @@ impl Snapshot {
             derived: Arc::new(Derived {
                 checksum,
                 content_hash,
+                placed: placed.map_or_else(OnceLock::new, OnceLock::from),
                 route_claims: claims.map_or_else(OnceLock::new, OnceLock::from),
             }),
         })
@@ -357,25 +373,53 @@ impl Snapshot {
     }
 
     /// The part of this snapshot placed on an agent with `agent_labels`: every resource without
-    /// a placement, and every resource whose placement selects those labels.
+    /// a placement, and every resource whose placement selects those labels. Visits only the
+    /// resources that have a placement.
     pub fn select(&self, agent_labels: &Labels) -> Snapshot {
-        let selected =
-            |r: &SharedResource| r.placement.as_ref().is_none_or(|p| p.selects(agent_labels));
+        let away: Vec<ResourceKey> = self
+            .placed()
+            .iter()
+            .filter(|&key| {
+                self.resources
+                    .get(key)
+                    .and_then(|r| r.placement.as_ref())
+                    .is_some_and(|p| !p.selects(agent_labels))
+            })
+            .cloned()
+            .collect();
         // The common case, nothing placed away from this agent: the same content, shared.
-        if self.resources.values().all(selected) {
+        if away.is_empty() {
             return self.clone();
         }
-        let resources: OrdMap<ResourceKey, SharedResource> = self
-            .resources
-            .iter()
-            .filter(|(_, r)| selected(r))
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect();
+        let mut resources = self.resources.clone();
+        for key in &away {
+            resources.remove(key);
+        }
+        // The selection's checksum buckets follow from this snapshot's, minus what it left out.
+        let content_hash = self
+            .derived
+            .content_hash
+            .get()
+            .map(|hash| hash.patched(&[], &away));
         Snapshot {
             revision: self.revision,
             resources,
-            derived: Arc::default(),
+            derived: Arc::new(Derived {
+                content_hash: content_hash.map_or_else(OnceLock::new, OnceLock::from),
+                ..Derived::default()
+            }),
         }
+    }
+
+    /// The keys of the resources with a placement, built on first use (see the field).
+    fn placed(&self) -> &OrdSet<ResourceKey> {
+        self.derived.placed.get_or_init(|| {
+            self.resources
+                .iter()
+                .filter(|(_, r)| r.placement.is_some())
+                .map(|(key, _)| key.clone())
+                .collect()
+        })
     }
 }
 

@@ -148,6 +148,23 @@ proptest! {
     }
 
     #[test]
+    fn a_selection_after_deltas_equals_one_made_afresh(a in snapshot(), b in snapshot(), c in snapshot(), agent in labels()) {
+        // a's placed-resource index and checksum buckets are carried through two deltas.
+        a.prepare_for_changes();
+        let _ = a.select(&agent);
+        let b = Snapshot::new(a.revision + 1, b.into_resources()).unwrap();
+        let c = Snapshot::new(a.revision + 2, c.into_resources()).unwrap();
+        let patched_b = a.apply(&diff(&a, &b)).unwrap();
+        let patched_c = patched_b.apply(&diff(&b, &c)).unwrap();
+        for (patched, fresh) in [(patched_b, b), (patched_c, c)] {
+            let selected = patched.select(&agent);
+            prop_assert_eq!(&selected, &fresh.select(&agent));
+            let rebuilt = Snapshot::new(selected.revision, selected.resources().cloned()).unwrap();
+            prop_assert_eq!(selected.checksum(), rebuilt.checksum());
+        }
+    }
+
+    #[test]
     fn selection_keeps_exactly_the_resources_placed_on_the_agent(a in snapshot(), agent in labels()) {
         let selected = a.select(&agent);
         prop_assert_eq!(selected.revision, a.revision);

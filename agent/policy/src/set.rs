@@ -154,8 +154,19 @@ impl PolicySet {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // Without a policy nothing can attach anywhere: a config of many routes and no
+        // policies skips the walk over its domains and routes.
         let mut domain_hosts: HashMap<&str, Vec<&str>> = HashMap::new();
-        for resource in snapshot.resources() {
+        let attachable = if built.is_empty() {
+            None
+        } else {
+            Some(
+                snapshot
+                    .of_kind(Kind::Domain)
+                    .chain(snapshot.of_kind(Kind::Route)),
+            )
+        };
+        for (_, resource) in attachable.into_iter().flatten() {
             match &resource.spec {
                 Spec::Domain(domain) => {
                     domain_hosts.insert(
