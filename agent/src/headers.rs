@@ -39,6 +39,14 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers and every header the `Connection` header names. When `upgrade`
 /// is set, `Connection: upgrade` and `Upgrade` are kept so that the upgrade reaches the peer.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the few names present costs less than
+    // hashing every hop-by-hop name to remove what is not there.
+    if !headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -63,13 +71,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (keeping values a previous proxy set for proto and host).
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, tls: bool, host: &str) {
-    let ip = client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: std::net::IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    use std::io::Write;
+    // Formatted on the stack: the longest prior list that fits is appended to here, and a
+    // longer one (many proxies) takes the allocating path.
+    let mut buffer = [0u8; 256];
+    let mut out = std::io::Cursor::new(&mut buffer[..]);
+    let prior = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    let written = match prior {
+        Some(prior) => write!(out, "{prior}, {client_ip}"),
+        None => write!(out, "{client_ip}"),
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    let value = match written {
+        Ok(()) => {
+            let len = usize::try_from(out.position()).unwrap_or(0);
+            HeaderValue::from_bytes(&buffer[..len])
+        }
+        Err(_) => HeaderValue::from_str(&format!("{}, {client_ip}", prior.unwrap_or_default())),
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -78,10 +107,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, tls: 
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Ok(value) = HeaderValue::from_str(host)
+    if let Some(host) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), value);
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
 }
 
@@ -165,9 +194,35 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = map(&[("host", "a.example"), ("x-kept", "yes"), ("accept", "*/*")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn a_forwarded_for_list_too_long_for_the_stack_buffer_still_gets_the_client() {
+        let prior = vec!["198.51.100.77"; 40].join(", ");
+        let mut h = map(&[("x-forwarded-for", &prior)]);
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, None);
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap().to_str().unwrap(),
+            format!("{prior}, 10.0.0.1")
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
     fn forwarded_headers_append_the_client() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "api.example.com");
+        add_forwarded(
+            &mut h,
+            "10.0.0.1".parse().unwrap(),
+            true,
+            Some(&HeaderValue::from_static("api.example.com")),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");

@@ -415,14 +415,13 @@ async fn forward_request(
         None => upstream_headers.get(header::HOST).cloned(),
     };
     headers::strip_hop_by_hop(&mut upstream_headers, upgrade);
+    // The host the client asked for (the normalized one when it sent neither form).
+    let client_host = client_host.or_else(|| HeaderValue::from_str(host).ok());
     headers::add_forwarded(
         &mut upstream_headers,
         conn.peer.ip(),
         conn.tls,
-        client_host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(host),
+        client_host.as_ref(),
     );
     if let Ok(value) = HeaderValue::from_str(request_id) {
         upstream_headers.insert(headers::X_REQUEST_ID.clone(), value);
@@ -435,7 +434,7 @@ async fn forward_request(
         .and_then(|r| r.host.as_deref())
     {
         Some(rewritten) => HeaderValue::from_str(rewritten).ok(),
-        None => client_host.or_else(|| HeaderValue::from_str(host).ok()),
+        None => client_host,
     };
     if let Some(value) = host_header {
         upstream_headers.insert(header::HOST, value);
