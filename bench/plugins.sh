@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The cost of each policy on the request path: one agent per variant (no policy, jwt-auth,
 # key-auth, hmac-auth, waf), all forwarding to the same nginx origin, measured with wrk in
-# alternating rounds in one run. Prints req/s medians and each variant's ratio to "off".
+# alternating rounds in one run. Prints req/s medians, each variant's ratio to "off", and for
+# the auth variants the ratio to "off" receiving the same request headers (the policy's own
+# cost, without the cost of carrying a token or signature through the proxy).
 #
 #   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
 #                                    # (../shared/bench/run.sh setup installs both)
@@ -93,15 +95,26 @@ for v in $variants; do
   [ "$code" = 200 ] || { echo "variant $v answers $code; see $RUN/$v.log" >&2; exit 1; }
 done
 
+# One measurement: wrk against variant $1's agent with the headers of variant $2's client,
+# recorded under the name $3.
+measure() {
+  local port args=() rps non2xx
+  port=$(cat "$RUN/$1.port")
+  while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+  wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
+  rps=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/Requests\/sec/{print $2}')
+  non2xx=$(wrk -t1 -c1 -d1s "${args[@]}" "http://127.0.0.1:$port/" | awk '/Non-2xx/{print $4}')
+  echo "round $r $3 rps=$rps non2xx=${non2xx:-0}"
+  echo "$3 $rps" >> "$RUN/results"
+}
+
+# Each auth variant's client sends headers (a token, a signature) that cost something to parse
+# and forward with or without the policy: "off+V" is the policy-less agent receiving V's
+# headers, the baseline that isolates what the policy itself costs.
 for r in $(seq 1 "$REPS"); do
   for v in $variants; do
-    port=$(cat "$RUN/$v.port"); args=()
-    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
-    wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
-    rps=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/Requests\/sec/{print $2}')
-    non2xx=$(wrk -t1 -c1 -d1s "${args[@]}" "http://127.0.0.1:$port/" | awk '/Non-2xx/{print $4}')
-    echo "round $r $v rps=$rps non2xx=${non2xx:-0}"
-    echo "$v $rps" >> "$RUN/results"
+    measure "$v" "$v" "$v"
+    if [ -s "$RUN/$v.headers" ]; then measure off "$v" "off+$v"; fi
   done
 done
 python3 - "$RUN/results" <<'PY'
@@ -113,11 +126,14 @@ for line in open(sys.argv[1]):
     if v not in order: order.append(v)
 # Each round measures every variant back to back: ratios are paired within a round, which
 # cancels most of what other processes on the machine do between rounds.
-print("| variant | req/s median | min–max | paired ratio to off: median (min–max) |")
-print("|---|---|---|---|")
+def paired(xs, base):
+    ratios = [x / b for x, b in zip(xs, rows[base])]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+print("| variant | req/s median | min–max | paired ratio to off: median (min–max) | to off with the same headers |")
+print("|---|---|---|---|---|")
 for v in order:
     xs = rows[v]
-    ratios = [x / off for x, off in zip(xs, rows["off"])]
+    same = paired(xs, f"off+{v}") if f"off+{v}" in rows else "–"
     print(f"| {v} | {statistics.median(xs):,.0f} | {min(xs):,.0f}–{max(xs):,.0f} | "
-          f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+          f"{paired(xs, 'off')} | {same} |")
 PY

@@ -570,7 +570,12 @@ impl HmacAuth {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .unwrap_or_default();
-        if claimed.eq_ignore_ascii_case(&body_digest(body)) {
+        // Compared as bytes: the claim is decoded instead of the body's digest being encoded
+        // on every request (hex digits in either case, like the text comparison it replaces).
+        let mut claimed_digest = [0u8; 32];
+        let matches = hex::decode_to_slice(claimed, &mut claimed_digest).is_ok()
+            && digest::digest(&digest::SHA256, body).as_ref() == claimed_digest;
+        if matches {
             None
         } else {
             Some(credentials::unauthorized(
