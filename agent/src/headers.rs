@@ -96,7 +96,10 @@ pub fn add_forwarded(
             let len = usize::try_from(out.position()).unwrap_or(0);
             HeaderValue::from_bytes(&buffer[..len])
         }
-        Err(_) => HeaderValue::from_str(&format!("{}, {client_ip}", prior.unwrap_or_default())),
+        Err(_) => HeaderValue::from_str(&match prior {
+            Some(prior) => format!("{prior}, {client_ip}"),
+            None => client_ip.to_string(),
+        }),
     };
     if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
