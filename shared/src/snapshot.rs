@@ -299,18 +299,18 @@ impl Snapshot {
             if !upserted.insert(key.clone()) {
                 return Err(DeltaError::Duplicate(key));
             }
+            if let Some(placed) = &mut placed {
+                if resource.placement.is_some() {
+                    placed.insert(key.clone());
+                } else {
+                    placed.remove(&key);
+                }
+            }
             let new = SharedResource::new(resource.clone());
             let old = next.insert(key, new.clone());
             shared.push(new);
             if let Some(claims) = &mut claims {
                 claims.replace(old.as_deref(), Some(resource));
-            }
-            if let Some(placed) = &mut placed {
-                if resource.placement.is_some() {
-                    placed.insert(resource.key());
-                } else {
-                    placed.remove(&resource.key());
-                }
             }
         }
         for key in &delta.deletes {
