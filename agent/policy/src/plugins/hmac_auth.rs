@@ -29,6 +29,12 @@ pub const CONTENT_SHA256_HEADER: &str = "x-fleetgate-content-sha256";
 /// with 413: it cannot vouch for bytes it has not seen, and buffering more per request would
 /// let signed-request endpoints pin memory. 1 MiB fits webhooks and API payloads.
 pub const BODY_LIMIT: u64 = 1024 * 1024;
+/// SHA-256 of no bytes: the digest every bodiless signed request (GET, HEAD) carries, not
+/// recomputed per request.
+const EMPTY_BODY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
 /// Longest accepted nonce; 16 random bytes in base64 are 24 characters.
 pub const MAX_NONCE_LEN: usize = 128;
 /// Longest accepted key id.
@@ -109,20 +115,22 @@ pub fn sign(
     }
     let names: Vec<String> = signed_headers
         .iter()
-        .map(|n| n.to_ascii_lowercase())
+        .map(|n| n.trim().to_ascii_lowercase())
         .collect();
     let scheme = scheme(credentials.algorithm);
-    let canonical = canonical_request(
+    let mut canonical = Vec::with_capacity(256);
+    canonical_request(
+        &mut canonical,
         scheme,
         credentials.key_id,
         nonce,
         method,
         uri,
         headers,
-        &names,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
     let key = hmac::Key::new(digest_of(credentials.algorithm), credentials.secret);
-    let tag = hmac::sign(&key, canonical.as_bytes());
+    let tag = hmac::sign(&key, &canonical);
     let nonce = if nonce.is_empty() {
         String::new()
     } else {
@@ -152,51 +160,67 @@ fn check_token(what: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The string that is signed. One item per line, no trailing newline:
+/// Appends the string that is signed to `out`. One item per line, no trailing newline:
 /// scheme, key id, nonce (or empty), method, path (as sent), canonical query, the signed
-/// header names joined by `;`, then one `name:value` line per signed header in that order.
+/// header names (written lower-case) joined by `;`, then one `name:value` line per signed header
+/// in that order. Built whole and hashed in one call: feeding the HMAC piece by piece costs
+/// more than the buffer.
+#[allow(clippy::too_many_arguments)]
 fn canonical_request(
+    out: &mut Vec<u8>,
     scheme: &str,
     key_id: &str,
     nonce: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    names: &[String],
-) -> Result<String, String> {
-    let mut out = String::with_capacity(256);
-    for part in [
-        scheme,
-        key_id,
-        nonce,
-        method.as_str(),
-        uri.path(),
-        &canonical_query(uri.query()),
-        &names.join(";"),
-    ] {
-        out.push_str(part);
-        out.push('\n');
+    names: &[&str],
+) -> Result<(), String> {
+    for part in [scheme, key_id, nonce, method.as_str(), uri.path()] {
+        out.extend_from_slice(part.as_bytes());
+        out.extend_from_slice(b"\n");
     }
+    canonical_query(out, uri.query());
+    out.extend_from_slice(b"\n");
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
-            out.push('\n');
+            out.extend_from_slice(b";");
         }
-        out.push_str(name);
-        out.push(':');
-        out.push_str(&header_value(headers, uri, name)?);
+        put_lowercase(out, name);
     }
-    if names.is_empty() {
-        out.pop();
+    for name in names {
+        out.extend_from_slice(b"\n");
+        put_lowercase(out, name);
+        out.extend_from_slice(b":");
+        header_value(out, headers, uri, name)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The names of a `signedHeaders` list, trimmed, in their order (none for an empty list).
+fn signed_names(names: &str) -> impl Iterator<Item = &str> {
+    let names = names.trim();
+    (!names.is_empty())
+        .then_some(names)
+        .into_iter()
+        .flat_map(|n| n.split(';'))
+        .map(str::trim)
+}
+
+fn put_lowercase(out: &mut Vec<u8>, name: &str) {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        out.extend_from_slice(name.to_ascii_lowercase().as_bytes());
+    } else {
+        out.extend_from_slice(name.as_bytes());
+    }
 }
 
 /// Query pairs split on `&` (empty pairs dropped), each split at its first `=` (a bare name
 /// gets an empty value), sorted by name then value as bytes, joined as `name=value` with `&`.
 /// Nothing is decoded or re-encoded.
-fn canonical_query(query: Option<&str>) -> String {
+fn canonical_query(out: &mut Vec<u8>, query: Option<&str>) {
     let Some(query) = query else {
-        return String::new();
+        return;
     };
     let mut pairs: Vec<(&str, &str)> = query
         .split('&')
@@ -204,50 +228,78 @@ fn canonical_query(query: Option<&str>) -> String {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
     pairs.sort_unstable();
-    let mut out = String::with_capacity(query.len() + 1);
     for (i, (name, value)) in pairs.iter().enumerate() {
         if i > 0 {
-            out.push('&');
+            out.extend_from_slice(b"&");
         }
-        out.push_str(name);
-        out.push('=');
-        out.push_str(value);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"=");
+        out.extend_from_slice(value.as_bytes());
     }
-    out
 }
 
 /// Every value of header `name`, trimmed, joined with `,`. `host` falls back to the URI's
 /// authority (HTTP/2 requests carry `:authority` instead of a Host header).
-fn header_value(headers: &HeaderMap, uri: &Uri, name: &str) -> Result<String, String> {
-    let mut values = Vec::new();
-    for value in headers.get_all(name) {
-        let text = value
-            .to_str()
-            .map_err(|_| format!("signed header `{name}` is not visible ASCII"))?;
-        values.push(text.trim());
-    }
-    if values.is_empty() {
-        if name == "host"
+fn header_value(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    uri: &Uri,
+    name: &str,
+) -> Result<(), String> {
+    let mut values = headers.get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        if name.eq_ignore_ascii_case("host")
             && let Some(authority) = uri.authority()
         {
-            return Ok(authority.as_str().to_owned());
+            out.extend_from_slice(authority.as_str().as_bytes());
+            return Ok(());
         }
         return Err(format!("signed header `{name}` is not in the request"));
     }
-    Ok(values.join(","))
+    for (i, value) in values.enumerate() {
+        let text = value
+            .to_str()
+            .map_err(|_| format!("signed header `{name}` is not visible ASCII"))?;
+        if i > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(text.trim().as_bytes());
+    }
+    Ok(())
 }
 
-/// A parsed `Authorization: FG-HMAC-<alg> keyId=..., signedHeaders=..., nonce=..., signature=...`.
+/// Most headers one signature may cover. Far above what a client signs (host, a date, the
+/// body digest and a few more), and it bounds the duplicate check below.
+pub const MAX_SIGNED_HEADERS: usize = 64;
+
+/// Longest signature: the tag of HMAC-SHA512.
+const MAX_TAG_LEN: usize = 64;
+
+/// A parsed `Authorization: FG-HMAC-<alg> keyId=..., signedHeaders=..., nonce=..., signature=...`,
+/// borrowing from the header value.
 #[derive(Debug)]
-struct Authorization {
+struct Authorization<'a> {
     algorithm: HmacAlgorithm,
-    key_id: String,
-    signed: Vec<String>,
-    nonce: Option<String>,
-    signature: Vec<u8>,
+    key_id: &'a str,
+    /// The `signedHeaders` names as sent, trimmed: distinct header names, compared without
+    /// regard to case.
+    signed: Vec<&'a str>,
+    nonce: Option<&'a str>,
+    signature: [u8; MAX_TAG_LEN],
+    signature_len: usize,
 }
 
-fn parse_authorization(value: &str) -> Result<Authorization, String> {
+impl Authorization<'_> {
+    fn signs(&self, name: &str) -> bool {
+        self.signed.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    fn signature(&self) -> &[u8] {
+        &self.signature[..self.signature_len]
+    }
+}
+
+fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
     let (scheme, params) = value
         .trim()
         .split_once(' ')
@@ -280,26 +332,38 @@ fn parse_authorization(value: &str) -> Result<Authorization, String> {
     if let Some(nonce) = nonce {
         check_token("nonce", nonce, MAX_NONCE_LEN)?;
     }
-    let mut names: Vec<String> = Vec::new();
-    for name in signed.ok_or("signedHeaders is missing")?.split(';') {
-        let name = name.trim().to_ascii_lowercase();
+    let mut signed_headers: Vec<&str> = Vec::with_capacity(8);
+    for name in signed_names(signed.ok_or("signedHeaders is missing")?) {
+        if signed_headers.len() == MAX_SIGNED_HEADERS {
+            return Err(format!(
+                "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
+            ));
+        }
         if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(format!("`{name}` in signedHeaders is not a header name"));
         }
-        if names.contains(&name) {
-            return Err(format!("`{name}` is listed twice in signedHeaders"));
+        if signed_headers
+            .iter()
+            .any(|earlier| earlier.eq_ignore_ascii_case(name))
+        {
+            return Err(format!(
+                "`{}` is listed twice in signedHeaders",
+                name.to_ascii_lowercase()
+            ));
         }
-        names.push(name);
+        signed_headers.push(name);
     }
-    let signature = STANDARD
-        .decode(signature.ok_or("signature is missing")?)
-        .map_err(|_| "signature is not base64")?;
+    let mut tag = [0u8; MAX_TAG_LEN];
+    let signature_len = STANDARD
+        .decode_slice(signature.ok_or("signature is missing")?, &mut tag)
+        .map_err(|_| format!("signature is not base64 of at most {MAX_TAG_LEN} bytes"))?;
     Ok(Authorization {
         algorithm,
-        key_id: key_id.to_owned(),
-        signed: names,
-        nonce: nonce.map(str::to_owned),
-        signature,
+        key_id,
+        signed: signed_headers,
+        nonce,
+        signature: tag,
+        signature_len,
     })
 }
 
@@ -415,7 +479,7 @@ impl HmacAuth {
                 );
             }
         };
-        let Some(entry) = self.keys.get(&auth.key_id) else {
+        let Some(entry) = self.keys.get(auth.key_id) else {
             return self.unauthorized("unknown_key_id", "the key id is not known");
         };
         let Some((_, key)) = entry.keys.iter().find(|(a, _)| *a == auth.algorithm) else {
@@ -424,11 +488,7 @@ impl HmacAuth {
                 &format!("{} is not accepted here", scheme(auth.algorithm)),
             );
         };
-        if let Some(missing) = self
-            .required_headers
-            .iter()
-            .find(|h| !auth.signed.contains(h))
-        {
+        if let Some(missing) = self.required_headers.iter().find(|h| !auth.signs(h)) {
             return self.unauthorized(
                 "header_not_signed",
                 &format!("header `{missing}` must be signed"),
@@ -451,20 +511,21 @@ impl HmacAuth {
         if self.require_nonce && auth.nonce.is_none() {
             return self.unauthorized("missing_nonce", "a nonce is required");
         }
-        let canonical = match canonical_request(
+        let mut canonical = Vec::with_capacity(256);
+        if let Err(message) = canonical_request(
+            &mut canonical,
             scheme(auth.algorithm),
-            &auth.key_id,
-            auth.nonce.as_deref().unwrap_or_default(),
+            auth.key_id,
+            auth.nonce.unwrap_or_default(),
             &ctx.method,
             &ctx.uri,
             &ctx.headers,
             &auth.signed,
         ) {
-            Ok(canonical) => canonical,
-            Err(message) => return self.unauthorized("missing_signed_header", &message),
-        };
+            return self.unauthorized("missing_signed_header", &message);
+        }
         // Constant time: aws-lc compares the tags without an early exit.
-        if hmac::verify(key, canonical.as_bytes(), &auth.signature).is_err() {
+        if hmac::verify(key, &canonical, auth.signature()).is_err() {
             return self.unauthorized("invalid_signature", "the signature does not match");
         }
         if self.validate_body
@@ -472,13 +533,13 @@ impl HmacAuth {
         {
             return Verdict::Respond(answer);
         }
-        if let Some(nonce) = &auth.nonce {
+        if let Some(nonce) = auth.nonce {
             // Remembered until the request's date leaves the window: after that the date
             // check refuses a replay by itself.
             let expires = date.saturating_add(self.skew_secs).saturating_add(1);
             match self
                 .nonces
-                .check_and_insert(nonce_key(&auth.key_id, nonce), now, expires)
+                .check_and_insert(nonce_key(auth.key_id, nonce), now, expires)
             {
                 NonceCheck::Fresh => {}
                 NonceCheck::Replayed => {
@@ -510,7 +571,7 @@ impl HmacAuth {
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        if auth.signed.iter().any(|h| h == DATE_HEADER)
+        if auth.signs(DATE_HEADER)
             && let Some(value) = get(DATE_HEADER)
         {
             if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -520,7 +581,7 @@ impl HmacAuth {
                 .parse()
                 .map_err(|_| format!("`{DATE_HEADER}` must be unix seconds"));
         }
-        if auth.signed.iter().any(|h| h == "date")
+        if auth.signs("date")
             && let Some(value) = get("date")
         {
             return httpdate::parse_http_date(value)
@@ -574,7 +635,11 @@ impl HmacAuth {
         // on every request (hex digits in either case, like the text comparison it replaces).
         let mut claimed_digest = [0u8; 32];
         let matches = hex::decode_to_slice(claimed, &mut claimed_digest).is_ok()
-            && digest::digest(&digest::SHA256, body).as_ref() == claimed_digest;
+            && if body.is_empty() {
+                claimed_digest == EMPTY_BODY_SHA256
+            } else {
+                digest::digest(&digest::SHA256, body).as_ref() == claimed_digest
+            };
         if matches {
             None
         } else {
@@ -805,6 +870,24 @@ mod tests {
             outcome(p.on_request(&mut c).await),
             (StatusCode::UNAUTHORIZED, "body_digest_mismatch".into())
         );
+        // A body dropped on the way (or one added to a signed bodiless request) is caught too.
+        for (nonce, signed_body, sent) in [("n3", "{}", ""), ("n4", "", "{}")] {
+            let mut c = signed(
+                HmacAlgorithm::HmacSha256,
+                "k-partner",
+                nonce,
+                NOW,
+                signed_body,
+            );
+            c.body = BodyPrefix::Complete(Bytes::from_static(sent.as_bytes()));
+            assert_eq!(
+                outcome(p.on_request(&mut c).await),
+                (StatusCode::UNAUTHORIZED, "body_digest_mismatch".into()),
+                "signed {signed_body:?}, sent {sent:?}"
+            );
+        }
+        let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n5", NOW, "");
+        assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
         let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n2", NOW, "{}");
         c.body = BodyPrefix::Partial(Bytes::from_static(b"{}"));
         assert_eq!(
@@ -994,6 +1077,64 @@ mod tests {
         assert_eq!(c.consumer.unwrap().name, "other");
     }
 
+    #[tokio::test]
+    async fn signed_header_names_match_in_any_case_and_spacing() {
+        let state = PolicyState::default();
+        let p = plugin(&config(), &state);
+        let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n-case", NOW, "{}");
+        // The signer wrote the list lower-case; the canonical request lower-cases and trims each
+        // name, so a client that sends them as written in its code signs the same string.
+        let sent = c.headers[header::AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let shouted = sent.replace(
+            "signedHeaders=\"host;content-type;",
+            "signedHeaders=\"Host; Content-Type ;",
+        );
+        assert_ne!(sent, shouted);
+        c.headers
+            .insert(header::AUTHORIZATION, shouted.parse().unwrap());
+        assert_eq!(
+            outcome(p.on_request(&mut c).await),
+            (StatusCode::OK, String::new())
+        );
+    }
+
+    #[test]
+    fn signed_header_lists_and_signatures_are_bounded() {
+        let names: Vec<String> = (0..=MAX_SIGNED_HEADERS)
+            .map(|i| format!("x-h{i}"))
+            .collect();
+        let long = format!(
+            "FG-HMAC-SHA256 keyId=a, signedHeaders=\"{}\", signature=AA==",
+            names.join(";")
+        );
+        let err = parse_authorization(&long).unwrap_err();
+        assert!(err.contains("more than 64 headers"), "{err}");
+        let fits = long.replacen("x-h0;", "", 1);
+        assert!(parse_authorization(&fits).is_ok());
+
+        let tag = STANDARD.encode([7u8; MAX_TAG_LEN + 1]);
+        let err = parse_authorization(&format!(
+            "FG-HMAC-SHA512 keyId=a, signedHeaders=host, signature={tag}"
+        ))
+        .unwrap_err();
+        assert!(err.contains("at most 64 bytes"), "{err}");
+        let dup =
+            parse_authorization("FG-HMAC-SHA256 keyId=a, signedHeaders=Host;host, signature=AA==")
+                .unwrap_err();
+        assert!(dup.contains("`host` is listed twice"), "{dup}");
+    }
+
+    #[test]
+    fn the_empty_body_digest_is_sha256_of_nothing() {
+        assert_eq!(
+            digest::digest(&digest::SHA256, b"").as_ref(),
+            EMPTY_BODY_SHA256
+        );
+    }
+
     #[test]
     fn the_canonical_request_is_stable() {
         let uri: Uri = "/p/a%20b?z=1&a=2&a=1&flag".parse().unwrap();
@@ -1001,18 +1142,20 @@ mod tests {
         headers.insert(DATE_HEADER, "1800000000".parse().unwrap());
         headers.append("x-multi", " one ".parse().unwrap());
         headers.append("x-multi", "two".parse().unwrap());
-        let canonical = canonical_request(
+        let mut canonical = Vec::new();
+        canonical_request(
+            &mut canonical,
             "FG-HMAC-SHA256",
             "kid",
             "nonce",
             &Method::GET,
             &uri,
             &headers,
-            &[DATE_HEADER.to_owned(), "x-multi".to_owned()],
+            &["X-Fleetgate-Date", "x-multi"],
         )
         .unwrap();
         assert_eq!(
-            canonical,
+            String::from_utf8(canonical).unwrap(),
             "FG-HMAC-SHA256\nkid\nnonce\nGET\n/p/a%20b\na=1&a=2&flag=&z=1\n\
              x-fleetgate-date;x-multi\nx-fleetgate-date:1800000000\nx-multi:one,two"
         );
@@ -1045,7 +1188,9 @@ mod tests {
             "FG-HMAC-SHA256 keyId=\"a\", signedHeaders=\"Host;X-Y\", signature=\"AA==\", v=2",
         )
         .unwrap();
-        assert_eq!(ok.signed, ["host", "x-y"]);
+        assert_eq!(ok.signed, ["Host", "X-Y"]);
+        assert!(ok.signs("x-y") && ok.signs("host") && !ok.signs("date"));
+        assert_eq!(ok.signature(), [0]);
         assert_eq!(ok.nonce, None);
     }
 }
