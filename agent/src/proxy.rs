@@ -28,7 +28,9 @@ use crate::generation::Generation;
 use crate::headers;
 use crate::inbound::Inbound;
 use crate::telemetry::AccessRecord;
-use crate::upstream::{Endpoint, InFlight, Outcome, ServiceRuntime, UpstreamBody};
+use crate::upstream::{
+    ClientError, Endpoint, InFlight, Outcome, PooledBody, ServiceRuntime, UpstreamBody,
+};
 use crate::{BoxError, ResponseBody};
 use fleetgate_agent_policy::{BodyPrefix, RequestCtx};
 
@@ -507,7 +509,7 @@ async fn forward_request(
             body.take(),
             service,
         )?;
-        let sent = service.client.request(request);
+        let sent = service.client.send(&endpoint.authority, request);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
                 Ok(result) => result.map_err(|e| classify(service, &endpoint, e)),
@@ -587,24 +589,8 @@ fn retry_on_status(list: &[RetryOn], status: StatusCode) -> bool {
     retry_on(list, condition)
 }
 
-fn classify(
-    service: &ServiceRuntime,
-    endpoint: &Endpoint,
-    error: hyper_util::client::legacy::Error,
-) -> ProxyError {
-    // The client's own message is generic ("client error (Connect)"); the causes below it say
-    // what happened ("tcp connect error: Connection refused (os error 111)").
-    let mut causes = Vec::new();
-    let mut cause = std::error::Error::source(&error);
-    while let Some(e) = cause {
-        causes.push(e.to_string());
-        cause = e.source();
-    }
-    let reason = if causes.is_empty() {
-        error.to_string()
-    } else {
-        causes.join(": ")
-    };
+fn classify(service: &ServiceRuntime, endpoint: &Endpoint, error: ClientError) -> ProxyError {
+    let reason = error.reason();
     if error.is_connect() {
         ProxyError::Connect {
             service: service.name.clone(),
@@ -628,16 +614,12 @@ fn upstream_request(
     body: UpstreamBody,
     service: &ServiceRuntime,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::Upstream {
-            service: service.name.clone(),
-            endpoint: endpoint.address.clone(),
-            reason: format!("bad upstream URI: {e}"),
-        })?;
+    // Origin form: the client adds the endpoint's authority where the protocol wants it.
+    let uri = Uri::try_from(path_and_query).map_err(|e| ProxyError::Upstream {
+        service: service.name.clone(),
+        endpoint: endpoint.address.clone(),
+        reason: format!("bad upstream URI: {e}"),
+    })?;
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
@@ -655,7 +637,7 @@ fn upstream_request(
 
 fn finish_response(
     gateway: &Arc<Gateway>,
-    mut response: Response<Incoming>,
+    mut response: Response<PooledBody>,
     in_flight: InFlight,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     idle: Option<Duration>,
@@ -750,7 +732,7 @@ fn send_mirror(
     tokio::spawn(async move {
         // The mirror's answer is ignored; only a bounded wait so a stuck mirror cannot pile up tasks.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            if let Ok(response) = target.client.request(request).await {
+            if let Ok(response) = target.client.send(&endpoint.authority, request).await {
                 let _ = response.into_body().collect().await;
             }
         })
@@ -761,7 +743,7 @@ fn send_mirror(
 /// An upstream response body that keeps its endpoint's in-flight count raised until the
 /// body ends or the client goes away.
 struct InFlightBody {
-    inner: Incoming,
+    inner: PooledBody,
     _in_flight: Option<InFlight>,
     /// The route's idle timeout and the timer re-armed by every frame.
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,

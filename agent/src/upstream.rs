@@ -9,10 +9,12 @@
 mod clients;
 mod connector;
 mod health;
+mod pool;
 mod service;
 
 pub use clients::{HttpClient, UpstreamBody, UpstreamClients};
 pub use connector::{UpstreamConnector, UpstreamStream};
+pub use pool::{ClientError, Http1Pool, PooledBody};
 pub use service::{Endpoint, InFlight, Outcome, ServiceRuntime};
 
 use std::sync::OnceLock;

@@ -2,21 +2,74 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use fleetgate_shared::model::{ServiceSpec, UpstreamProtocol};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::connector::UpstreamConnector;
+use super::pool::{ClientError, Http1Pool, PooledBody};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::BoxError;
 
 /// The body type sent upstream: the client's streamed body, or an empty one.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-/// A pooled HTTP client (HTTP/1.1 or HTTP/2, plain or TLS) towards upstream endpoints.
-pub type HttpClient = Client<UpstreamConnector, UpstreamBody>;
+
+/// A pooled HTTP client (plain or TLS) towards upstream endpoints: our own HTTP/1.1 pool, or
+/// hyper-util's client for HTTP/2 (one multiplexed connection per endpoint).
+#[derive(Clone, Debug)]
+pub enum HttpClient {
+    Http1(Arc<Http1Pool>),
+    Http2(Arc<Client<UpstreamConnector, UpstreamBody>>),
+}
+
+impl HttpClient {
+    /// Sends `request`, whose URI is in origin form (path and query), to `authority`.
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, ClientError> {
+        match self {
+            HttpClient::Http1(pool) => pool.send(authority, request).await,
+            HttpClient::Http2(client) => {
+                let (mut parts, body) = request.into_parts();
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority.clone());
+                parts.uri = Uri::from_parts(uri).map_err(|e| ClientError::Request(Box::new(e)))?;
+                match client.request(Request::from_parts(parts, body)).await {
+                    Ok(response) => Ok(response.map(PooledBody::unpooled)),
+                    // The client's own message is generic ("client error (Connect)"); its
+                    // causes say what happened.
+                    Err(e) if e.is_connect() => Err(ClientError::Connect(causes(&e).into())),
+                    Err(e) => Err(ClientError::Request(causes(&e).into())),
+                }
+            }
+        }
+    }
+}
+
+/// What caused `error`, innermost last, or its own message when it has no cause.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        parts.push(e.to_string());
+        cause = e.source();
+    }
+    if parts.is_empty() {
+        error.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
 
 /// TCP connect timeout when a service does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,10 +144,19 @@ fn build(key: &ClientKey, spec: &ServiceSpec) -> Result<HttpClient, String> {
     http.set_nodelay(true);
     http.enforce_http(true);
     let connector = UpstreamConnector::new(http, spec.tls.as_ref(), spec.protocol)?;
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_millis(key.idle_timeout_ms))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(key.http2)
-        .build(connector))
+    let idle_timeout = Duration::from_millis(key.idle_timeout_ms);
+    if !key.http2 {
+        return Ok(HttpClient::Http1(Arc::new(Http1Pool::new(
+            connector,
+            idle_timeout,
+        ))));
+    }
+    Ok(HttpClient::Http2(Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector),
+    )))
 }

@@ -25,9 +25,9 @@ pub(super) fn spawn(
             let check = &check;
             let probes = service.endpoints.iter().map(|endpoint| {
                 let client = service.client.clone();
-                let uri = format!("http://{}{}", endpoint.address, check.path);
+                let path = check.path.clone();
                 async move {
-                    let request = http::Request::get(uri)
+                    let request = http::Request::get(path)
                         .header(http::header::USER_AGENT, "fleetgate-health-check")
                         .body(
                             Empty::<Bytes>::new()
@@ -37,7 +37,7 @@ pub(super) fn spawn(
                     let ok = match request {
                         Ok(request) => match tokio::time::timeout(
                             check.timeout.to_std(),
-                            client.request(request),
+                            client.send(&endpoint.authority, request),
                         )
                         .await
                         {
