@@ -117,13 +117,24 @@ pub fn add_forwarded(
     }
 }
 
-/// The request's id: the client's `X-Request-Id` when it sent a sane one, else a new random
-/// 128-bit id in hex.
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() && id.len() <= 128 => id.to_owned(),
-        _ => format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+/// The request's id, as the header value sent upstream and back to the client: the client's
+/// `X-Request-Id` when it sent a sane one (1–128 visible ASCII characters), else a new random
+/// 128-bit id in hex. Made once per request and cloned (a reference count) where it goes.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID)
+        && (1..=128).contains(&id.len())
+        && id.to_str().is_ok()
+    {
+        return id.clone();
     }
+    // Formatted on the stack: two random words, 16 lower-case hex digits each.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let bits = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Applies a route's header edits in the order remove → set → add.
@@ -164,6 +175,34 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_sane_client_request_id_is_kept_and_anything_else_replaced_by_128_random_bits() {
+        let kept = request_id(&map(&[("x-request-id", "order-42/retry-1")]));
+        assert_eq!(kept, "order-42/retry-1");
+        let too_long = "a".repeat(129);
+        let mut odd = HeaderMap::new();
+        odd.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        for headers in [
+            HeaderMap::new(),
+            map(&[("x-request-id", "")]),
+            map(&[("x-request-id", &too_long)]),
+            odd,
+        ] {
+            let id = request_id(&headers);
+            let id = id.to_str().unwrap();
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        let (a, b) = (request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+        assert_ne!(a, b, "fresh ids differ");
     }
 
     #[test]

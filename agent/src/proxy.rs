@@ -54,6 +54,8 @@ pub async fn handle(
     let started = Instant::now();
     let generation = gateway.current();
     let request_id = headers::request_id(req.headers());
+    // Visible ASCII by construction (see `headers::request_id`).
+    let id = request_id.to_str().unwrap_or_default();
     let host = request_host(&req);
     let mut record = AccessRecord::new(
         &request_id,
@@ -79,16 +81,14 @@ pub async fn handle(
         Err(error) => {
             record.error = Some(error.code());
             if error.source() != crate::error::Source::Client {
-                tracing::debug!(request_id = %request_id, "{error}");
+                tracing::debug!(request_id = id, "{error}");
             }
-            error.into_response(&request_id)
+            error.into_response(id)
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response
-            .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), value);
-    }
+    response
+        .headers_mut()
+        .insert(headers::X_REQUEST_ID.clone(), request_id);
     record.status = response.status().as_u16();
     record.headers_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (parts, body) = response.into_parts();
@@ -121,7 +121,7 @@ async fn route(
     generation: &Arc<Generation>,
     conn: ConnInfo,
     host: &str,
-    request_id: &str,
+    request_id: &HeaderValue,
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -385,7 +385,7 @@ async fn forward_request(
     generation: &Arc<Generation>,
     conn: ConnInfo,
     host: &str,
-    request_id: &str,
+    request_id: &HeaderValue,
     matched: &Matched<'_>,
     forward: &Forward,
     backends: &[Backend],
@@ -425,9 +425,7 @@ async fn forward_request(
         conn.tls,
         client_host.as_ref(),
     );
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        upstream_headers.insert(headers::X_REQUEST_ID.clone(), value);
-    }
+    upstream_headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     let host_header = match route
         .spec
         .filters
@@ -541,7 +539,7 @@ async fn forward_request(
                     && retries.is_some_and(|r| retry_on_status(r.retry_on.as_slice(), status))
                     && spend_retry()
                 {
-                    tracing::debug!(request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
+                    tracing::debug!(request_id = ?request_id, endpoint = %endpoint.address, %status, attempt, "retrying");
                     tried.push(endpoint.clone());
                     continue;
                 }
@@ -565,7 +563,7 @@ async fn forward_request(
                     _ => false,
                 };
                 if may_retry_again && retryable_kind && spend_retry() {
-                    tracing::debug!(request_id, "{error}; retrying (attempt {attempt})");
+                    tracing::debug!(request_id = ?request_id, "{error}; retrying (attempt {attempt})");
                     tried.push(endpoint.clone());
                     continue;
                 }

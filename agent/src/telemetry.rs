@@ -40,7 +40,7 @@ pub fn init_logging(format: LogFormat) {
 #[derive(Debug)]
 pub struct AccessRecord {
     pub ts_ms: u128,
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     pub client: SocketAddr,
     pub method: http::Method,
     /// Host and path: only when the access log is on.
@@ -90,7 +90,7 @@ struct AccessLine<'a> {
 impl AccessRecord {
     /// Starts the record of a request. `detailed` keeps host and path for the access log.
     pub fn new(
-        request_id: &str,
+        request_id: &http::HeaderValue,
         client: SocketAddr,
         method: &http::Method,
         host: &str,
@@ -102,7 +102,7 @@ impl AccessRecord {
             ts_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
-            request_id: request_id.to_owned(),
+            request_id: request_id.clone(),
             client,
             method: method.clone(),
             target: detailed.then(|| (host.to_owned(), uri.path().to_owned())),
@@ -132,7 +132,7 @@ impl AccessRecord {
             .map_or(("", ""), |(h, p)| (h.as_str(), p.as_str()));
         let line = AccessLine {
             ts_ms: self.ts_ms,
-            request_id: &self.request_id,
+            request_id: self.request_id.to_str().unwrap_or_default(),
             client: self.client,
             method: self.method.as_str(),
             host,
