@@ -128,7 +128,9 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout(authority) {
                 Some(sender) => (sender, true),
-                None => (self.connect(authority).await?, false),
+                // Boxed: connecting is rare, and its future (connector, TLS handshake, HTTP
+                // handshake) would otherwise make every request's future kilobytes larger.
+                None => (Box::pin(self.connect(authority)).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
