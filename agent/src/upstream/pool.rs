@@ -12,7 +12,9 @@
 //! short: a body dropped before its end leaves the connection to hyper, which closes it. A
 //! request that finds its pooled connection closed by the upstream before a byte was written
 //! (the upstream's idle timeout racing our reuse) is sent on another connection: the request
-//! was not seen by anyone, so this is safe for any method.
+//! was not seen by anyone, so this is safe for any method. When the request was already
+//! written as the close arrived, only an idempotent request without a body is sent again, and
+//! only when the connection had been idle long enough to be suspected ([`MAY_BE_STALE_AFTER`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -37,6 +40,53 @@ use crate::BoxError;
 /// Idle connections kept per authority; more are closed as they come back. Far above what one
 /// agent keeps busy towards one endpoint, it bounds the sockets a burst can leave open.
 const MAX_IDLE_PER_AUTHORITY: usize = 512;
+
+/// A pooled connection idle at least this long may be closing under the request that reuses it:
+/// upstream servers close idle keep-alive connections after their own timeout, commonly 2 to
+/// 75 s and rarely under a second. Requests on such a connection keep a copy to send again.
+/// Below it the copy (a header map clone) is not worth its cost on every request.
+const MAY_BE_STALE_AFTER: Duration = Duration::from_millis(500);
+
+/// What is needed to send an idempotent, bodiless request again.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<UpstreamBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *request.method(),
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+        (idempotent && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<UpstreamBody> {
+        let mut request = Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
 
 /// Why an upstream request failed.
 #[derive(Debug)]
@@ -126,46 +176,75 @@ impl Http1Pool {
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
         loop {
-            let (mut sender, reused) = match self.checkout(authority) {
-                Some(sender) => (sender, true),
+            let (mut sender, idle_for) = match self.checkout(authority) {
+                Some((sender, idle_for)) => (sender, Some(idle_for)),
                 // Boxed: connecting is rare, and its future (connector, TLS handshake, HTTP
                 // handshake) would otherwise make every request's future kilobytes larger.
-                None => (Box::pin(self.connect(authority)).await?, false),
+                None => (Box::pin(self.connect(authority)).await?, None),
             };
+            // A connection that sat idle may be one the upstream is closing right now (its own
+            // idle timeout); if the request can be sent again safely, keep what is needed to.
+            let replay = idle_for
+                .filter(|idle| *idle >= MAY_BE_STALE_AFTER)
+                .and_then(|_| Replay::of(&request));
             match sender.try_send_request(request).await {
-                Ok(response) => {
-                    // After a protocol switch the connection belongs to the tunnel.
-                    let give_back =
-                        (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
-                            pool: Arc::downgrade(&self.inner),
-                            authority: authority.clone(),
-                            sender,
-                        });
-                    return Ok(response.map(|body| PooledBody { body, give_back }));
-                }
-                Err(mut error) => match error.take_message() {
+                Ok(response) => return Ok(self.pooled(authority, sender, response)),
+                Err(mut error) => match (error.take_message(), replay) {
                     // Closed before the request was written: nobody saw it, so another
                     // connection may carry it. A fresh connection failing this way is an
                     // upstream that accepts and closes: report it.
-                    Some(unsent) if reused => request = unsent,
+                    (Some(unsent), _) if idle_for.is_some() => request = unsent,
+                    // Written, but the connection failed before any response: on a
+                    // connection that was idle, the upstream most likely closed it as the
+                    // request went out. An idempotent request without a body is sent again,
+                    // once, on a new connection (RFC 9110 9.2.2); nginx does the same for its
+                    // cached upstream connections.
+                    (None, Some(replay)) => {
+                        let error = error.into_error();
+                        tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
+                        let mut fresh = Box::pin(self.connect(authority)).await?;
+                        let response = fresh
+                            .send_request(replay.into_request())
+                            .await
+                            .map_err(|e| ClientError::Request(Box::new(e)))?;
+                        return Ok(self.pooled(authority, fresh, response));
+                    }
                     _ => return Err(ClientError::Request(Box::new(error.into_error()))),
                 },
             }
         }
     }
 
-    /// The most recently used idle connection to `authority` that is still open.
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
+    /// The response, with its body holding the connection until it ends. After a protocol
+    /// switch the connection belongs to the tunnel and never returns.
+    fn pooled(
+        &self,
+        authority: &Authority,
+        sender: SendRequest<UpstreamBody>,
+        response: Response<Incoming>,
+    ) -> Response<PooledBody> {
+        let give_back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
+            pool: Arc::downgrade(&self.inner),
+            authority: authority.clone(),
+            sender,
+        });
+        response.map(|body| PooledBody { body, give_back })
+    }
+
+    /// The most recently used idle connection to `authority` that is still open, and how long
+    /// it was idle.
+    fn checkout(&self, authority: &Authority) -> Option<(SendRequest<UpstreamBody>, Duration)> {
         loop {
             let Idle { sender, since } = {
                 let mut idle = self.inner.idle.lock();
                 idle.get_mut(authority)?.pop_back()?
             };
-            if sender.is_closed() || since.elapsed() >= self.inner.idle_timeout {
+            let idle_for = since.elapsed();
+            if sender.is_closed() || idle_for >= self.inner.idle_timeout {
                 continue;
             }
             if sender.is_ready() {
-                return Some(sender);
+                return Some((sender, idle_for));
             }
             // Still busy: its response ended before its request body did (an upstream that
             // answered early). It comes back when done; this request looks further.
@@ -358,5 +437,155 @@ impl Drop for PooledBody {
         if self.body.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use fleetgate_shared::model::UpstreamProtocol;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    use super::*;
+
+    fn pool() -> Http1Pool {
+        let connector =
+            UpstreamConnector::new(HttpConnector::new(), None, UpstreamProtocol::Http1).unwrap();
+        Http1Pool::new(connector, Duration::from_secs(90))
+    }
+
+    fn get() -> Request<UpstreamBody> {
+        Request::get("/")
+            .header(http::header::HOST, "pool.test")
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap()
+    }
+
+    /// Reads one request head from a blocking socket and answers it.
+    fn answer(socket: &mut std::net::TcpStream, body: &str) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(socket.read(&mut byte).unwrap(), 1, "request head cut short");
+            head.push(byte[0]);
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).unwrap();
+    }
+
+    fn idle_count(pool: &Http1Pool) -> usize {
+        pool.inner.idle.lock().values().map(VecDeque::len).sum()
+    }
+
+    /// The race an upstream's idle timeout sets up: a connection idle for `idle`, closed by the
+    /// upstream just as `second` takes it from the pool. Returns the second request's outcome
+    /// and how many connections the upstream accepted.
+    async fn upstream_closes_as_the_connection_is_reused(
+        idle: Duration,
+        second: Request<UpstreamBody>,
+    ) -> (Result<Bytes, ClientError>, usize) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let (close_tx, close_rx) = mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = mpsc::channel::<()>();
+        let upstream = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            answer(&mut first, "one");
+            close_rx.recv().unwrap();
+            drop(first);
+            closed_tx.send(()).unwrap();
+            // A second connection, if the agent opens one, is answered.
+            listener.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok((mut second, _)) = listener.accept() {
+                    second.set_nonblocking(false).unwrap();
+                    answer(&mut second, "two");
+                    return 2;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            1
+        });
+
+        let pool = pool();
+        let response = pool.send(&authority, get()).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "one");
+        for _ in 0..100 {
+            if idle_count(&pool) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(idle_count(&pool), 1, "the connection went back to the pool");
+        tokio::time::sleep(idle).await;
+
+        // The upstream closes; the agent's connection task does not run between this and the
+        // checkout, so the pool still holds the connection as open when the request takes it.
+        close_tx.send(()).unwrap();
+        closed_rx.recv().unwrap();
+        let outcome = match pool.send(&authority, second).await {
+            Ok(response) => Ok(response.into_body().collect().await.unwrap().to_bytes()),
+            Err(e) => Err(e),
+        };
+        (outcome, upstream.join().unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idempotent_request_on_a_connection_closed_as_it_was_reused_is_sent_again() {
+        let (outcome, accepted) =
+            upstream_closes_as_the_connection_is_reused(Duration::from_millis(600), get()).await;
+        assert_eq!(outcome.unwrap(), "two");
+        assert_eq!(accepted, 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_with_a_body_is_never_sent_twice() {
+        let post = Request::post("/orders")
+            .header(http::header::HOST, "pool.test")
+            .body(
+                http_body_util::Full::new(Bytes::from_static(b"{}"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+        let (outcome, accepted) =
+            upstream_closes_as_the_connection_is_reused(Duration::from_millis(600), post).await;
+        let error = outcome.unwrap_err();
+        assert!(!error.is_connect(), "{error}");
+        assert_eq!(
+            accepted, 1,
+            "the upstream may have seen the request: not repeated"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_reused_at_once_is_not_suspected() {
+        // Reused within a few milliseconds, a connection is not one an idle timeout closes:
+        // no copy is kept, and a failure there is the upstream's to report.
+        let (outcome, accepted) =
+            upstream_closes_as_the_connection_is_reused(Duration::ZERO, get()).await;
+        assert!(outcome.is_err());
+        assert_eq!(accepted, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_connection_is_a_connect_error_with_its_cause() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        drop(listener);
+        let error = pool().send(&authority, get()).await.unwrap_err();
+        assert!(error.is_connect(), "{error}");
+        assert!(error.reason().contains("refused"), "{error}");
     }
 }
