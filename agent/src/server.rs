@@ -135,7 +135,11 @@ async fn serve_tls(
             return;
         }
     };
-    let service = service_fn(move |req| proxy::handle(gateway.clone(), conn, req));
+    // Boxed on TLS connections, where HTTP/2 is negotiated: hyper spawns a task per HTTP/2
+    // stream and moves the request's future into it, and `handle`'s future is ~4 KB; a box
+    // makes that a pointer (+3 % h2 req/s over 8 paired rounds, TLS HTTP/1.1 unchanged). Plain
+    // connections, nearly always HTTP/1.1 (whose future hyper keeps in place), stay unboxed.
+    let service = service_fn(move |req| Box::pin(proxy::handle(gateway.clone(), conn, req)));
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
         .into_owned();
