@@ -268,7 +268,7 @@ async fn run_policies(
         answer.headers_mut().extend(ctx.response_headers);
         return Err(answer);
     }
-    record.consumer = ctx.consumer.as_ref().map(|c| c.name.clone());
+    record.consumer = ctx.consumer.clone();
     parts.headers = ctx.headers;
     // Only the query of a policy's URI change is honoured: the path was routed already.
     if ctx.uri.query() != parts.uri.query() {

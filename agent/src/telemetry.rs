@@ -49,7 +49,7 @@ pub struct AccessRecord {
     /// The matched route's counters (which carry its name).
     pub route: Option<Arc<RouteStats>>,
     /// The authenticated consumer, when an auth policy identified one.
-    pub consumer: Option<String>,
+    pub consumer: Option<Arc<fleetgate_agent_policy::ConsumerEntry>>,
     /// The policy that answered the request itself (denied, limited, challenged).
     pub policy: Option<String>,
     pub upstream: Option<Arc<Endpoint>>,
@@ -139,7 +139,7 @@ impl AccessRecord {
             path,
             protocol: self.protocol,
             route: self.route.as_ref().map(|r| &*r.name),
-            consumer: self.consumer.as_deref(),
+            consumer: self.consumer.as_ref().map(|c| c.name.as_str()),
             policy: self.policy.as_deref(),
             upstream: self.upstream.as_ref().map(|e| e.address.as_str()),
             attempts: self.attempts,

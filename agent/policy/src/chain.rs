@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 
 use crate::context::{RequestCtx, Verdict};
 use crate::plugin::Plugin;
@@ -55,17 +55,9 @@ impl Chain {
                 });
             }
         }
-        if let Some(consumer) = ctx.consumer.clone() {
-            if let Ok(value) = HeaderValue::from_str(&consumer.name) {
-                ctx.headers.insert(CONSUMER_HEADER, value);
-            }
-            for (name, value) in &consumer.headers {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) {
-                    ctx.headers.insert(name, value);
-                }
+        if let Some(consumer) = &ctx.consumer {
+            for (name, value) in consumer.request_headers() {
+                ctx.headers.insert(name.clone(), value.clone());
             }
         }
         None

@@ -5,7 +5,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fleetgate_shared::model::Rate;
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+
+use crate::chain::CONSUMER_HEADER;
 
 /// A consumer as plugins see it: who the caller is, what to tell the upstream, and its own
 /// rate-limit overrides by policy name.
@@ -14,6 +17,40 @@ pub struct ConsumerEntry {
     pub name: String,
     pub headers: BTreeMap<String, String>,
     pub rate_limits: BTreeMap<String, Rate>,
+    /// What an identified request carries upstream: [`CONSUMER_HEADER`] with the name, then
+    /// `headers`, parsed once here rather than per request (names or values that are not
+    /// valid in HTTP are left out, as validation already reports them).
+    request_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ConsumerEntry {
+    pub fn new(
+        name: String,
+        headers: BTreeMap<String, String>,
+        rate_limits: BTreeMap<String, Rate>,
+    ) -> Self {
+        let named = HeaderValue::from_str(&name)
+            .ok()
+            .map(|value| (CONSUMER_HEADER, value));
+        let extra = headers.iter().filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        });
+        let request_headers = named.into_iter().chain(extra).collect();
+        Self {
+            name,
+            headers,
+            rate_limits,
+            request_headers,
+        }
+    }
+
+    /// The headers an identified request carries upstream, in the order they are set.
+    pub fn request_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.request_headers
+    }
 }
 
 /// What the proxy read of the request body before running the chain.

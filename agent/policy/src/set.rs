@@ -32,11 +32,11 @@ impl Consumers {
             let Spec::Consumer(spec) = &resource.spec else {
                 continue;
             };
-            let entry = Arc::new(ConsumerEntry {
-                name: resource.name.clone(),
-                headers: spec.headers.clone(),
-                rate_limits: spec.rate_limits.clone(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                resource.name.clone(),
+                spec.headers.clone(),
+                spec.rate_limits.clone(),
+            ));
             let creds = &spec.credentials;
             for key in &creds.keys {
                 consumers.by_key.insert(key.clone(), entry.clone());

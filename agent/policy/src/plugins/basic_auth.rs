@@ -253,11 +253,11 @@ mod tests {
         let mut consumers = Consumers::default();
         let iterations = NonZeroU32::new(1_000).unwrap();
         for (name, user, pass) in [("ops", "ops", "s3cret:with:colons"), ("sup", "sup", "pw")] {
-            let entry = Arc::new(ConsumerEntry {
-                name: name.into(),
-                headers: BTreeMap::new(),
-                rate_limits: BTreeMap::new(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                name.into(),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ));
             consumers.by_basic_user.insert(
                 user.into(),
                 (password::hash(pass, b"saltsalt", iterations), entry),

@@ -757,11 +757,11 @@ mod tests {
     fn consumers() -> Arc<Consumers> {
         let mut consumers = Consumers::default();
         for (name, key_id) in [("partner", "k-partner"), ("other", "k-other")] {
-            let entry = Arc::new(ConsumerEntry {
-                name: name.into(),
-                headers: BTreeMap::new(),
-                rate_limits: BTreeMap::new(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                name.into(),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ));
             consumers
                 .by_hmac_key
                 .insert(key_id.into(), (SECRET.into(), entry.clone()));

@@ -672,11 +672,11 @@ mod tests {
     fn consumers() -> Arc<Consumers> {
         let mut consumers = Consumers::default();
         for (name, subject) in [("alice-co", "alice"), ("bob-co", "bob")] {
-            let entry = Arc::new(ConsumerEntry {
-                name: name.into(),
-                headers: BTreeMap::new(),
-                rate_limits: BTreeMap::new(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                name.into(),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ));
             consumers
                 .by_jwt_subject
                 .insert(subject.into(), entry.clone());

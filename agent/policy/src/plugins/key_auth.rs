@@ -89,11 +89,11 @@ mod tests {
     fn consumers() -> Arc<Consumers> {
         let mut consumers = Consumers::default();
         for (name, key) in [("alice", "alice-key-1"), ("bob", "bob-key-1")] {
-            let entry = Arc::new(ConsumerEntry {
-                name: name.into(),
-                headers: BTreeMap::new(),
-                rate_limits: BTreeMap::new(),
-            });
+            let entry = Arc::new(ConsumerEntry::new(
+                name.into(),
+                BTreeMap::new(),
+                BTreeMap::new(),
+            ));
             consumers.by_key.insert(key.into(), entry.clone());
             consumers.by_name.insert(name.into(), entry);
         }

@@ -658,11 +658,11 @@ mod tests {
         let plugin = KeyRateLimit::build("limit", &cfg, &state).unwrap();
         assert_eq!(burst(&plugin, "small", 10).await, 2);
         assert_eq!(burst(&plugin, "big", 10).await, 6);
-        let consumer = Arc::new(ConsumerEntry {
-            name: "initech".into(),
-            headers: BTreeMap::new(),
-            rate_limits: BTreeMap::from([("limit".to_owned(), rate(4, 1_000))]),
-        });
+        let consumer = Arc::new(ConsumerEntry::new(
+            "initech".into(),
+            BTreeMap::new(),
+            BTreeMap::from([("limit".to_owned(), rate(4, 1_000))]),
+        ));
         let mut passed = 0;
         for _ in 0..10 {
             let mut c = tenant_ctx("big-consumer");
@@ -682,11 +682,11 @@ mod tests {
             panic!("no consumer: rejected");
         };
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        let consumer = Arc::new(ConsumerEntry {
-            name: "initech".into(),
-            headers: BTreeMap::new(),
-            rate_limits: BTreeMap::new(),
-        });
+        let consumer = Arc::new(ConsumerEntry::new(
+            "initech".into(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ));
         let mut c = tenant_ctx("x");
         c.consumer = Some(consumer.clone());
         assert!(allowed(&plugin, c).await);
