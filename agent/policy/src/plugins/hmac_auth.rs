@@ -1127,6 +1127,59 @@ mod tests {
         assert!(dup.contains("`host` is listed twice"), "{dup}");
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers Ok or Err, and what it accepts holds
+        /// the invariants the verifier relies on.
+        #[test]
+        fn any_authorization_header_parses_or_is_refused(value in "\\PC{0,300}") {
+            if let Ok(auth) = parse_authorization(&value) {
+                proptest::prop_assert!(check_token("key id", auth.key_id, MAX_KEY_ID_LEN).is_ok());
+                proptest::prop_assert!(auth.signed.len() <= MAX_SIGNED_HEADERS);
+                for (i, name) in auth.signed.iter().enumerate() {
+                    proptest::prop_assert!(!auth.signed[..i].iter().any(|n| n.eq_ignore_ascii_case(name)));
+                }
+                proptest::prop_assert!(auth.signature().len() <= MAX_TAG_LEN);
+            }
+        }
+
+        /// Headers that look almost right: the scheme and parameter names are kept, the
+        /// values are arbitrary.
+        #[test]
+        fn near_miss_authorization_headers_never_panic(
+            key in "\\PC{0,40}",
+            names in "[A-Za-z0-9;, \"-]{0,80}",
+            signature in "[A-Za-z0-9+/=\"]{0,120}",
+            nonce in proptest::option::of("\\PC{0,40}"),
+        ) {
+            let nonce = nonce.map(|n| format!(", nonce=\"{n}\"")).unwrap_or_default();
+            let value = format!(
+                "FG-HMAC-SHA512 keyId=\"{key}\", signedHeaders=\"{names}\"{nonce}, signature=\"{signature}\""
+            );
+            let _ = parse_authorization(&value);
+        }
+
+        /// What `sign` writes, the verifier parses back to the same key, names and tag size.
+        #[test]
+        fn a_signed_header_parses_back(key in "[a-z0-9-]{1,20}", extra in proptest::collection::vec("x-[a-z]{1,8}", 0..5)) {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", "api.example.com".parse().unwrap());
+            let mut signed: Vec<&str> = vec!["host"];
+            for name in &extra {
+                if !signed.contains(&name.as_str()) {
+                    headers.insert(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), "v".parse().unwrap());
+                    signed.push(name);
+                }
+            }
+            let credentials = Credentials { algorithm: HmacAlgorithm::HmacSha384, key_id: &key, secret: b"s" };
+            let value = sign(&credentials, "", &Method::GET, &"/".parse().unwrap(), &headers, &signed).unwrap();
+            let auth = parse_authorization(&value).unwrap();
+            proptest::prop_assert_eq!(auth.key_id, key.as_str());
+            proptest::prop_assert_eq!(&auth.signed, &signed);
+            proptest::prop_assert_eq!(auth.signature().len(), 48);
+            proptest::prop_assert_eq!(auth.algorithm, HmacAlgorithm::HmacSha384);
+        }
+    }
+
     #[test]
     fn the_empty_body_digest_is_sha256_of_nothing() {
         assert_eq!(
