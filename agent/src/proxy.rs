@@ -612,8 +612,14 @@ fn upstream_request(
     body: UpstreamBody,
     service: &ServiceRuntime,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
-    // Origin form: the client adds the endpoint's authority where the protocol wants it.
-    let uri = Uri::try_from(path_and_query).map_err(|e| ProxyError::Upstream {
+    // Origin form: the client adds the endpoint's authority where the protocol wants it. A
+    // regex rewrite may produce a path without its leading slash; the request target needs one.
+    let uri = if path_and_query.starts_with('/') {
+        Uri::try_from(path_and_query)
+    } else {
+        Uri::try_from(format!("/{path_and_query}"))
+    };
+    let uri = uri.map_err(|e| ProxyError::Upstream {
         service: service.name.clone(),
         endpoint: endpoint.address.clone(),
         reason: format!("bad upstream URI: {e}"),

@@ -556,3 +556,29 @@ async fn a_subset_reaches_only_its_labelled_endpoints() {
         "round robin over the green endpoints only"
     );
 }
+
+#[tokio::test]
+async fn a_regex_rewrite_that_drops_the_leading_slash_still_reaches_the_backend() {
+    support::init_tracing();
+    let backend = Backend::start("a").await;
+    let config = format!(
+        r#"
+kind: Service
+name: s
+spec: {{endpoints: [{{address: "{}"}}]}}
+---
+kind: Route
+name: r
+spec:
+  forward: {{backends: [{{service: s}}]}}
+  filters:
+    rewrite: {{path_regex: {{pattern: "^/api/(.*)$", substitution: "$1"}}}}
+"#,
+        backend.addr
+    );
+    let gw = start_gateway(&config).await;
+    info!("--- /api/items/7 becomes `items/7`; the request target gets its slash back");
+    let reply = gw.client().get("any.test", "/api/items/7?x=1").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["path"], "/items/7?x=1");
+}

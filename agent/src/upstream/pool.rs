@@ -175,6 +175,14 @@ impl Http1Pool {
         authority: &Authority,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
+        // HTTP/1.1 requires Host (RFC 9112 3.2), and hyper's connection API does not add one.
+        // The proxy sets the client's; health probes and a route that removes it get the
+        // endpoint's.
+        if !request.headers().contains_key(http::header::HOST)
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
         loop {
             let (mut sender, idle_for) = match self.checkout(authority) {
                 Some((sender, idle_for)) => (sender, Some(idle_for)),
@@ -577,6 +585,58 @@ mod tests {
             upstream_closes_as_the_connection_is_reused(Duration::ZERO, get()).await;
         assert!(outcome.is_err());
         assert_eq!(accepted, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_without_host_gets_the_endpoints_authority() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let upstream = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    assert_eq!(socket.read(&mut byte).unwrap(), 1);
+                    head.push(byte[0]);
+                }
+                socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .unwrap();
+                heads.push(String::from_utf8(head).unwrap().to_ascii_lowercase());
+            }
+            heads
+        });
+        let pool = pool();
+        let bare = Request::get("/healthz")
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        assert_eq!(
+            pool.send(&authority, bare).await.unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
+        for _ in 0..100 {
+            if idle_count(&pool) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.send(&authority, get()).await.unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
+        let heads = upstream.join().unwrap();
+        assert!(
+            heads[0].contains(&format!("\r\nhost: {authority}\r\n")),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1].contains("\r\nhost: pool.test\r\n"),
+            "a given Host is kept: {}",
+            heads[1]
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
