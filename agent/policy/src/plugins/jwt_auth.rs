@@ -782,6 +782,64 @@ mod tests {
         )
     }
 
+    /// Runs a bearer token through the plugin on a throwaway runtime (proptest cases are sync).
+    fn verdict_for(p: &JwtAuth, token: &str) -> (StatusCode, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut c = ctx_with(&[("authorization", &format!("Bearer {token}"))], "/", NOW);
+        runtime.block_on(async { outcome(p.on_request(&mut c).await) })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a client puts after `Bearer`, the plugin answers 401 with a code, never
+        /// a panic and never a pass.
+        #[test]
+        fn arbitrary_bearer_tokens_are_refused(token in "[ -~]{0,200}") {
+            let (status, code) = verdict_for(&plugin(&hs_config()), &token);
+            proptest::prop_assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", code);
+            proptest::prop_assert!(!code.is_empty());
+        }
+
+        /// Three base64url parts of arbitrary JSON-ish bytes: the shapes that reach the JSON
+        /// and signature code.
+        #[test]
+        fn tokens_of_three_arbitrary_parts_are_refused(
+            header in "[{}\":,a-z0-9 ]{0,60}",
+            claims in "[{}\":,a-z0-9 ]{0,60}",
+            signature in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        ) {
+            let token = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            let (status, _) = verdict_for(&plugin(&hs_config()), &token);
+            proptest::prop_assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+
+        /// A JWKS document is fetched from a URL the operator names but served by someone
+        /// else: any bytes give keys or an error.
+        #[test]
+        fn any_jwks_document_parses_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = jwks::parse(&body);
+        }
+
+        #[test]
+        fn jwks_shaped_documents_parse_or_are_refused(
+            kty in "(RSA|EC|OKP|oct|x)",
+            crv in "(P-256|P-384|Ed25519|x)",
+            n in "[A-Za-z0-9_-]{0,40}",
+            x in "[A-Za-z0-9_-]{0,40}",
+        ) {
+            let doc = serde_json::json!({"keys": [{"kty": kty, "crv": crv, "n": n, "e": "AQAB", "x": x, "y": x, "kid": "k", "alg": "RS256"}]});
+            let _ = jwks::parse(doc.to_string().as_bytes());
+        }
+    }
+
     #[tokio::test]
     async fn a_valid_token_passes_maps_the_consumer_and_sets_claim_headers() {
         let p = plugin(&hs_config());
