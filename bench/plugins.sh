@@ -17,15 +17,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# The origin: nginx, one worker, a fixed 13-byte body (the same shape as the peer benchmark).
-mkdir -p "$RUN/origin"
-cat > "$RUN/origin/nginx.conf" <<NGINX
-worker_processes 1; daemon off; pid $RUN/origin/nginx.pid; error_log $RUN/origin/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18180; location / { return 200 "hello world!\n"; } } }
-NGINX
-/usr/sbin/nginx -p "$RUN/origin/" -c "$RUN/origin/nginx.conf" & pids+=($!)
+# The origin: nginx, one worker, a fixed 13-byte body.
+source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
+start_origin "$RUN" 18180
 
 # Configs and the headers each variant's client sends, written by python (stdlib only).
 python3 - "$RUN" <<'PY'

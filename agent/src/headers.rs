@@ -87,19 +87,17 @@ pub fn add_forwarded(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    let written = match prior {
+    let list = |out: &mut dyn Write| match prior {
         Some(prior) => write!(out, "{prior}, {client_ip}"),
         None => write!(out, "{client_ip}"),
     };
-    let value = match written {
-        Ok(()) => {
-            let len = usize::try_from(out.position()).unwrap_or(0);
-            HeaderValue::from_bytes(&buffer[..len])
-        }
-        Err(_) => HeaderValue::from_str(&match prior {
-            Some(prior) => format!("{prior}, {client_ip}"),
-            None => client_ip.to_string(),
-        }),
+    let value = if list(&mut out).is_ok() {
+        let len = usize::try_from(out.position()).unwrap_or(0);
+        HeaderValue::from_bytes(&buffer[..len])
+    } else {
+        let mut long = Vec::new();
+        let _ = list(&mut long);
+        HeaderValue::from_bytes(&long)
     };
     if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);

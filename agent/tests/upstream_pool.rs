@@ -106,6 +106,19 @@ async fn serve(
     }
 }
 
+/// Reads from `stream` into `seen` until it holds `text`; fails if the stream ends first.
+async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, text: &str) {
+    within(&format!("`{text}` from the stream"), async {
+        while !String::from_utf8_lossy(seen).contains(text) {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended before `{text}`");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+}
+
 fn config(upstream: std::net::SocketAddr, idle_timeout: &str) -> String {
     format!(
         r#"
@@ -156,15 +169,7 @@ async fn a_streaming_response_does_not_hold_up_other_requests() {
         .await
         .unwrap();
     let mut seen = Vec::new();
-    within("the first event", async {
-        while !String::from_utf8_lossy(&seen).contains("hello") {
-            let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the stream ended early");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    read_until(&mut stream, &mut seen, "hello").await;
 
     info!("--- meanwhile other requests are answered, on a second connection");
     let client = gw.client();
@@ -175,15 +180,7 @@ async fn a_streaming_response_does_not_hold_up_other_requests() {
 
     info!("--- the stream ends; both connections are idle and reused, none added");
     upstream.end_streams.notify_one();
-    within("the end of the stream", async {
-        while !String::from_utf8_lossy(&seen).contains("bye") {
-            let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the stream ended without its last event");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    read_until(&mut stream, &mut seen, "bye").await;
     let (a, b) = tokio::join!(client.get("pool.test", "/"), client.get("pool.test", "/"));
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
     assert_eq!(upstream.accepted(), 2);

@@ -15,18 +15,17 @@ use crate::chain::CONSUMER_HEADER;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerEntry {
     pub name: String,
-    pub headers: BTreeMap<String, String>,
     pub rate_limits: BTreeMap<String, Rate>,
     /// What an identified request carries upstream: [`CONSUMER_HEADER`] with the name, then
-    /// `headers`, parsed once here rather than per request (names or values that are not
-    /// valid in HTTP are left out, as validation already reports them).
+    /// the consumer's own headers, parsed once here rather than per request (names or values
+    /// that are not valid in HTTP are left out, as validation already reports them).
     request_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ConsumerEntry {
     pub fn new(
         name: String,
-        headers: BTreeMap<String, String>,
+        headers: &BTreeMap<String, String>,
         rate_limits: BTreeMap<String, Rate>,
     ) -> Self {
         let named = HeaderValue::from_str(&name)
@@ -41,7 +40,6 @@ impl ConsumerEntry {
         let request_headers = named.into_iter().chain(extra).collect();
         Self {
             name,
-            headers,
             rate_limits,
             request_headers,
         }

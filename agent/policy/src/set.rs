@@ -34,7 +34,7 @@ impl Consumers {
             };
             let entry = Arc::new(ConsumerEntry::new(
                 resource.name.clone(),
-                spec.headers.clone(),
+                &spec.headers,
                 spec.rate_limits.clone(),
             ));
             let creds = &spec.credentials;

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::connector::UpstreamConnector;
-use super::pool::{ClientError, Http1Pool, PooledBody};
+use super::pool::{ClientError, Http1Pool, PooledBody, chain};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::BoxError;
@@ -25,7 +25,7 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// hyper-util's client for HTTP/2 (one multiplexed connection per endpoint).
 #[derive(Clone, Debug)]
 pub enum HttpClient {
-    Http1(Arc<Http1Pool>),
+    Http1(Http1Pool),
     Http2(Arc<Client<UpstreamConnector, UpstreamBody>>),
 }
 
@@ -57,17 +57,12 @@ impl HttpClient {
 }
 
 /// What caused `error`, innermost last, or its own message when it has no cause.
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        parts.push(e.to_string());
-        cause = e.source();
-    }
-    if parts.is_empty() {
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let causes: Vec<String> = chain(error).skip(1).collect();
+    if causes.is_empty() {
         error.to_string()
     } else {
-        parts.join(": ")
+        causes.join(": ")
     }
 }
 
@@ -146,10 +141,7 @@ fn build(key: &ClientKey, spec: &ServiceSpec) -> Result<HttpClient, String> {
     let connector = UpstreamConnector::new(http, spec.tls.as_ref(), spec.protocol)?;
     let idle_timeout = Duration::from_millis(key.idle_timeout_ms);
     if !key.http2 {
-        return Ok(HttpClient::Http1(Arc::new(Http1Pool::new(
-            connector,
-            idle_timeout,
-        ))));
+        return Ok(HttpClient::Http1(Http1Pool::new(connector, idle_timeout)));
     }
     Ok(HttpClient::Http2(Arc::new(
         Client::builder(TokioExecutor::new())

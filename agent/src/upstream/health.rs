@@ -2,9 +2,7 @@
 
 use std::sync::Weak;
 
-use bytes::Bytes;
 use fleetgate_shared::model::HealthCheck;
-use http_body_util::{BodyExt, Empty};
 
 use super::ServiceRuntime;
 
@@ -29,11 +27,7 @@ pub(super) fn spawn(
                 async move {
                     let request = http::Request::get(path)
                         .header(http::header::USER_AGENT, "fleetgate-health-check")
-                        .body(
-                            Empty::<Bytes>::new()
-                                .map_err(|never| match never {})
-                                .boxed(),
-                        );
+                        .body(crate::error::empty());
                     let ok = match request {
                         Ok(request) => match tokio::time::timeout(
                             check.timeout.to_std(),

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -75,11 +74,7 @@ impl Replay {
     }
 
     fn into_request(self) -> Request<UpstreamBody> {
-        let mut request = Request::new(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        );
+        let mut request = Request::new(crate::error::empty());
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
@@ -106,18 +101,15 @@ impl ClientError {
     /// The error and its causes, outermost first, joined by `: `.
     pub fn reason(&self) -> String {
         let (ClientError::Connect(error) | ClientError::Request(error)) = self;
-        let mut reason = error.to_string();
-        let mut cause = error.source();
-        while let Some(e) = cause {
-            let text = e.to_string();
-            if !reason.ends_with(&text) {
-                reason.push_str(": ");
-                reason.push_str(&text);
-            }
-            cause = e.source();
-        }
-        reason
+        chain(error.as_ref()).collect::<Vec<_>>().join(": ")
     }
+}
+
+/// The messages of `error` and of each error below it, outermost first.
+pub(super) fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = String> + 'a {
+    std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string)
 }
 
 impl std::fmt::Display for ClientError {
@@ -129,6 +121,8 @@ impl std::fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 /// The HTTP/1.1 connections of one client (one set of connector settings), by authority.
+/// Cloning shares the pool.
+#[derive(Clone)]
 pub struct Http1Pool {
     inner: Arc<Inner>,
 }
@@ -456,7 +450,7 @@ mod tests {
     use std::sync::mpsc;
 
     use fleetgate_shared::model::UpstreamProtocol;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::BodyExt;
     use hyper_util::client::legacy::connect::HttpConnector;
 
     use super::*;
@@ -470,18 +464,24 @@ mod tests {
     fn get() -> Request<UpstreamBody> {
         Request::get("/")
             .header(http::header::HOST, "pool.test")
-            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .body(crate::error::empty())
             .unwrap()
     }
 
-    /// Reads one request head from a blocking socket and answers it.
-    fn answer(socket: &mut std::net::TcpStream, body: &str) {
+    /// Reads one request head from a blocking socket, lower-cased.
+    fn read_head(socket: &mut std::net::TcpStream) -> String {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
             assert_eq!(socket.read(&mut byte).unwrap(), 1, "request head cut short");
             head.push(byte[0]);
         }
+        String::from_utf8(head).unwrap().to_ascii_lowercase()
+    }
+
+    /// Reads one request head from a blocking socket and answers it.
+    fn answer(socket: &mut std::net::TcpStream, body: &str) {
+        read_head(socket);
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -493,6 +493,17 @@ mod tests {
         pool.inner.idle.lock().values().map(VecDeque::len).sum()
     }
 
+    /// Lets the connection task and any give-back task run until one connection is idle.
+    async fn until_one_is_idle(pool: &Http1Pool) {
+        for _ in 0..100 {
+            if idle_count(pool) == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(idle_count(pool), 1, "the connection went back to the pool");
+    }
+
     /// The race an upstream's idle timeout sets up: a connection idle for `idle`, closed by the
     /// upstream just as `second` takes it from the pool. Returns the second request's outcome
     /// and how many connections the upstream accepted.
@@ -501,7 +512,6 @@ mod tests {
         second: Request<UpstreamBody>,
     ) -> (Result<Bytes, ClientError>, usize) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(false).unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let (close_tx, close_rx) = mpsc::channel::<()>();
         let (closed_tx, closed_rx) = mpsc::channel::<()>();
@@ -529,13 +539,7 @@ mod tests {
         let response = pool.send(&authority, get()).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "one");
-        for _ in 0..100 {
-            if idle_count(&pool) == 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(idle_count(&pool), 1, "the connection went back to the pool");
+        until_one_is_idle(&pool).await;
         tokio::time::sleep(idle).await;
 
         // The upstream closes; the agent's connection task does not run between this and the
@@ -595,33 +599,22 @@ mod tests {
             let (mut socket, _) = listener.accept().unwrap();
             let mut heads = Vec::new();
             for _ in 0..2 {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    assert_eq!(socket.read(&mut byte).unwrap(), 1);
-                    head.push(byte[0]);
-                }
+                heads.push(read_head(&mut socket));
                 socket
                     .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
                     .unwrap();
-                heads.push(String::from_utf8(head).unwrap().to_ascii_lowercase());
             }
             heads
         });
         let pool = pool();
         let bare = Request::get("/healthz")
-            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .body(crate::error::empty())
             .unwrap();
         assert_eq!(
             pool.send(&authority, bare).await.unwrap().status(),
             StatusCode::NO_CONTENT
         );
-        for _ in 0..100 {
-            if idle_count(&pool) == 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        until_one_is_idle(&pool).await;
         assert_eq!(
             pool.send(&authority, get()).await.unwrap().status(),
             StatusCode::NO_CONTENT

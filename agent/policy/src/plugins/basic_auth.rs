@@ -255,7 +255,7 @@ mod tests {
         for (name, user, pass) in [("ops", "ops", "s3cret:with:colons"), ("sup", "sup", "pw")] {
             let entry = Arc::new(ConsumerEntry::new(
                 name.into(),
-                BTreeMap::new(),
+                &BTreeMap::new(),
                 BTreeMap::new(),
             ));
             consumers.by_basic_user.insert(

@@ -759,7 +759,7 @@ mod tests {
         for (name, key_id) in [("partner", "k-partner"), ("other", "k-other")] {
             let entry = Arc::new(ConsumerEntry::new(
                 name.into(),
-                BTreeMap::new(),
+                &BTreeMap::new(),
                 BTreeMap::new(),
             ));
             consumers

@@ -674,7 +674,7 @@ mod tests {
         for (name, subject) in [("alice-co", "alice"), ("bob-co", "bob")] {
             let entry = Arc::new(ConsumerEntry::new(
                 name.into(),
-                BTreeMap::new(),
+                &BTreeMap::new(),
                 BTreeMap::new(),
             ));
             consumers

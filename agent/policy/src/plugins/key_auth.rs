@@ -91,7 +91,7 @@ mod tests {
         for (name, key) in [("alice", "alice-key-1"), ("bob", "bob-key-1")] {
             let entry = Arc::new(ConsumerEntry::new(
                 name.into(),
-                BTreeMap::new(),
+                &BTreeMap::new(),
                 BTreeMap::new(),
             ));
             consumers.by_key.insert(key.into(), entry.clone());

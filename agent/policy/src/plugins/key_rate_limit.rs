@@ -660,7 +660,7 @@ mod tests {
         assert_eq!(burst(&plugin, "big", 10).await, 6);
         let consumer = Arc::new(ConsumerEntry::new(
             "initech".into(),
-            BTreeMap::new(),
+            &BTreeMap::new(),
             BTreeMap::from([("limit".to_owned(), rate(4, 1_000))]),
         ));
         let mut passed = 0;
@@ -684,7 +684,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         let consumer = Arc::new(ConsumerEntry::new(
             "initech".into(),
-            BTreeMap::new(),
+            &BTreeMap::new(),
             BTreeMap::new(),
         ));
         let mut c = tenant_ctx("x");
