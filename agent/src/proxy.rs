@@ -648,8 +648,10 @@ fn finish_response(
 ) -> Response<ResponseBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let mut in_flight = Some(in_flight);
-    if switching && let Some(downstream) = downstream_upgrade {
-        let upstream = hyper::upgrade::on(&mut response);
+    if switching
+        && let Some(downstream) = downstream_upgrade
+        && let Some(upstream) = response.body_mut().take_upgraded()
+    {
         tunnel(
             gateway.clone(),
             downstream,
@@ -676,16 +678,15 @@ fn finish_response(
 fn tunnel(
     gateway: Arc<Gateway>,
     downstream: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    up: crate::upstream::Upgraded,
     in_flight: Option<InFlight>,
     idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let (down, up) = tokio::join!(downstream, upstream);
-        let (down, up) = match (down, up) {
-            (Ok(down), Ok(up)) => (down, up),
-            (Err(e), _) | (_, Err(e)) => {
+        let down = match downstream.await {
+            Ok(down) => down,
+            Err(e) => {
                 tracing::debug!("upgrade did not complete: {e}");
                 return;
             }
@@ -697,7 +698,7 @@ fn tunnel(
             activity: activity.clone(),
         };
         let mut up = Tracked {
-            inner: hyper_util::rt::TokioIo::new(up),
+            inner: up,
             activity: activity.clone(),
         };
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
@@ -762,9 +763,7 @@ impl Body for InFlightBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Some((limit, timer)) = &mut this.idle {
             match &polled {
                 Poll::Ready(_) => timer.as_mut().reset(tokio::time::Instant::now() + *limit),

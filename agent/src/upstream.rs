@@ -8,12 +8,14 @@
 
 mod clients;
 mod connector;
+mod h1;
 mod health;
 mod pool;
 mod service;
 
 pub use clients::{HttpClient, UpstreamBody, UpstreamClients};
 pub use connector::{UpstreamConnector, UpstreamStream};
+pub use h1::Upgraded;
 pub use pool::{ClientError, Http1Pool, PooledBody};
 pub use service::{Endpoint, InFlight, Outcome, ServiceRuntime};
 

@@ -156,6 +156,16 @@ pub enum UpstreamStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl UpstreamStream {
+    /// The TCP socket under the stream (under TLS for a TLS stream).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
         match self {

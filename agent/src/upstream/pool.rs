@@ -1,20 +1,17 @@
-//! Keep-alive HTTP/1.1 connections to upstream endpoints, on hyper's connection API.
+//! Keep-alive HTTP/1.1 connections to upstream endpoints.
 //!
-//! hyper-util's pooled client serves every protocol, and pays for it on every request: a pool
-//! key built from the URI, a checkout future racing a connect future, a `Pooled` wrapper and a
-//! boxed response future. For HTTP/1.1 (the common upstream protocol) this pool does less. Each
-//! authority has a stack of idle connections behind one short lock; a request takes the most
-//! recently used one (warm in the kernel's and the upstream's caches) or opens a new one; the
-//! connection goes back when the response body has ended, not when the response head arrived,
-//! so a streaming response (SSE, a download) never holds up another request.
+//! Each authority has a stack of idle connections behind one short lock; a request takes the
+//! most recently used one (warm in the kernel's and the upstream's caches) or opens a new one,
+//! and runs the exchange on its own task ([`h1`]). The connection goes back when the response
+//! body has ended, not when the response head arrived, so a streaming response (SSE, a
+//! download) never holds up another request.
 //!
-//! A connection is never handed out twice at once and never reused after its response was cut
-//! short: a body dropped before its end leaves the connection to hyper, which closes it. A
-//! request that finds its pooled connection closed by the upstream before a byte was written
-//! (the upstream's idle timeout racing our reuse) is sent on another connection: the request
-//! was not seen by anyone, so this is safe for any method. When the request was already
-//! written as the close arrived, only an idempotent request without a body is sent again, and
-//! only when the connection had been idle long enough to be suspected ([`MAY_BE_STALE_AFTER`]).
+//! A connection is never handed out twice at once and never reused after an exchange that
+//! did not end cleanly: a body dropped before its end, a request body cut short by an early
+//! answer, bytes past the response. A pooled connection the upstream has closed is seen as it
+//! is taken and skipped. When the request was already written as the close arrived, only an
+//! idempotent request without a body is sent again, and only when the connection had been
+//! idle long enough to be suspected ([`MAY_BE_STALE_AFTER`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -24,16 +21,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tower::ServiceExt;
 
 use super::clients::UpstreamBody;
-use super::connector::{UpstreamConnector, UpstreamStream};
+use super::connector::UpstreamConnector;
+use super::h1::{self, Conn, Failure, RequestFraming, Upgraded};
 use crate::BoxError;
 
 /// Idle connections kept per authority; more are closed as they come back. Far above what one
@@ -42,45 +38,16 @@ const MAX_IDLE_PER_AUTHORITY: usize = 512;
 
 /// A pooled connection idle at least this long may be closing under the request that reuses it:
 /// upstream servers close idle keep-alive connections after their own timeout, commonly 2 to
-/// 75 s and rarely under a second. Requests on such a connection keep a copy to send again.
-/// Below it the copy (a header map clone) is not worth its cost on every request.
+/// 75 s and rarely under a second. An idempotent bodiless request that loses such a connection
+/// before any response is sent again. A connection reused sooner failing is the upstream's
+/// failure to report.
 const MAY_BE_STALE_AFTER: Duration = Duration::from_millis(500);
 
-/// What is needed to send an idempotent, bodiless request again.
-struct Replay {
-    method: http::Method,
-    uri: Uri,
-    version: http::Version,
-    headers: http::HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<UpstreamBody>) -> Option<Replay> {
-        let idempotent = matches!(
-            *request.method(),
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::OPTIONS
-                | http::Method::TRACE
-                | http::Method::PUT
-                | http::Method::DELETE
-        );
-        (idempotent && request.body().is_end_stream()).then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-        })
-    }
-
-    fn into_request(self) -> Request<UpstreamBody> {
-        let mut request = Request::new(crate::error::empty());
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        request
-    }
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Why an upstream request failed.
@@ -136,7 +103,7 @@ struct Inner {
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -167,52 +134,42 @@ impl Http1Pool {
     pub async fn send(
         &self,
         authority: &Authority,
-        mut request: Request<UpstreamBody>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
-        // HTTP/1.1 requires Host (RFC 9112 3.2), and hyper's connection API does not add one.
-        // The proxy sets the client's; health probes and a route that removes it get the
-        // endpoint's.
-        if !request.headers().contains_key(http::header::HOST)
-            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
-        {
-            request.headers_mut().insert(http::header::HOST, host);
-        }
+        let (parts, body) = request.into_parts();
+        let mut head = Vec::with_capacity(512);
+        let framing = h1::encode_request(&parts, &body, authority, &mut head);
+        let mut body = body;
         loop {
-            let (mut sender, idle_for) = match self.checkout(authority) {
-                Some((sender, idle_for)) => (sender, Some(idle_for)),
-                // Boxed: connecting is rare, and its future (connector, TLS handshake, HTTP
-                // handshake) would otherwise make every request's future kilobytes larger.
+            let (conn, idle_for) = match self.checkout(authority) {
+                Some((conn, idle_for)) => (conn, Some(idle_for)),
+                // Boxed: connecting is rare, and its future (connector, TLS handshake) would
+                // otherwise make every request's future larger.
                 None => (Box::pin(self.connect(authority)).await?, None),
             };
-            // A connection that sat idle may be one the upstream is closing right now (its own
-            // idle timeout); if the request can be sent again safely, keep what is needed to.
-            let replay = idle_for
-                .filter(|idle| *idle >= MAY_BE_STALE_AFTER)
-                .and_then(|_| Replay::of(&request));
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled(authority, sender, response)),
-                Err(mut error) => match (error.take_message(), replay) {
-                    // Closed before the request was written: nobody saw it, so another
-                    // connection may carry it. A fresh connection failing this way is an
-                    // upstream that accepts and closes: report it.
-                    (Some(unsent), _) if idle_for.is_some() => request = unsent,
-                    // Written, but the connection failed before any response: on a
-                    // connection that was idle, the upstream most likely closed it as the
-                    // request went out. An idempotent request without a body is sent again,
-                    // once, on a new connection (RFC 9110 9.2.2); nginx does the same for its
-                    // cached upstream connections.
-                    (None, Some(replay)) => {
-                        let error = error.into_error();
-                        tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
-                        let mut fresh = Box::pin(self.connect(authority)).await?;
-                        let response = fresh
-                            .send_request(replay.into_request())
-                            .await
-                            .map_err(|e| ClientError::Request(Box::new(e)))?;
-                        return Ok(self.pooled(authority, fresh, response));
-                    }
-                    _ => return Err(ClientError::Request(Box::new(error.into_error()))),
-                },
+            match conn.exchange(&head, framing, body, &parts.method).await {
+                Ok(response) => return Ok(self.pooled(authority, response)),
+                // The head could not be written on a pooled connection: nobody saw the
+                // request, so another connection may carry it.
+                Err(Failure::Unsent { body: unsent, .. }) if idle_for.is_some() => body = unsent,
+                // Written, but the connection ended before any response: on a connection that
+                // was idle, the upstream most likely closed it as the request went out. An
+                // idempotent request without a body is sent again, once, on a new connection
+                // (RFC 9110 9.2.2); nginx does the same for its cached upstream connections.
+                Err(Failure::NoResponse(error))
+                    if idle_for.is_some_and(|idle| idle >= MAY_BE_STALE_AFTER)
+                        && framing == RequestFraming::None
+                        && idempotent(&parts.method) =>
+                {
+                    tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
+                    let fresh = Box::pin(self.connect(authority)).await?;
+                    let response = fresh
+                        .exchange(&head, framing, crate::error::empty(), &parts.method)
+                        .await
+                        .map_err(|f| ClientError::Request(f.into_error()))?;
+                    return Ok(self.pooled(authority, response));
+                }
+                Err(failure) => return Err(ClientError::Request(failure.into_error())),
             }
         }
     }
@@ -222,42 +179,39 @@ impl Http1Pool {
     fn pooled(
         &self,
         authority: &Authority,
-        sender: SendRequest<UpstreamBody>,
-        response: Response<Incoming>,
+        response: Response<h1::ResponseBody>,
     ) -> Response<PooledBody> {
-        let give_back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
-            pool: Arc::downgrade(&self.inner),
-            authority: authority.clone(),
-            sender,
-        });
-        response.map(|body| PooledBody { body, give_back })
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        response.map(|body| {
+            if switching {
+                return PooledBody(Kind::Switched(body.into_upgraded()));
+            }
+            PooledBody(Kind::Http1 {
+                body: Some(body),
+                give_back: GiveBack {
+                    pool: Arc::downgrade(&self.inner),
+                    authority: authority.clone(),
+                },
+            })
+        })
     }
 
     /// The most recently used idle connection to `authority` that is still open, and how long
     /// it was idle.
-    fn checkout(&self, authority: &Authority) -> Option<(SendRequest<UpstreamBody>, Duration)> {
+    fn checkout(&self, authority: &Authority) -> Option<(Conn, Duration)> {
         loop {
-            let Idle { sender, since } = {
+            let Idle { mut conn, since } = {
                 let mut idle = self.inner.idle.lock();
                 idle.get_mut(authority)?.pop_back()?
             };
             let idle_for = since.elapsed();
-            if sender.is_closed() || idle_for >= self.inner.idle_timeout {
-                continue;
+            if idle_for < self.inner.idle_timeout && conn.still_open() {
+                return Some((conn, idle_for));
             }
-            if sender.is_ready() {
-                return Some((sender, idle_for));
-            }
-            // Still busy: its response ended before its request body did (an upstream that
-            // answered early). It comes back when done; this request looks further.
-            Inner::give_back_when_ready(&self.inner, authority.clone(), sender);
         }
     }
 
-    async fn connect(
-        &self,
-        authority: &Authority,
-    ) -> Result<SendRequest<UpstreamBody>, ClientError> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, ClientError> {
         // The connector dials the URI's authority and takes the TLS server name from its host.
         let uri = Uri::builder()
             .scheme("http")
@@ -265,25 +219,15 @@ impl Http1Pool {
             .path_and_query("/")
             .build()
             .map_err(|e| ClientError::Connect(Box::new(e)))?;
-        let io: TokioIo<UpstreamStream> = self
+        let io = self
             .inner
             .connector
             .clone()
             .oneshot(uri)
             .await
             .map_err(ClientError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::Connect(Box::new(e)))?;
-        let address = authority.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(upstream = %address, "upstream connection ended: {e}");
-            }
-        });
         self.start_reaper();
-        Ok(sender)
+        Ok(Conn::new(io.into_inner()))
     }
 
     /// Starts, once, the task that closes connections idle past the timeout. It holds the pool
@@ -307,145 +251,144 @@ impl Http1Pool {
 }
 
 impl Inner {
-    /// Returns a connection whose exchange has ended. hyper marks it ready for the next
-    /// request once its connection task has seen that end, which may be a moment after the
-    /// response body did; until then a task holds it.
-    fn give_back(self: &Arc<Self>, authority: Authority, sender: SendRequest<UpstreamBody>) {
-        if sender.is_ready() {
-            self.keep(authority, sender);
-        } else {
-            Self::give_back_when_ready(self, authority, sender);
-        }
-    }
-
-    fn give_back_when_ready(
-        this: &Arc<Self>,
-        authority: Authority,
-        mut sender: SendRequest<UpstreamBody>,
-    ) {
-        if sender.is_closed() {
-            return;
-        }
-        let pool = Arc::downgrade(this);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok()
-                && let Some(pool) = pool.upgrade()
-            {
-                pool.keep(authority, sender);
-            }
-        });
-    }
-
-    fn keep(&self, authority: Authority, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn keep(&self, authority: Authority, conn: Conn) {
         let mut idle = self.idle.lock();
         let list = idle.entry(authority).or_default();
         if list.len() >= MAX_IDLE_PER_AUTHORITY {
             list.pop_front();
         }
         list.push_back(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    /// Drops idle connections past the timeout or already closed (hyper closes the socket when
-    /// the last sender goes), and authorities left without any.
+    /// Closes idle connections past the timeout or closed by the upstream, and forgets
+    /// authorities left without any.
     fn close_expired(&self) {
         let mut idle = self.idle.lock();
         for list in idle.values_mut() {
-            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout);
+            list.retain_mut(|i| i.since.elapsed() < self.idle_timeout && i.conn.still_open());
         }
         idle.retain(|_, list| !list.is_empty());
     }
 }
 
-/// A connection on its way back to the pool once the response body ends.
+/// Where a connection goes back once the response body ends.
 struct GiveBack {
     pool: Weak<Inner>,
     authority: Authority,
-    sender: SendRequest<UpstreamBody>,
 }
 
-/// An upstream response body from a pooled connection. The connection returns to the pool as
-/// soon as the body has ended; a body dropped before its end takes the connection with it.
-pub struct PooledBody {
-    body: Incoming,
-    give_back: Option<GiveBack>,
+/// An upstream response body. From a pooled connection, the connection returns to the pool as
+/// soon as the body has ended; a body dropped before its end closes the connection.
+pub struct PooledBody(Kind);
+
+enum Kind {
+    Http1 {
+        /// `None` once the connection went back.
+        body: Option<h1::ResponseBody>,
+        give_back: GiveBack,
+    },
+    /// A `101 Switching Protocols` response: no body, and the connection for the tunnel until
+    /// it is taken.
+    Switched(Option<Upgraded>),
+    /// From hyper's HTTP/2 client, which manages its connections itself.
+    Http2(Incoming),
 }
 
 impl PooledBody {
     /// A body from a connection this pool does not manage (HTTP/2).
     pub fn unpooled(body: Incoming) -> Self {
-        Self {
-            body,
-            give_back: None,
+        Self(Kind::Http2(body))
+    }
+
+    /// After a `101 Switching Protocols`: the upstream connection, for the tunnel.
+    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+        match &mut self.0 {
+            Kind::Switched(upgraded) => upgraded.take(),
+            _ => None,
         }
     }
 
+    /// Returns the connection to the pool if the body has ended cleanly.
     fn release(&mut self) {
-        if let Some(GiveBack {
-            pool,
-            authority,
-            sender,
-        }) = self.give_back.take()
-            && let Some(pool) = pool.upgrade()
+        if let Kind::Http1 { body, give_back } = &mut self.0
+            && body.as_ref().is_some_and(h1::ResponseBody::reusable)
+            && let Some(body) = body.take()
+            && let Some(pool) = give_back.pool.upgrade()
         {
-            pool.give_back(authority, sender);
+            pool.keep(give_back.authority.clone(), body.into_conn());
         }
     }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("pooled", &self.give_back.is_some())
-            .finish_non_exhaustive()
+        let kind = match &self.0 {
+            Kind::Http1 { .. } => "http1",
+            Kind::Switched(_) => "switched",
+            Kind::Http2(_) => "http2",
+        };
+        f.debug_tuple("PooledBody").field(&kind).finish()
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.give_back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Kind::Http1 { body: None, .. } | Kind::Switched(_) => Poll::Ready(None),
+            Kind::Http1 {
+                body: Some(body), ..
+            } => {
+                let polled = body.poll_frame(cx);
+                if polled.is_ready() && body.is_end_stream() {
+                    self.release();
+                }
+                polled
+            }
+            Kind::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Http1 { body: None, .. } | Kind::Switched(_) => true,
+            Kind::Http1 {
+                body: Some(body), ..
+            } => body.is_end_stream(),
+            Kind::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Kind::Http1 { body: None, .. } | Kind::Switched(_) => SizeHint::with_exact(0),
+            Kind::Http1 {
+                body: Some(body), ..
+            } => body.size_hint(),
+            Kind::Http2(body) => body.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // A sized body that was read to its end is not polled again: that is an end too.
-        if self.body.is_end_stream() {
-            self.release();
-        }
+        self.release();
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpListener;
     use std::sync::mpsc;
 
@@ -470,13 +413,7 @@ mod tests {
 
     /// Reads one request head from a blocking socket, lower-cased.
     fn read_head(socket: &mut std::net::TcpStream) -> String {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(socket.read(&mut byte).unwrap(), 1, "request head cut short");
-            head.push(byte[0]);
-        }
-        String::from_utf8(head).unwrap().to_ascii_lowercase()
+        super::super::h1::tests::read_head(socket).to_ascii_lowercase()
     }
 
     /// Reads one request head from a blocking socket and answers it.
@@ -493,7 +430,7 @@ mod tests {
         pool.inner.idle.lock().values().map(VecDeque::len).sum()
     }
 
-    /// Lets the connection task and any give-back task run until one connection is idle.
+    /// Lets the exchange finish until one connection is idle.
     async fn until_one_is_idle(pool: &Http1Pool) {
         for _ in 0..100 {
             if idle_count(pool) == 1 {
@@ -542,7 +479,7 @@ mod tests {
         until_one_is_idle(&pool).await;
         tokio::time::sleep(idle).await;
 
-        // The upstream closes; the agent's connection task does not run between this and the
+        // The upstream closes; the runtime's reactor does not run between this and the
         // checkout, so the pool still holds the connection as open when the request takes it.
         close_tx.send(()).unwrap();
         closed_rx.recv().unwrap();

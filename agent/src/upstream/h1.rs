@@ -1,0 +1,1323 @@
+//! The client side of HTTP/1.1 on an upstream connection, run on the request's own task.
+//!
+//! hyper's client connection is a task of its own that talks to the request through a
+//! channel, so every exchange crossed two tasks and a channel each way. Here the request's
+//! task writes the request and reads the response head itself, and the response body reads
+//! the socket as it is polled. Between exchanges a connection is a socket and a read buffer
+//! in the pool, with no task: that the upstream closed it is seen, without a syscall, from the
+//! reactor's readiness when it is next taken ([`Conn::still_open`]).
+//!
+//! Framing follows RFC 9112: a request body goes out with `Content-Length` when its size is
+//! known and chunked otherwise; a response body is empty (HEAD, 1xx, 204, 304), chunked,
+//! sized by `Content-Length`, or delimited by the connection's close. Interim 1xx responses
+//! other than 101 are skipped; a 101 hands the socket, with any bytes read past the head, to
+//! the tunnel.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::clients::UpstreamBody;
+use super::connector::UpstreamStream;
+use crate::BoxError;
+
+/// The largest response head accepted; a bigger one is a 502.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields a response head may have.
+const MAX_HEADERS: usize = 128;
+/// The largest chunk-size line (size and extensions) and trailer section accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// How much room a read asks for: a response head and a small body in one read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// An open HTTP/1.1 connection to an upstream endpoint, between exchanges or in one.
+pub(super) struct Conn {
+    io: UpstreamStream,
+    /// Bytes read from the socket and not yet consumed.
+    read: BytesMut,
+}
+
+/// How the request body goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the request head for `parts` into `out` and says how its body will be framed.
+/// The framing headers are ours, from the body's size: a `Content-Length` or
+/// `Transfer-Encoding` in `parts` is not copied. A request without `Host` gets the endpoint's
+/// authority (RFC 9112 3.2 requires one).
+pub(super) fn encode_request(
+    parts: &http::request::Parts,
+    body: &UpstreamBody,
+    authority: &Authority,
+    out: &mut Vec<u8>,
+) -> RequestFraming {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    match parts.uri.path_and_query() {
+        Some(target) if !target.as_str().is_empty() => {
+            out.extend_from_slice(target.as_str().as_bytes())
+        }
+        _ => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        push_field(out, b"host", authority.as_str().as_bytes());
+    }
+    let framing = if body.is_end_stream() {
+        // An empty body is only announced where the method implies one, as clients do.
+        if parts.headers.contains_key(header::CONTENT_LENGTH)
+            || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            push_field(out, b"content-length", b"0");
+        }
+        RequestFraming::None
+    } else if let Some(length) = body.size_hint().exact() {
+        push_field(out, b"content-length", length.to_string().as_bytes());
+        RequestFraming::Length(length)
+    } else {
+        push_field(out, b"transfer-encoding", b"chunked");
+        RequestFraming::Chunked
+    };
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response head: status, version and header fields.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// How an exchange failed.
+pub(super) enum Failure {
+    /// The request head could not be written, so the upstream saw no complete request; the
+    /// body, not read from, comes back for another connection.
+    Unsent {
+        error: io::Error,
+        body: UpstreamBody,
+    },
+    /// The request went out, and the connection ended before any byte of a response.
+    NoResponse(BoxError),
+    /// Anything else: a malformed or cut-short response head, a request body that failed.
+    Failed(BoxError),
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unsent { error, .. } => write!(f, "Unsent({error})"),
+            Failure::NoResponse(error) => write!(f, "NoResponse({error})"),
+            Failure::Failed(error) => write!(f, "Failed({error})"),
+        }
+    }
+}
+
+impl Failure {
+    pub(super) fn into_error(self) -> BoxError {
+        match self {
+            Failure::Unsent { error, .. } => Box::new(error),
+            Failure::NoResponse(error) | Failure::Failed(error) => error,
+        }
+    }
+}
+
+impl Conn {
+    pub(super) fn new(io: UpstreamStream) -> Self {
+        Self {
+            io,
+            read: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request, asked as it leaves the pool. The
+    /// reactor marks the socket readable when the upstream sent anything, its close included;
+    /// an idle connection that is not readable is open, and costs no syscall to ask. When it
+    /// is, a read settles it: nothing to read (the mark was left by the last response) is
+    /// open; an end or bytes nobody asked for are not.
+    pub(super) fn still_open(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.tcp().poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                Pin::new(&mut self.io)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
+            }
+        }
+    }
+
+    /// Sends a request (its head already encoded by [`encode_request`]) and reads the response
+    /// head. The response body reads the rest from the connection, which it owns.
+    pub(super) async fn exchange(
+        mut self,
+        head: &[u8],
+        framing: RequestFraming,
+        body: UpstreamBody,
+        method: &Method,
+    ) -> Result<http::Response<ResponseBody>, Failure> {
+        if let Err(error) = self.write_all(head).await {
+            return Err(Failure::Unsent { error, body });
+        }
+        // An upstream may answer before the request body is done (a 413, a 401): sending
+        // stops there, and the connection, its request cut short, is not reused.
+        let complete = match framing {
+            RequestFraming::None => true,
+            _ => self
+                .send_body(body, framing)
+                .await
+                .map_err(Failure::Failed)?,
+        };
+        let mut received = false;
+        let head = loop {
+            match parse_head(&mut self.read).map_err(Failure::Failed)? {
+                // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
+                Some(head)
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    received = true;
+                    continue;
+                }
+                Some(head) => break head,
+                None => {}
+            }
+            if self.read.len() >= MAX_HEAD {
+                return Err(Failure::Failed(
+                    format!("the response head is larger than {} KiB", MAX_HEAD / 1024).into(),
+                ));
+            }
+            let nothing_yet = !received && self.read.is_empty();
+            let failure = |error: BoxError| {
+                if nothing_yet {
+                    Failure::NoResponse(error)
+                } else {
+                    Failure::Failed(error)
+                }
+            };
+            match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if nothing_yet => {
+                    return Err(failure(
+                        "the upstream closed the connection without responding".into(),
+                    ));
+                }
+                Ok(0) => {
+                    return Err(failure(
+                        "the upstream closed the connection in the middle of the response head"
+                            .into(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => return Err(failure(Box::new(error))),
+            }
+        };
+        let Head {
+            status,
+            version,
+            mut headers,
+        } = head;
+        let (reading, keep_alive) = if status == StatusCode::SWITCHING_PROTOCOLS {
+            (Reading::Switched, false)
+        } else {
+            response_framing(method, status, version, &mut headers).map_err(Failure::Failed)?
+        };
+        let mut response = http::Response::new(ResponseBody {
+            conn: self,
+            reading,
+            reusable: keep_alive && complete,
+        });
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Streams the request body. Returns whether it was sent whole (`false`: the upstream
+    /// answered or closed first).
+    async fn send_body(
+        &mut self,
+        mut body: UpstreamBody,
+        framing: RequestFraming,
+    ) -> Result<bool, BoxError> {
+        let mut out: Vec<u8> = Vec::new();
+        let mut written = 0;
+        let mut ended = false;
+        let mut remaining = match framing {
+            RequestFraming::Length(length) => length,
+            _ => u64::MAX,
+        };
+        std::future::poll_fn(|cx| {
+            loop {
+                if self.poll_answered(cx)? {
+                    return Poll::Ready(Ok(false));
+                }
+                if written < out.len() {
+                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, &out[written..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    }
+                    written += n;
+                    continue;
+                }
+                out.clear();
+                written = 0;
+                if ended {
+                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                    return Poll::Ready(Ok(true));
+                }
+                match ready!(Pin::new(&mut body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue; // request trailers are not forwarded
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if framing == RequestFraming::Chunked {
+                            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        } else {
+                            remaining = remaining
+                                .checked_sub(data.len() as u64)
+                                .ok_or("the request body is longer than its announced length")?;
+                            out.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        return Poll::Ready(Err(format!(
+                            "reading the client's request body: {error}"
+                        )
+                        .into()));
+                    }
+                    None => {
+                        if framing == RequestFraming::Chunked {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        } else if remaining != 0 {
+                            return Poll::Ready(Err(
+                                "the request body ended before its announced length".into(),
+                            ));
+                        }
+                        ended = true;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// While a request body goes out: whether the upstream has already sent a final response
+    /// head, or closed. Reads what has arrived, never waits.
+    fn poll_answered(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        loop {
+            if final_head_buffered(&self.read) {
+                return Ok(true);
+            }
+            if self.read.len() >= MAX_HEAD {
+                return Ok(true); // the head read reports it
+            }
+            match self.poll_fill(cx) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Ok(0)) => return Ok(true),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` is the upstream's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// Whether `buf` starts with a complete final response head, after any interim ones.
+fn final_head_buffered(buf: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        match response.parse(&buf[at..]) {
+            Ok(httparse::Status::Complete(len)) => match response.code {
+                Some(code) if (100..200).contains(&code) && code != 101 => at += len,
+                _ => return true,
+            },
+            Ok(httparse::Status::Partial) => return false,
+            // Malformed: stop sending; the head read reports it.
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Parses a complete response head off the front of `buf`, or says more bytes are needed.
+/// Header values are slices of the head's bytes, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(
+                format!("the response head has more than {MAX_HEADERS} header fields").into(),
+            );
+        }
+        Err(error) => return Err(format!("malformed response head: {error}").into()),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or("malformed response head: bad status code")?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let spans = Spans::of(buf, response.headers);
+    let block = buf.split_to(len).freeze();
+    let headers = spans.header_map(&block)?;
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// Where each parsed field's name and value sit in the bytes they were parsed from, so the
+/// values can be slices of those bytes once frozen.
+struct Spans {
+    spans: [(u32, u32, u32, u32); MAX_HEADERS],
+    len: usize,
+}
+
+impl Spans {
+    fn of(base: &[u8], fields: &[httparse::Header<'_>]) -> Self {
+        let start = base.as_ptr() as usize;
+        let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        for (span, field) in spans.iter_mut().zip(fields) {
+            let name = offset(field.name.as_bytes());
+            let value = offset(field.value);
+            *span = (
+                name,
+                name + field.name.len() as u32,
+                value,
+                value + field.value.len() as u32,
+            );
+        }
+        Self {
+            spans,
+            len: fields.len().min(MAX_HEADERS),
+        }
+    }
+
+    fn header_map(&self, block: &Bytes) -> Result<HeaderMap, BoxError> {
+        let mut map = HeaderMap::with_capacity(self.len);
+        for &(name_start, name_end, value_start, value_end) in &self.spans[..self.len] {
+            let name = &block[name_start as usize..name_end as usize];
+            let name = HeaderName::from_bytes(name)
+                .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(name)))?;
+            let value = HeaderValue::from_maybe_shared(
+                block.slice(value_start as usize..value_end as usize),
+            )
+            .map_err(|_| format!("invalid value for header {name}"))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+/// How the response body is delimited (RFC 9112 6.3), and whether the connection may carry
+/// another exchange after it.
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+) -> Result<(Reading, bool), BoxError> {
+    let mut keep_alive = if version == Version::HTTP_10 {
+        crate::headers::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("keep-alive"))
+    } else {
+        !crate::headers::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("close"))
+    };
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Reading::Done, keep_alive));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length; a response with both is suspect, and
+        // its connection is not reused.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+                (Reading::Chunked(Chunk::Size), keep_alive)
+            }
+            _ => (Reading::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "invalid Content-Length {:?} in the response",
+                        String::from_utf8_lossy(value.as_bytes())
+                    )
+                })?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err("conflicting Content-Length values in the response".into());
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Reading::Done, keep_alive),
+        Some(length) => (Reading::Length(length), keep_alive),
+        None => (Reading::UntilClose, false),
+    })
+}
+
+/// Where the response body stands.
+#[derive(Debug)]
+enum Reading {
+    /// This many bytes of a `Content-Length` body are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the upstream closes.
+    UntilClose,
+    /// After a 101: the connection carries another protocol.
+    Switched,
+    Done,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data are still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+    End,
+}
+
+/// What the chunked decoder took off the buffer.
+#[derive(Debug)]
+enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+}
+
+/// Decodes the next piece of a chunked body off the front of `buf`: `None` when more bytes
+/// are needed.
+fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decoded>, BoxError> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(end) = buf
+                    .iter()
+                    .take(MAX_CHUNK_LINE + 1)
+                    .position(|&b| b == b'\n')
+                else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err("a chunk-size line is longer than 1 KiB".into());
+                    }
+                    return Ok(None);
+                };
+                let line = buf[..end]
+                    .strip_suffix(b"\r")
+                    .ok_or("a chunk-size line does not end with CRLF")?;
+                let digits = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii_end();
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.iter().all(u8::is_ascii_hexdigit)
+                {
+                    return Err(format!(
+                        "invalid chunk size {:?}",
+                        String::from_utf8_lossy(digits)
+                    )
+                    .into());
+                }
+                let size = digits.iter().fold(0u64, |n, &d| {
+                    n * 16 + (d as char).to_digit(16).unwrap_or(0) as u64
+                });
+                buf.advance(end + 1);
+                *state = if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(remaining) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = remaining.min(buf.len() as u64);
+                let data = buf.split_to(take as usize).freeze();
+                *state = if take == remaining {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(remaining - take)
+                };
+                return Ok(Some(Decoded::Data(data)));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data is not followed by CRLF".into());
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    *state = Chunk::End;
+                    return Ok(Some(Decoded::End));
+                }
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                let mut fields = [httparse::EMPTY_HEADER; 32];
+                match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let spans = Spans::of(buf, fields);
+                        let block = buf.split_to(len).freeze();
+                        *state = Chunk::End;
+                        return Ok(Some(Decoded::Trailers(spans.header_map(&block)?)));
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
+                    Ok(httparse::Status::Partial) => {
+                        return Err("the trailer section is larger than 16 KiB".into());
+                    }
+                    Err(error) => return Err(format!("malformed trailer section: {error}").into()),
+                }
+            }
+            Chunk::End => return Ok(Some(Decoded::End)),
+        }
+    }
+}
+
+/// A response body read from its connection as it is polled.
+pub(super) struct ResponseBody {
+    conn: Conn,
+    reading: Reading,
+    /// Whether the connection may carry another exchange once this body has ended.
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// Whether the body has ended and its connection can carry another exchange: the response
+    /// allowed it, the request went out whole, and the upstream sent nothing more.
+    pub(super) fn reusable(&self) -> bool {
+        matches!(self.reading, Reading::Done) && self.reusable && self.conn.read.is_empty()
+    }
+
+    pub(super) fn into_conn(self) -> Conn {
+        self.conn
+    }
+
+    /// After a 101: the connection, with any bytes the upstream sent past the head.
+    pub(super) fn into_upgraded(self) -> Option<Upgraded> {
+        matches!(self.reading, Reading::Switched).then(|| Upgraded {
+            io: self.conn.io,
+            pending: self.conn.read.freeze(),
+        })
+    }
+
+    pub(super) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.poll_inner(cx);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            self.reading = Reading::Done;
+            self.reusable = false;
+        }
+        polled
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let buffered = &mut self.conn.read;
+            match &mut self.reading {
+                Reading::Done | Reading::Switched => return Poll::Ready(None),
+                Reading::Length(remaining) if !buffered.is_empty() => {
+                    let take = (*remaining).min(buffered.len() as u64);
+                    let data = buffered.split_to(take as usize).freeze();
+                    *remaining -= take;
+                    if *remaining == 0 {
+                        self.reading = Reading::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Reading::UntilClose if !buffered.is_empty() => {
+                    let data = buffered.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Reading::Chunked(state) => match decode_chunked(state, buffered) {
+                    Ok(Some(Decoded::Data(data))) => {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Some(Decoded::Trailers(trailers))) => {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Some(Decoded::End)) => {
+                        self.reading = Reading::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(error) => return Poll::Ready(Some(Err(error))),
+                },
+                Reading::Length(_) | Reading::UntilClose => {}
+            }
+            // More bytes are needed.
+            match ready!(self.conn.poll_fill(cx)) {
+                Ok(0) => {
+                    return Poll::Ready(match self.reading {
+                        Reading::UntilClose => {
+                            self.reading = Reading::Done;
+                            None
+                        }
+                        Reading::Length(remaining) => Some(Err(format!(
+                            "the upstream closed the connection {remaining} bytes short of the response's Content-Length"
+                        )
+                        .into())),
+                        _ => Some(Err(
+                            "the upstream closed the connection in the middle of a chunked response body".into(),
+                        )),
+                    });
+                }
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+            }
+        }
+    }
+
+    pub(super) fn is_end_stream(&self) -> bool {
+        matches!(self.reading, Reading::Done | Reading::Switched)
+    }
+
+    pub(super) fn size_hint(&self) -> SizeHint {
+        match self.reading {
+            Reading::Length(remaining) => SizeHint::with_exact(remaining),
+            Reading::Done | Reading::Switched => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream connection after `101 Switching Protocols`: the bytes the upstream sent past
+/// the response head come first, then the socket.
+pub struct Upgraded {
+    io: UpstreamStream,
+    pending: Bytes,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            buf.put_slice(&self.pending.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(super) mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A connection to an upstream played by `script` on a blocking socket in a thread.
+    async fn upstream(
+        script: impl FnOnce(std::net::TcpStream) + Send + 'static,
+    ) -> (Conn, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            script(socket);
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        (Conn::new(UpstreamStream::Plain(tcp)), thread)
+    }
+
+    /// Reads one request head from a blocking socket, byte by byte, and returns it.
+    pub(in crate::upstream) fn read_head(socket: &mut std::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(socket.read(&mut byte).unwrap(), 1, "request head cut short");
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// Writes `bytes` a few at a time, so every parser state meets a boundary.
+    fn dribble(socket: &mut std::net::TcpStream, bytes: &[u8], step: usize) {
+        for piece in bytes.chunks(step) {
+            socket.write_all(piece).unwrap();
+            socket.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    async fn send(
+        conn: Conn,
+        method: Method,
+        body: UpstreamBody,
+    ) -> Result<http::Response<ResponseBody>, Failure> {
+        let (parts, body) = http::Request::builder()
+            .method(method.clone())
+            .uri("/items?id=7")
+            .header("host", "upstream.test")
+            .body(body)
+            .unwrap()
+            .into_parts();
+        let mut head = Vec::new();
+        let authority: Authority = "upstream.test".parse().unwrap();
+        let framing = encode_request(&parts, &body, &authority, &mut head);
+        conn.exchange(&head, framing, body, &method).await
+    }
+
+    /// The body's bytes and trailers, or the error that ended it.
+    async fn read_body(body: &mut ResponseBody) -> Result<(Vec<u8>, Option<HeaderMap>), BoxError> {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            match frame?.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    fn failure(result: Result<http::Response<ResponseBody>, Failure>) -> String {
+        match result {
+            Ok(response) => panic!("expected a failure, got {}", response.status()),
+            Err(failure) => failure.into_error().to_string(),
+        }
+    }
+
+    fn sized(bytes: &'static [u8]) -> UpstreamBody {
+        http_body_util::Full::new(Bytes::from_static(bytes))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    /// A body of unknown length: `count` pieces of `piece`, one per poll.
+    fn streamed(piece: &'static [u8], count: usize) -> UpstreamBody {
+        let frames = futures_util::stream::iter(
+            (0..count).map(move |_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(piece)))),
+        );
+        http_body_util::StreamBody::new(frames).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_split_at_every_byte_decodes_with_its_trailers() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            dribble(
+                &mut socket,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;name=value\r\nhello\r\n7 \r\n, world\r\n0\r\nchecksum: abc\r\n\r\n",
+                1,
+            );
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        let (data, trailers) = read_body(response.body_mut()).await.unwrap();
+        assert_eq!(data, b"hello, world");
+        assert_eq!(trailers.unwrap()["checksum"], "abc");
+        assert!(
+            response.body().reusable(),
+            "a clean end keeps the connection"
+        );
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close_and_the_connection_is_not_reused() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        assert!(response.body().size_hint().exact().is_none());
+        let (data, _) = read_body(response.body_mut()).await.unwrap();
+        assert_eq!(data, b"until the end");
+        assert!(!response.body().reusable());
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
+        for (method, status_line) in [
+            (Method::HEAD, "200 OK"),
+            (Method::GET, "204 No Content"),
+            (Method::GET, "304 Not Modified"),
+        ] {
+            let head = format!("HTTP/1.1 {status_line}\r\nContent-Length: 1000\r\n\r\n");
+            let (conn, upstream) = upstream(move |mut socket| {
+                read_head(&mut socket);
+                socket.write_all(head.as_bytes()).unwrap();
+            })
+            .await;
+            let response = send(conn, method.clone(), crate::error::empty())
+                .await
+                .unwrap();
+            assert!(response.body().is_end_stream(), "{method} {status_line}");
+            assert!(response.body().reusable(), "{method} {status_line}");
+            upstream.join().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                      HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+                )
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert!(response.headers().get("link").is_none());
+        assert_eq!(read_body(response.body_mut()).await.unwrap().0, b"ok");
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_overrides_content_length_and_retires_the_connection() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      2\r\nok\r\n0\r\n\r\n",
+                )
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        assert!(response.headers().get("content-length").is_none());
+        assert_eq!(read_body(response.body_mut()).await.unwrap().0, b"ok");
+        assert!(
+            !response.body().reusable(),
+            "a response with both is suspect"
+        );
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_refused_with_what_was_wrong() {
+        let cases: [(&[u8], &str); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                "conflicting Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "invalid Content-Length \"-1\"",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed response head"),
+            (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "malformed response head"),
+        ];
+        for (answer, expected) in cases {
+            let (conn, upstream) = upstream(move |mut socket| {
+                read_head(&mut socket);
+                socket.write_all(answer).unwrap();
+            })
+            .await;
+            let error = failure(send(conn, Method::GET, crate::error::empty()).await);
+            assert!(error.contains(expected), "{error} (expected {expected})");
+            upstream.join().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_head_over_the_limit_is_refused() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n");
+            let field = format!("x-filler: {}\r\n", "a".repeat(1000));
+            for _ in 0..80 {
+                if socket.write_all(field.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let error = failure(send(conn, Method::GET, crate::error::empty()).await);
+        assert!(error.contains("larger than 64 KiB"), "{error}");
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_naming_the_missing_bytes() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        let error = read_body(response.body_mut())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("7 bytes short"), "{error}");
+        assert!(!response.body().reusable());
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_without_a_byte_of_response_is_told_apart() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+        })
+        .await;
+        match send(conn, Method::GET, crate::error::empty()).await {
+            Err(Failure::NoResponse(error)) => {
+                assert!(error.to_string().contains("without responding"), "{error}")
+            }
+            Err(other) => panic!("not a NoResponse: {}", other.into_error()),
+            Ok(response) => panic!("got {}", response.status()),
+        }
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_out_sized_or_chunked() {
+        let (conn, peer) = upstream(|mut socket| {
+            let head = read_head(&mut socket).to_ascii_lowercase();
+            assert!(head.starts_with("post /items?id=7 http/1.1\r\n"), "{head}");
+            assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
+            let mut body = [0u8; 5];
+            socket.read_exact(&mut body).unwrap();
+            assert_eq!(&body, b"hello");
+            socket
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+        })
+        .await;
+        let response = send(conn, Method::POST, sized(b"hello")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        peer.join().unwrap();
+
+        let (conn, peer) = upstream(|mut socket| {
+            let head = read_head(&mut socket).to_ascii_lowercase();
+            assert!(
+                head.contains("\r\ntransfer-encoding: chunked\r\n"),
+                "{head}"
+            );
+            assert!(!head.contains("content-length"), "{head}");
+            let expected = b"3\r\nabc\r\n3\r\nabc\r\n3\r\nabc\r\n0\r\n\r\n";
+            let mut body = vec![0u8; expected.len()];
+            socket.read_exact(&mut body).unwrap();
+            assert_eq!(body, expected);
+            socket
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+        })
+        .await;
+        let response = send(conn, Method::POST, streamed(b"abc", 3)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert!(response.body().reusable());
+        peer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_answers_before_the_body_is_done_is_heard() {
+        // 64 MiB of request body the upstream never reads: without watching for its answer,
+        // the sender would block on a full socket forever.
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        })
+        .await;
+        let piece: &'static [u8] = Box::leak(vec![b'x'; 64 * 1024].into_boxed_slice());
+        let mut response = send(conn, Method::POST, streamed(piece, 1024))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(read_body(response.body_mut()).await.unwrap().0, b"too big!");
+        assert!(
+            !response.body().reusable(),
+            "a request cut short leaves the connection unusable"
+        );
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn after_a_protocol_switch_the_bytes_past_the_head_come_first() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly")
+                .unwrap();
+            let mut buf = [0u8; 4];
+            socket.read_exact(&mut buf).unwrap();
+            socket.write_all(&buf).unwrap();
+        })
+        .await;
+        let response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut upgraded = response.into_body().into_upgraded().unwrap();
+        let mut early = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut upgraded, &mut early)
+            .await
+            .unwrap();
+        assert_eq!(&early, b"early");
+        upgraded.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut upgraded, &mut echo)
+            .await
+            .unwrap();
+        assert_eq!(&echo, b"ping");
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_response_retire_the_connection() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        assert_eq!(read_body(response.body_mut()).await.unwrap().0, b"ok");
+        assert!(!response.body().reusable());
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_1_0_and_connection_close_say_whether_the_connection_stays() {
+        for (answer, reusable) in [
+            ("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+        ] {
+            let (conn, upstream) = upstream(move |mut socket| {
+                read_head(&mut socket);
+                socket.write_all(answer.as_bytes()).unwrap();
+            })
+            .await;
+            let response = send(conn, Method::GET, crate::error::empty())
+                .await
+                .unwrap();
+            assert_eq!(response.body().reusable(), reusable, "{answer}");
+            upstream.join().unwrap();
+        }
+    }
+
+    /// Encodes `chunks` as a chunked body with an extension and a trailer.
+    fn chunked(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            out.extend_from_slice(format!("{:X};x=y\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_bodies_decode_the_same_however_they_arrive(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            step in 1usize..64,
+        ) {
+            let wire = chunked(&chunks);
+            let mut state = Chunk::Size;
+            let mut buf = BytesMut::new();
+            let mut data = Vec::new();
+            let mut ended = false;
+            for piece in wire.chunks(step) {
+                buf.extend_from_slice(piece);
+                while let Some(decoded) = decode_chunked(&mut state, &mut buf).unwrap() {
+                    match decoded {
+                        Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+                        Decoded::Trailers(trailers) => prop_assert_eq!(&trailers["x-sum"], "1"),
+                        Decoded::End => { ended = true; break; }
+                    }
+                }
+            }
+            prop_assert!(ended);
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(data, chunks.concat());
+        }
+
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut state = Chunk::Size;
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(decoded)) = decode_chunked(&mut state, &mut buf) {
+                if matches!(decoded, Decoded::End) {
+                    break;
+                }
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = parse_head(&mut buf);
+        }
+
+        #[test]
+        fn response_heads_with_arbitrary_fields_parse_or_are_refused(
+            status in 0u16..1000,
+            fields in proptest::collection::vec(("[!-~]{0,12}", "[ -~]{0,20}"), 0..20),
+        ) {
+            let mut head = format!("HTTP/1.1 {status:03} Reason\r\n");
+            for (name, value) in &fields {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\nbody");
+            let mut buf = BytesMut::from(head.as_bytes());
+            if let Ok(Some(parsed)) = parse_head(&mut buf) {
+                prop_assert_eq!(parsed.status.as_u16(), status);
+                prop_assert_eq!(&buf[..], b"body");
+            }
+        }
+    }
+}
