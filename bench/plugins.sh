@@ -75,7 +75,7 @@ for i, (name, (policy, headers)) in enumerate(policies.items()):
     open(f"{run}/{name}.port", "w").write(str(18181 + i))
 PY
 
-variants="off jwt key hmac waf"
+variants=${VARIANTS:-off jwt key hmac waf}  # e.g. VARIANTS="off hmac" REPS=10 for one policy
 for v in $variants; do
   port=$(cat "$RUN/$v.port")
   "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" \

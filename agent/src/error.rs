@@ -45,6 +45,8 @@ pub enum ProxyError {
     },
     #[error("service `{0}` is referenced by the route but missing from the running config")]
     MissingService(String),
+    #[error("route `{route}` rewrote the path into an invalid request target `{target}`")]
+    BadRewrite { route: String, target: String },
     #[error("request has no usable host")]
     BadHost,
     #[error("the request body could not be read: {0}")]
@@ -66,7 +68,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::BadHost | ProxyError::ClientBody(_) => {
                 Source::Client
             }
-            ProxyError::NoHealthyEndpoint { .. } | ProxyError::MissingService(_) => Source::Config,
+            ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::MissingService(_)
+            | ProxyError::BadRewrite { .. } => Source::Config,
             ProxyError::Connect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Timeout { .. } => Source::Upstream,
@@ -82,6 +86,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::MissingService(_) => "missing_service",
+            ProxyError::BadRewrite { .. } => "bad_rewrite",
             ProxyError::BadHost => "bad_host",
             ProxyError::ClientBody(_) => "bad_request_body",
         }
@@ -94,7 +99,9 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } | ProxyError::MissingService(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::BadRewrite { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

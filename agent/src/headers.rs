@@ -48,12 +48,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // The names `Connection` lists go too. Its values are cloned (a reference count: they
+    // share the parsed head's bytes) so the map can change while they are read, and each name
+    // is removed by its text, never made into a `HeaderName` (an allocation for a name that
+    // is not a standard one, such as `keep-alive`).
+    let mut listed = headers.get_all(header::CONNECTION).iter();
+    let first = listed.next().cloned();
+    let more: Vec<HeaderValue> = listed.cloned().collect();
+    for value in first.iter().chain(&more) {
+        let tokens = value.to_str().unwrap_or_default().split(',').map(str::trim);
+        for token in tokens.filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade"))) {
+            headers.remove(token);
+        }
     }
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
@@ -215,6 +221,19 @@ mod tests {
             ("proxy-authorization", "basic x"),
             ("x-kept", "yes"),
         ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_field_names_headers_to_remove_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("X-One, bad name,,"));
+        h.append("connection", HeaderValue::from_static("x-two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["x-kept"]);

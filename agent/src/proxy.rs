@@ -18,6 +18,7 @@ use fleetgate_shared::model::{
     Backend, DirectResponse, Forward, HashOn, LoadBalancing, Redirect, RetryOn,
 };
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -56,7 +57,8 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     // Visible ASCII by construction (see `headers::request_id`).
     let id = request_id.to_str().unwrap_or_default();
-    let host = request_host(&req);
+    let raw_host = RawHost::of(&req);
+    let host = normalize_host(raw_host.as_str());
     let mut record = AccessRecord::new(
         &request_id,
         conn.peer,
@@ -102,18 +104,31 @@ pub async fn handle(
     Ok(Response::from_parts(parts, metered.boxed()))
 }
 
-fn request_host(req: &Request<Incoming>) -> String {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or_default();
-    normalize_host(raw)
+/// The host the client named: the authority of an absolute-form target (and of every HTTP/2
+/// request), else the Host header. A clone of either shares the request's bytes, so the
+/// normalized host can borrow from it while the request moves on.
+enum RawHost {
+    Authority(http::uri::Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl RawHost {
+    fn of(req: &Request<Incoming>) -> Self {
+        match (req.uri().authority(), req.headers().get(header::HOST)) {
+            (Some(authority), _) => RawHost::Authority(authority.clone()),
+            (None, Some(host)) => RawHost::Header(host.clone()),
+            (None, None) => RawHost::Missing,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            RawHost::Authority(authority) => authority.as_str(),
+            RawHost::Header(host) => host.to_str().unwrap_or_default(),
+            RawHost::Missing => "",
+        }
+    }
 }
 
 async fn route(
@@ -151,18 +166,21 @@ async fn route(
     // chain, which may change headers (strip credentials, add claims) and the query (strip a
     // key sent as a query parameter).
     let canary = route.canary_for(&view);
-    let rewritten_path = route
-        .rewritten_path(&matched, req.uri().path())
-        .into_owned();
+    // `None`: the path goes upstream as the client sent it.
+    let rewritten_path = match route.rewritten_path(&matched, req.uri().path()) {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(path) => Some(path),
+    };
     let (req, policy_headers) =
         match run_policies(generation, conn, host, &route.name, req, record).await {
             Ok(passed) => passed,
             Err(answer) => return Ok(answer),
         };
-    let upstream_path = match req.uri().query() {
-        Some(q) => format!("{rewritten_path}?{q}"),
-        None => rewritten_path,
-    };
+    let upstream_target =
+        upstream_target(rewritten_path, req.uri()).map_err(|target| ProxyError::BadRewrite {
+            route: route.name.to_string(),
+            target,
+        })?;
     let spec = &route.spec;
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
@@ -184,7 +202,7 @@ async fn route(
             &matched,
             forward,
             backends,
-            upstream_path,
+            upstream_target,
             req,
             record,
         )
@@ -389,7 +407,7 @@ async fn forward_request(
     matched: &Matched<'_>,
     forward: &Forward,
     backends: &[Backend],
-    upstream_path: String,
+    upstream_target: PathAndQuery,
     mut req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -465,7 +483,7 @@ async fn forward_request(
         send_mirror(
             target.clone(),
             &parts.method,
-            &upstream_path,
+            &upstream_target,
             &upstream_headers,
             body.take(),
         );
@@ -500,13 +518,12 @@ async fn forward_request(
             std::mem::take(&mut upstream_headers)
         };
         let request = upstream_request(
-            &endpoint,
             &parts.method,
-            &upstream_path,
+            &upstream_target,
             attempt_headers,
             body.take(),
             service,
-        )?;
+        );
         let sent = service.client.send(&endpoint.authority, request);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
@@ -605,25 +622,14 @@ fn classify(service: &ServiceRuntime, endpoint: &Endpoint, error: ClientError) -
 }
 
 fn upstream_request(
-    endpoint: &Endpoint,
     method: &Method,
-    path_and_query: &str,
+    target: &PathAndQuery,
     headers: http::HeaderMap,
     body: UpstreamBody,
     service: &ServiceRuntime,
-) -> Result<Request<UpstreamBody>, ProxyError> {
-    // Origin form: the client adds the endpoint's authority where the protocol wants it. A
-    // regex rewrite may produce a path without its leading slash; the request target needs one.
-    let uri = if path_and_query.starts_with('/') {
-        Uri::try_from(path_and_query)
-    } else {
-        Uri::try_from(format!("/{path_and_query}"))
-    };
-    let uri = uri.map_err(|e| ProxyError::Upstream {
-        service: service.name.clone(),
-        endpoint: endpoint.address.clone(),
-        reason: format!("bad upstream URI: {e}"),
-    })?;
+) -> Request<UpstreamBody> {
+    // Origin form: the client adds the endpoint's authority where the protocol wants it.
+    let uri = Uri::from(target.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
@@ -636,9 +642,28 @@ fn upstream_request(
         // HTTP/2 carries the authority in :authority; a Host header would be redundant.
         request.headers_mut().remove(header::HOST);
     }
-    Ok(request)
+    request
 }
 
+/// The request target sent upstream: the client's own (sharing its bytes) unless a rewrite
+/// changed the path, with the query as the policy chain left it. A regex rewrite may produce a
+/// path without its leading slash; the target gets one. Fails with the target that does not
+/// parse.
+fn upstream_target(rewritten_path: Option<String>, uri: &Uri) -> Result<PathAndQuery, String> {
+    let path = match rewritten_path {
+        Some(path) => path,
+        None => match uri.path_and_query() {
+            Some(target) if target.as_str().starts_with('/') => return Ok(target.clone()),
+            _ => uri.path().to_owned(),
+        },
+    };
+    let slash = if path.starts_with('/') { "" } else { "/" };
+    let target = match uri.query() {
+        Some(query) => format!("{slash}{path}?{query}"),
+        None => format!("{slash}{path}"),
+    };
+    PathAndQuery::try_from(target.as_str()).map_err(|_| target)
+}
 fn finish_response(
     gateway: &Arc<Gateway>,
     mut response: Response<PooledBody>,
@@ -723,17 +748,14 @@ fn tunnel(
 fn send_mirror(
     target: Arc<ServiceRuntime>,
     method: &Method,
-    path: &str,
+    path: &PathAndQuery,
     headers: &http::HeaderMap,
     body: UpstreamBody,
 ) {
     let Some(endpoint) = target.pick(&Default::default(), None) else {
         return;
     };
-    let Ok(request) = upstream_request(&endpoint, method, path, headers.clone(), body, &target)
-    else {
-        return;
-    };
+    let request = upstream_request(method, path, headers.clone(), body, &target);
     tokio::spawn(async move {
         // The mirror's answer is ignored; only a bounded wait so a stuck mirror cannot pile up tasks.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
@@ -904,5 +926,30 @@ impl Drop for Metered {
                 .then(|| "client went away before the body ended".to_owned());
             self.finish(error);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_target_is_the_clients_unless_a_rewrite_changed_the_path() {
+        let uri: Uri = "/api/items?id=7".parse().unwrap();
+        assert_eq!(upstream_target(None, &uri).unwrap(), "/api/items?id=7");
+        assert_eq!(
+            upstream_target(Some("/v2/items".into()), &uri).unwrap(),
+            "/v2/items?id=7"
+        );
+        // A regex rewrite without a leading slash gets one.
+        assert_eq!(
+            upstream_target(Some("items/7".into()), &uri).unwrap(),
+            "/items/7?id=7"
+        );
+        let absolute: Uri = "http://example.com".parse().unwrap();
+        assert_eq!(upstream_target(None, &absolute).unwrap(), "/");
+        let error = upstream_target(Some("/a b".into()), &uri).unwrap_err();
+        assert_eq!(error, "/a b?id=7");
     }
 }

@@ -25,7 +25,9 @@ pub struct RequestView<'a> {
 /// The host part of an `:authority` or `Host` header value, as routes are matched against it:
 /// userinfo and port removed, IPv6 brackets removed (`[::1]:8080` → `::1`), one trailing dot
 /// removed (`example.com.` → `example.com`), ASCII lower-cased.
-pub fn normalize_host(authority_or_host_header: &str) -> String {
+/// Borrows when the host needs no lower-casing (the common case), so most requests pay no
+/// allocation for it.
+pub fn normalize_host(authority_or_host_header: &str) -> Cow<'_, str> {
     let text = authority_or_host_header.trim();
     // `user@host` appears only in absolute-form request targets; the host is after the last `@`.
     let text = text.rsplit_once('@').map_or(text, |(_, host)| host);
@@ -39,7 +41,11 @@ pub fn normalize_host(authority_or_host_header: &str) -> String {
         },
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// The values of the query parameter `name` in a raw query string, percent-decoded.
@@ -132,6 +138,15 @@ pub fn cookie_values<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_already_normal_is_borrowed() {
+        assert!(matches!(
+            normalize_host("api.example.com:443"),
+            Cow::Borrowed("api.example.com")
+        ));
+        assert!(matches!(normalize_host("API.example.com"), Cow::Owned(_)));
+    }
 
     #[test]
     fn normalize_host_strips_port_brackets_dot_and_case() {

@@ -43,11 +43,13 @@ pub(super) struct Conn {
     io: UpstreamStream,
     /// Bytes read from the socket and not yet consumed.
     read: BytesMut,
+    /// Where request heads are encoded; kept with its capacity from one exchange to the next.
+    write: Vec<u8>,
 }
 
 /// How the request body goes out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum RequestFraming {
+enum RequestFraming {
     None,
     Length(u64),
     Chunked,
@@ -57,7 +59,7 @@ pub(super) enum RequestFraming {
 /// The framing headers are ours, from the body's size: a `Content-Length` or
 /// `Transfer-Encoding` in `parts` is not copied. A request without `Host` gets the endpoint's
 /// authority (RFC 9112 3.2 requires one).
-pub(super) fn encode_request(
+fn encode_request(
     parts: &http::request::Parts,
     body: &UpstreamBody,
     authority: &Authority,
@@ -151,6 +153,7 @@ impl Conn {
         Self {
             io,
             read: BytesMut::new(),
+            write: Vec::new(),
         }
     }
 
@@ -177,18 +180,23 @@ impl Conn {
         }
     }
 
-    /// Sends a request (its head already encoded by [`encode_request`]) and reads the response
+    /// Sends a request to `authority` (origin-form target in `parts`) and reads the response
     /// head. The response body reads the rest from the connection, which it owns.
     pub(super) async fn exchange(
         mut self,
-        head: &[u8],
-        framing: RequestFraming,
+        parts: &http::request::Parts,
+        authority: &Authority,
         body: UpstreamBody,
-        method: &Method,
     ) -> Result<http::Response<ResponseBody>, Failure> {
-        if let Err(error) = self.write_all(head).await {
+        let mut head = std::mem::take(&mut self.write);
+        head.clear();
+        let framing = encode_request(parts, &body, authority, &mut head);
+        let written = self.write_all(&head).await;
+        self.write = head;
+        if let Err(error) = written {
             return Err(Failure::Unsent { error, body });
         }
+        let method = &parts.method;
         // An upstream may answer before the request body is done (a 413, a 401): sending
         // stops there, and the connection, its request cut short, is not reused.
         let complete = match framing {
@@ -373,9 +381,13 @@ impl Conn {
 fn final_head_buffered(buf: &[u8]) -> bool {
     let mut at = 0;
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        match response.parse(&buf[at..]) {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &buf[at..],
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => match response.code {
                 Some(code) if (100..200).contains(&code) && code != 101 => at += len,
                 _ => return true,
@@ -390,9 +402,17 @@ fn final_head_buffered(buf: &[u8]) -> bool {
 /// Parses a complete response head off the front of `buf`, or says more bytes are needed.
 /// Header values are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len >= MAX_HEAD => {
+            return Err(format!("the response head is larger than {} KiB", MAX_HEAD / 1024).into());
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -423,24 +443,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
 
 /// Where each parsed field's name and value sit in the bytes they were parsed from, so the
 /// values can be slices of those bytes once frozen.
+/// Heads and trailer sections are under 64 KiB, so offsets fit in 16 bits.
 struct Spans {
-    spans: [(u32, u32, u32, u32); MAX_HEADERS],
+    spans: [(u16, u16, u16, u16); MAX_HEADERS],
     len: usize,
 }
 
 impl Spans {
     fn of(base: &[u8], fields: &[httparse::Header<'_>]) -> Self {
         let start = base.as_ptr() as usize;
-        let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
+        let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u16;
         let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
         for (span, field) in spans.iter_mut().zip(fields) {
             let name = offset(field.name.as_bytes());
             let value = offset(field.value);
             *span = (
                 name,
-                name + field.name.len() as u32,
+                name + field.name.len() as u16,
                 value,
-                value + field.value.len() as u32,
+                value + field.value.len() as u16,
             );
         }
         Self {
@@ -645,16 +666,14 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decode
                 }
                 let mut fields = [httparse::EMPTY_HEADER; 32];
                 match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Complete((len, fields))) => {
+                    Ok(httparse::Status::Complete((len, fields))) if len <= MAX_TRAILERS => {
                         let spans = Spans::of(buf, fields);
                         let block = buf.split_to(len).freeze();
                         *state = Chunk::End;
                         return Ok(Some(Decoded::Trailers(spans.header_map(&block)?)));
                     }
                     Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
-                    Ok(httparse::Status::Partial) => {
-                        return Err("the trailer section is larger than 16 KiB".into());
-                    }
+                    Ok(_) => return Err("the trailer section is larger than 16 KiB".into()),
                     Err(error) => return Err(format!("malformed trailer section: {error}").into()),
                 }
             }
@@ -881,10 +900,8 @@ pub(super) mod tests {
             .body(body)
             .unwrap()
             .into_parts();
-        let mut head = Vec::new();
         let authority: Authority = "upstream.test".parse().unwrap();
-        let framing = encode_request(&parts, &body, &authority, &mut head);
-        conn.exchange(&head, framing, body, &method).await
+        conn.exchange(&parts, &authority, body).await
     }
 
     /// The body's bytes and trailers, or the error that ended it.

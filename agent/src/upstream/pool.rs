@@ -29,7 +29,7 @@ use tower::ServiceExt;
 
 use super::clients::UpstreamBody;
 use super::connector::UpstreamConnector;
-use super::h1::{self, Conn, Failure, RequestFraming, Upgraded};
+use super::h1::{self, Conn, Failure, Upgraded};
 use crate::BoxError;
 
 /// Idle connections kept per authority; more are closed as they come back. Far above what one
@@ -136,10 +136,8 @@ impl Http1Pool {
         authority: &Authority,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
-        let (parts, body) = request.into_parts();
-        let mut head = Vec::with_capacity(512);
-        let framing = h1::encode_request(&parts, &body, authority, &mut head);
-        let mut body = body;
+        let (parts, mut body) = request.into_parts();
+        let bodiless = body.is_end_stream();
         loop {
             let (conn, idle_for) = match self.checkout(authority) {
                 Some((conn, idle_for)) => (conn, Some(idle_for)),
@@ -147,7 +145,7 @@ impl Http1Pool {
                 // otherwise make every request's future larger.
                 None => (Box::pin(self.connect(authority)).await?, None),
             };
-            match conn.exchange(&head, framing, body, &parts.method).await {
+            match conn.exchange(&parts, authority, body).await {
                 Ok(response) => return Ok(self.pooled(authority, response)),
                 // The head could not be written on a pooled connection: nobody saw the
                 // request, so another connection may carry it.
@@ -158,13 +156,13 @@ impl Http1Pool {
                 // (RFC 9110 9.2.2); nginx does the same for its cached upstream connections.
                 Err(Failure::NoResponse(error))
                     if idle_for.is_some_and(|idle| idle >= MAY_BE_STALE_AFTER)
-                        && framing == RequestFraming::None
+                        && bodiless
                         && idempotent(&parts.method) =>
                 {
                     tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
                     let fresh = Box::pin(self.connect(authority)).await?;
                     let response = fresh
-                        .exchange(&head, framing, crate::error::empty(), &parts.method)
+                        .exchange(&parts, authority, crate::error::empty())
                         .await
                         .map_err(|f| ClientError::Request(f.into_error()))?;
                     return Ok(self.pooled(authority, response));
