@@ -1,5 +1,6 @@
 //! Header hygiene: hop-by-hop removal (RFC 9110 7.6.1) and the forwarding headers.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1, plus the legacy
@@ -139,7 +140,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Shared from the start (one allocation), so the clones that go upstream and back to the
+    // client are reference counts; a value copied from a slice would allocate again when first
+    // cloned.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Applies a route's header edits in the order remove → set → add.

@@ -383,6 +383,7 @@ impl RequestBody {
     fn take(&mut self) -> UpstreamBody {
         match std::mem::replace(self, RequestBody::Replayable(Bytes::new())) {
             RequestBody::Streaming(body) => body.boxed(),
+            RequestBody::Replayable(bytes) if bytes.is_empty() => empty(),
             RequestBody::Replayable(bytes) => {
                 *self = RequestBody::Replayable(bytes.clone());
                 http_body_util::Full::new(bytes)
