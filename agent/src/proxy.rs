@@ -250,7 +250,6 @@ async fn run_policies(
         headers,
         conn.peer,
         conn.tls,
-        route,
     );
     let body = match chain.body_limit() {
         Some(limit) if !body.is_end_stream() => match Inbound::read_prefix(body, limit).await {

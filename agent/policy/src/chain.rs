@@ -5,7 +5,7 @@ use http::Response;
 use http::header::HeaderName;
 
 use crate::context::{RequestCtx, Verdict};
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, Step};
 
 /// The header that tells the upstream which consumer was authenticated. Any value a client
 /// sends is removed first, so the upstream can trust it.
@@ -48,7 +48,11 @@ impl Chain {
     pub async fn run(&self, ctx: &mut RequestCtx) -> Option<Rejection> {
         ctx.headers.remove(&CONSUMER_HEADER);
         for plugin in &self.plugins {
-            if let Verdict::Respond(response) = plugin.on_request(ctx).await {
+            let verdict = match plugin.on_request(ctx) {
+                Step::Done(verdict) => verdict,
+                Step::Wait(future) => future.await,
+            };
+            if let Verdict::Respond(response) = verdict {
                 return Some(Rejection {
                     policy: plugin.name().to_owned(),
                     response,

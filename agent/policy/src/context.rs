@@ -79,8 +79,6 @@ pub struct RequestCtx {
     /// Whether the client connection is TLS.
     pub tls: bool,
     pub body: BodyPrefix,
-    /// The route that matched.
-    pub route: String,
     /// Set by the authentication plugin that identified the caller.
     pub consumer: Option<Arc<ConsumerEntry>>,
     /// Headers added to the response the client gets (rate-limit state, CORS).
@@ -91,14 +89,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// A context for a request with no body read, no consumer and the current time.
-    pub fn new(
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        peer: SocketAddr,
-        tls: bool,
-        route: &str,
-    ) -> Self {
+    pub fn new(method: Method, uri: Uri, headers: HeaderMap, peer: SocketAddr, tls: bool) -> Self {
         Self {
             method,
             uri,
@@ -106,7 +97,6 @@ impl RequestCtx {
             peer,
             tls,
             body: BodyPrefix::NotRead,
-            route: route.to_owned(),
             consumer: None,
             response_headers: HeaderMap::new(),
             now: SystemTime::now(),

@@ -19,6 +19,6 @@ mod state;
 
 pub use chain::{CONSUMER_HEADER, Chain, Rejection};
 pub use context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, canonical_ip, reject};
-pub use plugin::{Plugin, PluginFuture};
+pub use plugin::{Plugin, PluginFuture, Step};
 pub use set::{Consumers, PolicySet};
 pub use state::PolicyState;

@@ -5,9 +5,39 @@ use fleetgate_shared::model::Phase;
 
 use crate::context::{RequestCtx, Verdict};
 
-/// The future a plugin returns: most plugins answer at once (`Box::pin(async { ... })` over a
-/// synchronous check); cluster-wide rate limits and JWKS refreshes await I/O.
+/// What a plugin that has to wait returns: cluster-wide rate limits await Redis, JWKS
+/// refreshes a fetch, the WAF its turn on the blocking pool.
 pub type PluginFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+
+/// A plugin's answer to a request: given at once (most plugins, with no allocation), or after
+/// waiting. Awaiting a `Step` gives the verdict either way.
+pub enum Step<'a> {
+    Done(Verdict),
+    Wait(PluginFuture<'a>),
+}
+
+impl std::fmt::Debug for Step<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Done(verdict) => f.debug_tuple("Done").field(verdict).finish(),
+            Step::Wait(_) => f.write_str("Wait(..)"),
+        }
+    }
+}
+
+impl<'a> std::future::IntoFuture for Step<'a> {
+    type Output = Verdict;
+    type IntoFuture = PluginFuture<'a>;
+
+    /// For callers that await every step alike (tests): a verdict given at once is boxed
+    /// here. The chain matches on the step instead and boxes nothing.
+    fn into_future(self) -> PluginFuture<'a> {
+        match self {
+            Step::Done(verdict) => Box::pin(std::future::ready(verdict)),
+            Step::Wait(future) => future,
+        }
+    }
+}
 
 /// One compiled policy. Built once per config version; called for every request its scope
 /// covers. Implementations must not block: CPU-heavy work (a WAF) runs on a blocking pool.
@@ -25,5 +55,5 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 
     /// Inspects (and may change) the request; answers it or lets it through.
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a>;
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a>;
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::credentials;
 use crate::context::{ConsumerEntry, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
 use crate::state::PolicyState;
 
@@ -234,8 +234,8 @@ impl Plugin for BasicAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
-        Box::pin(self.check(ctx))
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::Wait(Box::pin(self.check(ctx)))
     }
 }
 
@@ -286,7 +286,6 @@ mod tests {
             headers,
             "127.0.0.1:9".parse().unwrap(),
             true,
-            "r",
         )
     }
 

@@ -38,7 +38,7 @@ use http::{HeaderMap, Response, StatusCode};
 use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of this plugin's challenge secret.
@@ -439,9 +439,9 @@ impl Plugin for BotDetect {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let verdict = self.decide(ctx);
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }
 
@@ -492,14 +492,7 @@ mod tests {
             }
         }
         let peer: SocketAddr = peer.parse().unwrap();
-        RequestCtx::new(
-            Method::GET,
-            Uri::from_static("/page"),
-            headers,
-            peer,
-            false,
-            "r",
-        )
+        RequestCtx::new(Method::GET, Uri::from_static("/page"), headers, peer, false)
     }
 
     fn run(p: &BotDetect, ctx: &mut RequestCtx) -> Option<Response<Bytes>> {

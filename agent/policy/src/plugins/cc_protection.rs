@@ -32,7 +32,7 @@ use super::key_rate_limit::algorithm::{Quota, WindowState, sliding_window};
 use super::key_rate_limit::table::{Expiring, MAX_KEYS, Table};
 use super::key_rate_limit::{display_key, key_value, store_key};
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of [`CcState`].
@@ -249,9 +249,9 @@ impl Plugin for CcProtection {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let verdict = self.decide(ctx);
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }
 
@@ -289,7 +289,6 @@ mod tests {
             headers,
             peer.parse::<SocketAddr>().unwrap(),
             false,
-            "login",
         )
     }
 

@@ -227,7 +227,6 @@ mod tests {
             map,
             "127.0.0.1:1".parse().unwrap(),
             false,
-            "r",
         )
     }
 

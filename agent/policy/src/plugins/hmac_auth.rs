@@ -11,13 +11,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use fleetgate_shared::model::{HmacAlgorithm, HmacAuth as Config, Phase};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use parking_lot::Mutex;
 
 use super::credentials;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
 use crate::state::PolicyState;
 
@@ -25,6 +25,10 @@ use crate::state::PolicyState;
 pub const DATE_HEADER: &str = "x-fleetgate-date";
 /// The header carrying the hex SHA-256 of the body.
 pub const CONTENT_SHA256_HEADER: &str = "x-fleetgate-content-sha256";
+
+/// The two as header names, so looking them up parses nothing per request.
+static DATE_NAME: HeaderName = HeaderName::from_static(DATE_HEADER);
+static CONTENT_SHA256_NAME: HeaderName = HeaderName::from_static(CONTENT_SHA256_HEADER);
 /// Bodies up to this size are digested. hmac-auth with `validate_body` answers a larger body
 /// with 413: it cannot vouch for bytes it has not seen, and buffering more per request would
 /// let signed-request endpoints pin memory. 1 MiB fits webhooks and API payloads.
@@ -127,7 +131,7 @@ pub fn sign(
         method,
         uri,
         headers,
-        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        names.iter().map(String::as_str),
     )?;
     let key = hmac::Key::new(digest_of(credentials.algorithm), credentials.secret);
     let tag = hmac::sign(&key, &canonical);
@@ -166,7 +170,7 @@ fn check_token(what: &str, value: &str, max: usize) -> Result<(), String> {
 /// in that order. Built whole and hashed in one call: feeding the HMAC piece by piece costs
 /// more than the buffer.
 #[allow(clippy::too_many_arguments)]
-fn canonical_request(
+fn canonical_request<'n>(
     out: &mut Vec<u8>,
     scheme: &str,
     key_id: &str,
@@ -174,7 +178,7 @@ fn canonical_request(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    names: &[&str],
+    names: impl Iterator<Item = &'n str> + Clone,
 ) -> Result<(), String> {
     for part in [scheme, key_id, nonce, method.as_str(), uri.path()] {
         out.extend_from_slice(part.as_bytes());
@@ -182,7 +186,7 @@ fn canonical_request(
     }
     canonical_query(out, uri.query());
     out.extend_from_slice(b"\n");
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in names.clone().enumerate() {
         if i > 0 {
             out.extend_from_slice(b";");
         }
@@ -198,13 +202,22 @@ fn canonical_request(
 }
 
 /// The names of a `signedHeaders` list, trimmed, in their order (none for an empty list).
-fn signed_names(names: &str) -> impl Iterator<Item = &str> {
+fn signed_names(names: &str) -> impl Iterator<Item = &str> + Clone {
     let names = names.trim();
     (!names.is_empty())
         .then_some(names)
         .into_iter()
         .flat_map(|n| n.split(';'))
         .map(str::trim)
+}
+
+/// Whether `name` is a field name (RFC 9110 5.1: a token), as `HeaderName` would accept it
+/// in any case, without building one.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn put_lowercase(out: &mut Vec<u8>, name: &str) {
@@ -281,17 +294,22 @@ const MAX_TAG_LEN: usize = 64;
 struct Authorization<'a> {
     algorithm: HmacAlgorithm,
     key_id: &'a str,
-    /// The `signedHeaders` names as sent, trimmed: distinct header names, compared without
-    /// regard to case.
-    signed: Vec<&'a str>,
+    /// The `signedHeaders` value as sent, checked to list at most [`MAX_SIGNED_HEADERS`]
+    /// distinct header names (compared without regard to case); [`Self::signed`] lists them.
+    signed: &'a str,
     nonce: Option<&'a str>,
     signature: [u8; MAX_TAG_LEN],
     signature_len: usize,
 }
 
-impl Authorization<'_> {
+impl<'a> Authorization<'a> {
+    /// The signed header names, trimmed, in the order they were listed.
+    fn signed(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
+        signed_names(self.signed)
+    }
+
     fn signs(&self, name: &str) -> bool {
-        self.signed.iter().any(|n| n.eq_ignore_ascii_case(name))
+        self.signed().any(|n| n.eq_ignore_ascii_case(name))
     }
 
     fn signature(&self) -> &[u8] {
@@ -332,18 +350,20 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
     if let Some(nonce) = nonce {
         check_token("nonce", nonce, MAX_NONCE_LEN)?;
     }
-    let mut signed_headers: Vec<&str> = Vec::with_capacity(8);
-    for name in signed_names(signed.ok_or("signedHeaders is missing")?) {
-        if signed_headers.len() == MAX_SIGNED_HEADERS {
+    // Checked in place, without collecting the names: a signed request pays no allocation
+    // for its list.
+    let signed = signed.ok_or("signedHeaders is missing")?;
+    for (i, name) in signed_names(signed).enumerate() {
+        if i == MAX_SIGNED_HEADERS {
             return Err(format!(
                 "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
             ));
         }
-        if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        if !is_token(name) {
             return Err(format!("`{name}` in signedHeaders is not a header name"));
         }
-        if signed_headers
-            .iter()
+        if signed_names(signed)
+            .take(i)
             .any(|earlier| earlier.eq_ignore_ascii_case(name))
         {
             return Err(format!(
@@ -351,7 +371,6 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
                 name.to_ascii_lowercase()
             ));
         }
-        signed_headers.push(name);
     }
     let mut tag = [0u8; MAX_TAG_LEN];
     let signature_len = STANDARD
@@ -360,7 +379,7 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
     Ok(Authorization {
         algorithm,
         key_id,
-        signed: signed_headers,
+        signed,
         nonce,
         signature: tag,
         signature_len,
@@ -511,22 +530,31 @@ impl HmacAuth {
         if self.require_nonce && auth.nonce.is_none() {
             return self.unauthorized("missing_nonce", "a nonce is required");
         }
-        let mut canonical = Vec::with_capacity(256);
-        if let Err(message) = canonical_request(
-            &mut canonical,
-            scheme(auth.algorithm),
-            auth.key_id,
-            auth.nonce.unwrap_or_default(),
-            &ctx.method,
-            &ctx.uri,
-            &ctx.headers,
-            &auth.signed,
-        ) {
-            return self.unauthorized("missing_signed_header", &message);
-        }
-        // Constant time: aws-lc compares the tags without an early exit.
-        if hmac::verify(key, &canonical, auth.signature()).is_err() {
-            return self.unauthorized("invalid_signature", "the signature does not match");
+        // The canonical request is built in a buffer each thread keeps, and dropped there.
+        thread_local!(static CANONICAL: std::cell::RefCell<Vec<u8>> = const {
+            std::cell::RefCell::new(Vec::new())
+        });
+        let checked = CANONICAL.with_borrow_mut(|canonical| -> Result<bool, String> {
+            canonical.clear();
+            canonical_request(
+                canonical,
+                scheme(auth.algorithm),
+                auth.key_id,
+                auth.nonce.unwrap_or_default(),
+                &ctx.method,
+                &ctx.uri,
+                &ctx.headers,
+                auth.signed(),
+            )?;
+            // Constant time: aws-lc compares the tags without an early exit.
+            Ok(hmac::verify(key, canonical, auth.signature()).is_ok())
+        });
+        match checked {
+            Err(message) => return self.unauthorized("missing_signed_header", &message),
+            Ok(false) => {
+                return self.unauthorized("invalid_signature", "the signature does not match");
+            }
+            Ok(true) => {}
         }
         if self.validate_body
             && let Some(answer) = self.check_body(ctx)
@@ -565,14 +593,14 @@ impl HmacAuth {
     /// The signed date: `x-fleetgate-date` (unix seconds) if signed, else `date` (RFC 9110
     /// IMF-fixdate) if signed.
     fn signed_date(&self, ctx: &RequestCtx, auth: &Authorization) -> Result<u64, String> {
-        let get = |name: &str| {
+        let get = |name: &HeaderName| {
             ctx.headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
         if auth.signs(DATE_HEADER)
-            && let Some(value) = get(DATE_HEADER)
+            && let Some(value) = get(&DATE_NAME)
         {
             if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("`{DATE_HEADER}` must be unix seconds"));
@@ -582,7 +610,7 @@ impl HmacAuth {
                 .map_err(|_| format!("`{DATE_HEADER}` must be unix seconds"));
         }
         if auth.signs("date")
-            && let Some(value) = get("date")
+            && let Some(value) = get(&header::DATE)
         {
             return httpdate::parse_http_date(value)
                 .map(unix_secs)
@@ -627,7 +655,7 @@ impl HmacAuth {
         };
         let claimed = ctx
             .headers
-            .get(CONTENT_SHA256_HEADER)
+            .get(&CONTENT_SHA256_NAME)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .unwrap_or_default();
@@ -738,9 +766,9 @@ impl Plugin for HmacAuth {
         self.validate_body.then_some(BODY_LIMIT + 1)
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let verdict = self.check(ctx);
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }
 
@@ -823,7 +851,6 @@ mod tests {
             headers,
             "127.0.0.1:5".parse().unwrap(),
             true,
-            "r",
         );
         ctx.body = BodyPrefix::Complete(Bytes::from_static(body.as_bytes()));
         ctx.now = UNIX_EPOCH + Duration::from_secs(NOW);
@@ -1033,7 +1060,6 @@ mod tests {
             headers,
             "127.0.0.1:5".parse().unwrap(),
             false,
-            "r",
         );
         c.body = BodyPrefix::Complete(Bytes::new());
         c.now = UNIX_EPOCH + Duration::from_secs(NOW);
@@ -1070,7 +1096,6 @@ mod tests {
             headers,
             "127.0.0.1:5".parse().unwrap(),
             false,
-            "r",
         );
         c.now = now;
         assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
@@ -1134,9 +1159,11 @@ mod tests {
         fn any_authorization_header_parses_or_is_refused(value in "\\PC{0,300}") {
             if let Ok(auth) = parse_authorization(&value) {
                 proptest::prop_assert!(check_token("key id", auth.key_id, MAX_KEY_ID_LEN).is_ok());
-                proptest::prop_assert!(auth.signed.len() <= MAX_SIGNED_HEADERS);
-                for (i, name) in auth.signed.iter().enumerate() {
-                    proptest::prop_assert!(!auth.signed[..i].iter().any(|n| n.eq_ignore_ascii_case(name)));
+                let signed: Vec<&str> = auth.signed().collect();
+                proptest::prop_assert!(signed.len() <= MAX_SIGNED_HEADERS);
+                for (i, name) in signed.iter().enumerate() {
+                    proptest::prop_assert!(is_token(name));
+                    proptest::prop_assert!(!signed[..i].iter().any(|n| n.eq_ignore_ascii_case(name)));
                 }
                 proptest::prop_assert!(auth.signature().len() <= MAX_TAG_LEN);
             }
@@ -1174,7 +1201,7 @@ mod tests {
             let value = sign(&credentials, "", &Method::GET, &"/".parse().unwrap(), &headers, &signed).unwrap();
             let auth = parse_authorization(&value).unwrap();
             proptest::prop_assert_eq!(auth.key_id, key.as_str());
-            proptest::prop_assert_eq!(&auth.signed, &signed);
+            proptest::prop_assert_eq!(auth.signed().collect::<Vec<_>>(), signed);
             proptest::prop_assert_eq!(auth.signature().len(), 48);
             proptest::prop_assert_eq!(auth.algorithm, HmacAlgorithm::HmacSha384);
         }
@@ -1204,7 +1231,7 @@ mod tests {
             &Method::GET,
             &uri,
             &headers,
-            &["X-Fleetgate-Date", "x-multi"],
+            ["X-Fleetgate-Date", "x-multi"].into_iter(),
         )
         .unwrap();
         assert_eq!(
@@ -1241,7 +1268,7 @@ mod tests {
             "FG-HMAC-SHA256 keyId=\"a\", signedHeaders=\"Host;X-Y\", signature=\"AA==\", v=2",
         )
         .unwrap();
-        assert_eq!(ok.signed, ["Host", "X-Y"]);
+        assert_eq!(ok.signed().collect::<Vec<_>>(), ["Host", "X-Y"]);
         assert!(ok.signs("x-y") && ok.signs("host") && !ok.signs("date"));
         assert_eq!(ok.signature(), [0]);
         assert_eq!(ok.nonce, None);

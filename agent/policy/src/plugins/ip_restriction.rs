@@ -5,7 +5,7 @@ use http::{HeaderMap, StatusCode};
 use ipnet::IpNet;
 
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 
 /// Allow and deny lists of networks, checked against the client IP.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ impl Plugin for IpRestriction {
         Phase::Authz
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let ip = client_ip(&self.source, &ctx.headers, ctx.peer_ip());
         let verdict = if self.permits(ip) {
             Verdict::Continue
@@ -90,7 +90,7 @@ impl Plugin for IpRestriction {
                 &self.name,
             ))
         };
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }
 

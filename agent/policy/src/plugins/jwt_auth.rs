@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use self::jwks::JwksCache;
 use super::credentials;
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
 use crate::state::PolicyState;
 
@@ -530,8 +530,8 @@ impl Plugin for JwtAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
-        Box::pin(async move {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::Wait(Box::pin(async move {
             // Claim headers are ours to set: whatever the client sent under those names goes,
             // even when the token lacks the claim.
             for (_, header) in &self.claims_to_headers {
@@ -566,7 +566,7 @@ impl Plugin for JwtAuth {
                     response
                 }
             })
-        })
+        }))
     }
 }
 
@@ -752,7 +752,6 @@ mod tests {
             map,
             "127.0.0.1:7".parse().unwrap(),
             true,
-            "r",
         );
         ctx.now = UNIX_EPOCH + Duration::from_secs(now);
         ctx

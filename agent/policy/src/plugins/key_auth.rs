@@ -5,7 +5,7 @@ use http::header::HeaderValue;
 
 use super::credentials;
 use crate::context::{RequestCtx, Verdict};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
 
 /// API keys: the key is read from the configured sources (first present wins) and looked up
@@ -71,9 +71,9 @@ impl Plugin for KeyAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let verdict = self.check(ctx);
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }
 
@@ -129,7 +129,6 @@ mod tests {
             headers,
             "127.0.0.1:9".parse().unwrap(),
             false,
-            "r",
         )
     }
 

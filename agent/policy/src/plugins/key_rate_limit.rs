@@ -48,7 +48,7 @@ use self::algorithm::{Decision, GcraState, Quota, WindowState, gcra, sliding_win
 use self::breaker::{Admit, Attempt, Breaker, Transition};
 use self::table::{Expiring, MAX_KEYS, Table};
 use crate::context::{ConsumerEntry, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of the local counters.
@@ -507,8 +507,8 @@ impl Plugin for KeyRateLimit {
         Phase::RateLimit
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
-        Box::pin(self.check(ctx))
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::Wait(Box::pin(self.check(ctx)))
     }
 }
 
@@ -551,7 +551,6 @@ mod tests {
             headers,
             peer.parse::<SocketAddr>().unwrap(),
             false,
-            "r",
         )
     }
 

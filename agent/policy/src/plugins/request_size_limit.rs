@@ -2,7 +2,7 @@ use fleetgate_shared::model::{Phase, RequestSizeLimit as Config};
 use http::{StatusCode, header};
 
 use crate::context::{BodyPrefix, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 
 /// Refuses request bodies over a size, by `Content-Length` before reading, and by reading one
 /// byte past the limit when the length is not declared (chunked uploads).
@@ -43,7 +43,7 @@ impl Plugin for RequestSizeLimit {
         Some(self.max.saturating_add(1))
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let declared = ctx
             .headers
             .get(header::CONTENT_LENGTH)
@@ -55,6 +55,6 @@ impl Plugin for RequestSizeLimit {
             (BodyPrefix::Complete(body), _) if body.len() as u64 > self.max => self.too_large(),
             _ => Verdict::Continue,
         };
-        Box::pin(async move { verdict })
+        Step::Done(verdict)
     }
 }

@@ -45,7 +45,7 @@ use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use tokio::sync::Semaphore;
 
 use crate::context::{BodyPrefix, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, PluginFuture};
+use crate::plugin::{Plugin, Step};
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of [`WafRules`].
@@ -435,13 +435,13 @@ impl Plugin for Waf {
         Some(self.body_limit.saturating_add(1))
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> PluginFuture<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         let input = Input::new(ctx);
         let engine = self.engine.clone();
-        Box::pin(async move {
+        Step::Wait(Box::pin(async move {
             let result = POOL.evaluate(engine, input).await;
             self.verdict(ctx, result)
-        })
+        }))
     }
 }
 
