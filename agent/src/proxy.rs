@@ -171,16 +171,14 @@ async fn route(
         std::borrow::Cow::Borrowed(_) => None,
         std::borrow::Cow::Owned(path) => Some(path),
     };
+    // The target as the client sent it (a reference count, not a copy): policies may change
+    // only its query.
+    let client_target = req.uri().path_and_query().cloned();
     let (req, policy_headers) =
         match run_policies(generation, conn, host, &route.name, req, record).await {
             Ok(passed) => passed,
             Err(answer) => return Ok(answer),
         };
-    let upstream_target =
-        upstream_target(rewritten_path, req.uri()).map_err(|target| ProxyError::BadRewrite {
-            route: route.name.to_string(),
-            target,
-        })?;
     let spec = &route.spec;
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
@@ -193,6 +191,11 @@ async fn route(
     } else if let Some(forward) = &spec.forward {
         let canary = canary.and_then(|i| forward.canary.get(i));
         let backends = canary.map_or(&forward.backends, |rule| &rule.backends);
+        let upstream_target = upstream_target(rewritten_path, client_target, req.uri().query())
+            .map_err(|target| ProxyError::BadRewrite {
+                route: route.name.to_string(),
+                target,
+            })?;
         forward_request(
             gateway,
             generation,
@@ -646,19 +649,24 @@ fn upstream_request(
 }
 
 /// The request target sent upstream: the client's own (sharing its bytes) unless a rewrite
-/// changed the path, with the query as the policy chain left it. A regex rewrite may produce a
-/// path without its leading slash; the target gets one. Fails with the target that does not
-/// parse.
-fn upstream_target(rewritten_path: Option<String>, uri: &Uri) -> Result<PathAndQuery, String> {
-    let path = match rewritten_path {
-        Some(path) => path,
-        None => match uri.path_and_query() {
-            Some(target) if target.as_str().starts_with('/') => return Ok(target.clone()),
-            _ => uri.path().to_owned(),
-        },
+/// changed the path or a policy the query; the path is always the client's or the rewrite's,
+/// the query the one the policy chain left. A regex rewrite may produce a path without its
+/// leading slash; the target gets one. Fails with the target that does not parse.
+fn upstream_target(
+    rewritten_path: Option<String>,
+    client: Option<PathAndQuery>,
+    query: Option<&str>,
+) -> Result<PathAndQuery, String> {
+    let path = match (rewritten_path, client) {
+        (Some(path), _) => path,
+        (None, Some(client)) if client.as_str().starts_with('/') && client.query() == query => {
+            return Ok(client);
+        }
+        (None, Some(client)) => client.path().to_owned(),
+        (None, None) => "/".to_owned(),
     };
     let slash = if path.starts_with('/') { "" } else { "/" };
-    let target = match uri.query() {
+    let target = match query {
         Some(query) => format!("{slash}{path}?{query}"),
         None => format!("{slash}{path}"),
     };
@@ -936,20 +944,25 @@ mod tests {
 
     #[test]
     fn the_upstream_target_is_the_clients_unless_a_rewrite_changed_the_path() {
-        let uri: Uri = "/api/items?id=7".parse().unwrap();
-        assert_eq!(upstream_target(None, &uri).unwrap(), "/api/items?id=7");
+        let client = || Some(PathAndQuery::from_static("/api/items?id=7"));
+        let query = Some("id=7");
         assert_eq!(
-            upstream_target(Some("/v2/items".into()), &uri).unwrap(),
+            upstream_target(None, client(), query).unwrap(),
+            "/api/items?id=7"
+        );
+        assert_eq!(
+            upstream_target(Some("/v2/items".into()), client(), query).unwrap(),
             "/v2/items?id=7"
         );
         // A regex rewrite without a leading slash gets one.
         assert_eq!(
-            upstream_target(Some("items/7".into()), &uri).unwrap(),
+            upstream_target(Some("items/7".into()), client(), query).unwrap(),
             "/items/7?id=7"
         );
-        let absolute: Uri = "http://example.com".parse().unwrap();
-        assert_eq!(upstream_target(None, &absolute).unwrap(), "/");
-        let error = upstream_target(Some("/a b".into()), &uri).unwrap_err();
+        // A policy that dropped a query parameter: the client's path, the policy's query.
+        assert_eq!(upstream_target(None, client(), None).unwrap(), "/api/items");
+        assert_eq!(upstream_target(None, None, None).unwrap(), "/");
+        let error = upstream_target(Some("/a b".into()), client(), query).unwrap_err();
         assert_eq!(error, "/a b?id=7");
     }
 }

@@ -35,6 +35,8 @@ const MAX_HEADERS: usize = 128;
 /// The largest chunk-size line (size and extensions) and trailer section accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// The most interim (1xx) responses accepted before the final one.
+const MAX_INTERIM: usize = 32;
 /// How much room a read asks for: a response head and a small body in one read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -197,15 +199,20 @@ impl Conn {
             return Err(Failure::Unsent { error, body });
         }
         let method = &parts.method;
-        // An upstream may answer before the request body is done (a 413, a 401): sending
-        // stops there, and the connection, its request cut short, is not reused.
-        let complete = match framing {
-            RequestFraming::None => true,
-            _ => self
-                .send_body(body, framing)
-                .await
-                .map_err(Failure::Failed)?,
-        };
+        // The body goes out until it is done or the upstream answers first. A write that
+        // fails (the upstream answered and closed) stops the body; the answer, if one came,
+        // is still read.
+        let mut sending = (framing != RequestFraming::None).then(|| Sending::new(body, framing));
+        let mut write_error = None;
+        if let Some(body) = &mut sending {
+            match self.send_body(body).await.map_err(Failure::Failed)? {
+                Sent::All => sending = None,
+                Sent::Answered => {}
+                Sent::WriteFailed(error) => write_error = Some(error),
+            }
+        }
+        let complete = sending.is_none() && write_error.is_none();
+        let mut interim = 0;
         let mut received = false;
         let head = loop {
             match parse_head(&mut self.read).map_err(Failure::Failed)? {
@@ -215,6 +222,13 @@ impl Conn {
                         && head.status != StatusCode::SWITCHING_PROTOCOLS =>
                 {
                     received = true;
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(Failure::Failed(
+                            format!("the upstream sent more than {MAX_INTERIM} interim responses")
+                                .into(),
+                        ));
+                    }
                     continue;
                 }
                 Some(head) => break head,
@@ -227,7 +241,10 @@ impl Conn {
             }
             let nothing_yet = !received && self.read.is_empty();
             let failure = |error: BoxError| {
-                if nothing_yet {
+                if let Some(write_error) = &write_error {
+                    // No answer came after the body failed to go out: that failure says more.
+                    Failure::Failed(format!("sending the request body: {write_error}").into())
+                } else if nothing_yet {
                     Failure::NoResponse(error)
                 } else {
                     Failure::Failed(error)
@@ -255,14 +272,28 @@ impl Conn {
             mut headers,
         } = head;
         let (reading, keep_alive) = if status == StatusCode::SWITCHING_PROTOCOLS {
+            // RFC 9110 15.2.2: only a request that asked may be switched.
+            if !crate::headers::is_upgrade(&parts.headers) {
+                return Err(Failure::Failed(
+                    "the upstream switched protocols on a request that did not ask to".into(),
+                ));
+            }
             (Reading::Switched, false)
         } else {
             response_framing(method, status, version, &mut headers).map_err(Failure::Failed)?
         };
+        // An early answer that refuses the request (a 413, a 401) ends the body there, as
+        // nginx does; any other keeps the body going alongside the response (an upstream that
+        // streams its answer while it reads, such as an echo), driven by the response body.
+        if status.as_u16() >= 400 {
+            sending = None;
+        }
         let mut response = http::Response::new(ResponseBody {
             conn: self,
             reading,
-            reusable: keep_alive && complete,
+            reusable: keep_alive && write_error.is_none(),
+            request_sent: complete,
+            sending,
         });
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -275,95 +306,35 @@ impl Conn {
         self.io.flush().await
     }
 
-    /// Streams the request body. Returns whether it was sent whole (`false`: the upstream
-    /// answered or closed first).
-    async fn send_body(
-        &mut self,
-        mut body: UpstreamBody,
-        framing: RequestFraming,
-    ) -> Result<bool, BoxError> {
-        let mut out: Vec<u8> = Vec::new();
-        let mut written = 0;
-        let mut ended = false;
-        let mut remaining = match framing {
-            RequestFraming::Length(length) => length,
-            _ => u64::MAX,
-        };
+    /// Sends the request body until it has all gone out, the upstream answers (a final
+    /// response head is buffered, or it closed), or a write fails. Only a failure of the
+    /// client's own body is an error.
+    async fn send_body(&mut self, body: &mut Sending) -> Result<Sent, BoxError> {
         std::future::poll_fn(|cx| {
-            loop {
-                if self.poll_answered(cx)? {
-                    return Poll::Ready(Ok(false));
-                }
-                if written < out.len() {
-                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, &out[written..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                    }
-                    written += n;
-                    continue;
-                }
-                out.clear();
-                written = 0;
-                if ended {
-                    ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                    return Poll::Ready(Ok(true));
-                }
-                match ready!(Pin::new(&mut body).poll_frame(cx)) {
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue; // request trailers are not forwarded
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if framing == RequestFraming::Chunked {
-                            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                            out.extend_from_slice(&data);
-                            out.extend_from_slice(b"\r\n");
-                        } else {
-                            remaining = remaining
-                                .checked_sub(data.len() as u64)
-                                .ok_or("the request body is longer than its announced length")?;
-                            out.extend_from_slice(&data);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        return Poll::Ready(Err(format!(
-                            "reading the client's request body: {error}"
-                        )
-                        .into()));
-                    }
-                    None => {
-                        if framing == RequestFraming::Chunked {
-                            out.extend_from_slice(b"0\r\n\r\n");
-                        } else if remaining != 0 {
-                            return Poll::Ready(Err(
-                                "the request body ended before its announced length".into(),
-                            ));
-                        }
-                        ended = true;
-                    }
-                }
+            if self.poll_answered(cx) {
+                return Poll::Ready(Ok(Sent::Answered));
+            }
+            match ready!(body.poll_send(&mut self.io, cx)) {
+                Ok(()) => Poll::Ready(Ok(Sent::All)),
+                Err(SendError::Write(error)) => Poll::Ready(Ok(Sent::WriteFailed(error))),
+                Err(SendError::Body(error)) => Poll::Ready(Err(error)),
             }
         })
         .await
     }
 
     /// While a request body goes out: whether the upstream has already sent a final response
-    /// head, or closed. Reads what has arrived, never waits.
-    fn poll_answered(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+    /// head, or closed, or failed (the head read reports which). Reads what has arrived,
+    /// never waits.
+    fn poll_answered(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            if final_head_buffered(&self.read) {
-                return Ok(true);
-            }
-            if self.read.len() >= MAX_HEAD {
-                return Ok(true); // the head read reports it
+            if final_head_buffered(&self.read) || self.read.len() >= MAX_HEAD {
+                return true;
             }
             match self.poll_fill(cx) {
-                Poll::Pending => return Ok(false),
-                Poll::Ready(Ok(0)) => return Ok(true),
+                Poll::Pending => return false,
+                Poll::Ready(Ok(0) | Err(_)) => return true,
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(error)) => return Err(error),
             }
         }
     }
@@ -374,6 +345,121 @@ impl Conn {
             self.read.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// How sending a request body ended.
+enum Sent {
+    All,
+    /// The upstream answered (or closed) first; what is left goes out alongside the response.
+    Answered,
+    WriteFailed(io::Error),
+}
+
+enum SendError {
+    /// The client's body failed (it went away, or sent more or less than it announced).
+    Body(BoxError),
+    /// The upstream stopped taking the body.
+    Write(io::Error),
+}
+
+/// A request body on its way upstream: what is left of it, and bytes framed but not written.
+struct Sending {
+    body: UpstreamBody,
+    chunked: bool,
+    /// Bytes still to come under `Content-Length`.
+    remaining: u64,
+    out: Vec<u8>,
+    written: usize,
+    ended: bool,
+}
+
+impl Sending {
+    fn new(body: UpstreamBody, framing: RequestFraming) -> Self {
+        Self {
+            body,
+            chunked: framing == RequestFraming::Chunked,
+            remaining: match framing {
+                RequestFraming::Length(length) => length,
+                _ => 0,
+            },
+            out: Vec::new(),
+            written: 0,
+            ended: false,
+        }
+    }
+
+    /// Writes what the body gives until all of it has gone out (`Ready(Ok)`), or the socket or
+    /// the body has to wait (`Pending`), or something fails.
+    fn poll_send(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            if self.written < self.out.len() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]))
+                    .map_err(SendError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(SendError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.written += n;
+                continue;
+            }
+            if !self.out.is_empty() {
+                // Flushed before waiting on the client: under TLS, written bytes may sit in
+                // the session until then, and the upstream would wait with us.
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Write)?;
+                self.out.clear();
+                self.written = 0;
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Request trailers are not forwarded.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        self.out
+                            .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        self.out.extend_from_slice(&data);
+                        self.out.extend_from_slice(b"\r\n");
+                    } else {
+                        self.remaining =
+                            self.remaining
+                                .checked_sub(data.len() as u64)
+                                .ok_or_else(|| {
+                                    SendError::Body(
+                                        "the request body is longer than its announced length"
+                                            .into(),
+                                    )
+                                })?;
+                        self.out.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => {
+                    return Poll::Ready(Err(SendError::Body(
+                        format!("reading the client's request body: {error}").into(),
+                    )));
+                }
+                None => {
+                    if self.chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    } else if self.remaining != 0 {
+                        return Poll::Ready(Err(SendError::Body(
+                            "the request body ended before its announced length".into(),
+                        )));
+                    }
+                    self.ended = true;
+                }
+            }
+        }
     }
 }
 
@@ -509,16 +595,22 @@ fn response_framing(
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Transfer-Encoding overrides Content-Length; a response with both is suspect, and
         // its connection is not reused.
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+        // So is Transfer-Encoding in an HTTP/1.0 response (RFC 9112 6.1).
+        if headers.remove(header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
             keep_alive = false;
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|coding| !coding.is_empty());
+        let values = headers.get_all(header::TRANSFER_ENCODING);
+        // A value that is not text cannot be read as ending in chunked: read to the close.
+        let last = if values.iter().all(|v| v.to_str().is_ok()) {
+            values
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .rfind(|coding| !coding.is_empty())
+        } else {
+            None
+        };
         return Ok(match last {
             Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
                 (Reading::Chunked(Chunk::Size), keep_alive)
@@ -607,11 +699,19 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decode
                 let line = buf[..end]
                     .strip_suffix(b"\r")
                     .ok_or("a chunk-size line does not end with CRLF")?;
-                let digits = line
-                    .split(|&b| b == b';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii_end();
+                let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+                // Spaces and tabs may precede `;` (RFC 9112 7.1.1 BWS); leading zeros say
+                // nothing.
+                let significant = digits
+                    .iter()
+                    .rposition(|&b| b != b' ' && b != b'\t')
+                    .map_or(0, |i| i + 1);
+                let digits = &digits[..significant];
+                let start = digits
+                    .iter()
+                    .position(|&b| b != b'0')
+                    .unwrap_or(digits.len().saturating_sub(1));
+                let digits = &digits[start..];
                 if digits.is_empty()
                     || digits.len() > 15
                     || !digits.iter().all(u8::is_ascii_hexdigit)
@@ -686,15 +786,23 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decode
 pub(super) struct ResponseBody {
     conn: Conn,
     reading: Reading,
-    /// Whether the connection may carry another exchange once this body has ended.
+    /// Whether the response lets the connection carry another exchange.
     reusable: bool,
+    /// Whether the request body has gone out whole.
+    request_sent: bool,
+    /// The rest of a request body the upstream answered before it ended, sent as the
+    /// response body is read.
+    sending: Option<Sending>,
 }
 
 impl ResponseBody {
     /// Whether the body has ended and its connection can carry another exchange: the response
     /// allowed it, the request went out whole, and the upstream sent nothing more.
     pub(super) fn reusable(&self) -> bool {
-        matches!(self.reading, Reading::Done) && self.reusable && self.conn.read.is_empty()
+        matches!(self.reading, Reading::Done)
+            && self.reusable
+            && self.request_sent
+            && self.conn.read.is_empty()
     }
 
     pub(super) fn into_conn(self) -> Conn {
@@ -713,6 +821,23 @@ impl ResponseBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(sending) = &mut self.sending {
+            match sending.poll_send(&mut self.conn.io, cx) {
+                Poll::Ready(Ok(())) => {
+                    self.sending = None;
+                    self.request_sent = true;
+                }
+                // The upstream stopped taking the body; its response still comes.
+                Poll::Ready(Err(SendError::Write(_))) => self.sending = None,
+                Poll::Ready(Err(SendError::Body(error))) => {
+                    self.sending = None;
+                    self.reading = Reading::Done;
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Pending => {}
+            }
+        }
         let polled = self.poll_inner(cx);
         if let Poll::Ready(Some(Err(_))) = polled {
             self.reading = Reading::Done;
@@ -744,6 +869,8 @@ impl ResponseBody {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Ok(Some(Decoded::Trailers(trailers))) => {
+                        // The end: hyper stops polling after trailers.
+                        self.reading = Reading::Done;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
                     Ok(Some(Decoded::End)) => {
@@ -1196,6 +1323,104 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn an_upstream_that_answers_while_it_reads_gets_the_rest_of_the_body() {
+        // An echo: the upstream sends its head at once, then returns each piece of the
+        // request body as it reads it. The client's body is not done when the head comes.
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap();
+            for _ in 0..3 {
+                let mut chunk = [0u8; 8]; // "5\r\nhello\r\n" less one: read the frame exactly
+                socket.read_exact(&mut chunk[..3]).unwrap();
+                assert_eq!(&chunk[..3], b"5\r\n");
+                let mut data = [0u8; 7];
+                socket.read_exact(&mut data).unwrap();
+                assert_eq!(&data, b"hello\r\n");
+                socket.write_all(b"5\r\nhello\r\n").unwrap();
+            }
+            let mut end = [0u8; 5];
+            socket.read_exact(&mut end).unwrap();
+            assert_eq!(&end, b"0\r\n\r\n");
+            socket.write_all(b"0\r\n\r\n").unwrap();
+        })
+        .await;
+        let (pieces, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let piece = rx.recv().await?;
+            Some((Ok::<_, BoxError>(Frame::data(piece)), rx))
+        });
+        let body = http_body_util::StreamBody::new(frames).boxed();
+        // Nothing of the body is given before the head is back: the exchange must hand over
+        // the response while the request is still going out.
+        let mut response = send(conn, Method::POST, body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let client = async move {
+            for _ in 0..3 {
+                pieces.send(Bytes::from_static(b"hello")).await.unwrap();
+            }
+        };
+        let ((), read) = tokio::join!(client, read_body(response.body_mut()));
+        assert_eq!(read.unwrap().0, b"hellohellohello");
+        assert!(response.body().reusable(), "both directions ended cleanly");
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_in_trailers_frees_its_connection_without_another_poll() {
+        let (conn, upstream) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n")
+                .unwrap();
+        })
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        let body = response.body_mut();
+        loop {
+            let frame = std::future::poll_fn(|cx| body.poll_frame(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            if frame.is_trailers() {
+                break; // hyper's server stops polling here
+            }
+        }
+        assert!(body.reusable());
+        upstream.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_switch_nobody_asked_for_and_endless_interim_responses_are_refused() {
+        let (conn, peer) = upstream(|mut socket| {
+            read_head(&mut socket);
+            socket
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n")
+                .unwrap();
+        })
+        .await;
+        let error = failure(send(conn, Method::GET, crate::error::empty()).await);
+        assert!(error.contains("did not ask"), "{error}");
+        peer.join().unwrap();
+
+        let (conn, peer) = upstream(|mut socket| {
+            read_head(&mut socket);
+            for _ in 0..40 {
+                if socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let error = failure(send(conn, Method::GET, crate::error::empty()).await);
+        assert!(error.contains("interim responses"), "{error}");
+        peer.join().unwrap();
+    }
+
+    #[tokio::test]
     async fn after_a_protocol_switch_the_bytes_past_the_head_come_first() {
         let (conn, upstream) = upstream(|mut socket| {
             read_head(&mut socket);
@@ -1207,9 +1432,15 @@ pub(super) mod tests {
             socket.write_all(&buf).unwrap();
         })
         .await;
-        let response = send(conn, Method::GET, crate::error::empty())
-            .await
-            .unwrap();
+        let (parts, body) = http::Request::get("/chat")
+            .header("host", "upstream.test")
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(crate::error::empty())
+            .unwrap()
+            .into_parts();
+        let authority: Authority = "upstream.test".parse().unwrap();
+        let response = conn.exchange(&parts, &authority, body).await.unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let mut upgraded = response.into_body().into_upgraded().unwrap();
         let mut early = [0u8; 5];
@@ -1255,15 +1486,21 @@ pub(super) mod tests {
                 "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
                 false,
             ),
+            // RFC 9112 6.1: chunked framing in an HTTP/1.0 response is not trusted.
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                false,
+            ),
         ] {
             let (conn, upstream) = upstream(move |mut socket| {
                 read_head(&mut socket);
                 socket.write_all(answer.as_bytes()).unwrap();
             })
             .await;
-            let response = send(conn, Method::GET, crate::error::empty())
+            let mut response = send(conn, Method::GET, crate::error::empty())
                 .await
                 .unwrap();
+            read_body(response.body_mut()).await.unwrap();
             assert_eq!(response.body().reusable(), reusable, "{answer}");
             upstream.join().unwrap();
         }
