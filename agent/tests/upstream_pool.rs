@@ -1,6 +1,7 @@
 //! The agent's HTTP/1.1 upstream connections, seen from the upstream: keep-alive reuse, a
 //! streaming response that does not hold up other requests, idle connections closed after the
-//! service's `idle_timeout`, and connections the upstream closed never used again.
+//! service's `idle_timeout`, connections the upstream closed never used again, and an upstream
+//! that answers while it still reads the request (full duplex).
 
 #![allow(clippy::unwrap_used)]
 
@@ -236,4 +237,79 @@ async fn connections_the_upstream_closed_are_not_reused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(upstream.accepted(), 20, "one connection per request");
+}
+
+async fn fill(socket: &mut TcpStream, pending: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert!(
+        n > 0,
+        "the agent closed the upstream connection mid-request"
+    );
+    pending.extend_from_slice(&buf[..n]);
+}
+
+/// An upstream that answers at once and then echoes each chunk of the request body as it
+/// reads it, ending its response when the request ends.
+async fn echo_while_reading(listener: TcpListener) {
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut pending = Vec::new();
+    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+        fill(&mut socket, &mut pending).await;
+    }
+    let head_end = pending.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&pending[..head_end]).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    pending.drain(..head_end);
+    socket
+        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    loop {
+        while !pending.windows(2).any(|w| w == b"\r\n") {
+            fill(&mut socket, &mut pending).await;
+        }
+        let line_end = pending.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = String::from_utf8_lossy(&pending[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.trim(), 16).unwrap();
+        pending.drain(..line_end + 2);
+        while pending.len() < size + 2 {
+            fill(&mut socket, &mut pending).await;
+        }
+        let chunk: Vec<u8> = pending.drain(..size + 2).collect();
+        let mut echo = format!("{size:x}\r\n").into_bytes();
+        echo.extend_from_slice(&chunk);
+        socket.write_all(&echo).await.unwrap();
+        if size == 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_while_it_reads_talks_both_ways_through_the_agent() {
+    support::init_tracing();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(echo_while_reading(listener));
+    let gw = start_gateway(&config(addr, "90s")).await;
+
+    info!("--- a chunked upload where each piece waits for the echo of the one before");
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    client
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: pool.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for word in ["alpha", "bravo", "charlie"] {
+        client
+            .write_all(format!("{:x}\r\n{word}\r\n", word.len()).as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut client, &mut seen, word).await;
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200 OK\r\n"));
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    read_until(&mut client, &mut seen, "\r\n0\r\n\r\n").await;
+    within("the upstream's end", upstream).await.unwrap();
 }
