@@ -208,7 +208,10 @@ impl Conn {
             match self.send_body(body).await.map_err(Failure::Failed)? {
                 Sent::All => sending = None,
                 Sent::Answered => {}
-                Sent::WriteFailed(error) => write_error = Some(error),
+                Sent::WriteFailed(error) => {
+                    write_error = Some(error);
+                    sending = None;
+                }
             }
         }
         let complete = sending.is_none() && write_error.is_none();
