@@ -27,15 +27,23 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// The tokens of every `Connection` header field, trimmed.
+/// The items of one comma-separated field value (RFC 9110 5.6.1), trimmed, empty ones
+/// skipped. A value that is not visible ASCII has none.
+pub fn list_items(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The tokens of every `Connection` header field.
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .flat_map(list_items)
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names. When `upgrade`
@@ -57,8 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let first = listed.next().cloned();
     let more: Vec<HeaderValue> = listed.cloned().collect();
     for value in first.iter().chain(&more) {
-        let tokens = value.to_str().unwrap_or_default().split(',').map(str::trim);
-        for token in tokens.filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade"))) {
+        for token in list_items(value).filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade"))) {
             headers.remove(token);
         }
     }

@@ -368,13 +368,6 @@ fn hash_key<B>(service: &ServiceRuntime, req: &Request<B>, conn: ConnInfo) -> Op
     Some(h.finish())
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
 /// The request body, either still streaming (sent once) or buffered (sendable again).
 enum RequestBody {
     Streaming(Inbound),
@@ -496,7 +489,8 @@ async fn forward_request(
     if let Some(budget) = budget {
         budget.record_request();
     }
-    let may_retry = retries.is_some_and(|r| is_idempotent(&parts.method) || r.non_idempotent);
+    let may_retry =
+        retries.is_some_and(|r| crate::upstream::is_idempotent(&parts.method) || r.non_idempotent);
     let max_attempts = 1 + retries.map_or(0, |r| r.attempts);
     let timeout = forward.timeouts.request.map(|d| d.to_std());
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -672,6 +666,7 @@ fn upstream_target(
     };
     PathAndQuery::try_from(target.as_str()).map_err(|_| target)
 }
+
 fn finish_response(
     gateway: &Arc<Gateway>,
     mut response: Response<PooledBody>,

@@ -22,6 +22,16 @@ pub use service::{Endpoint, InFlight, Outcome, ServiceRuntime};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// Whether a request with this method may be sent more than once (RFC 9110 9.2.2): retries
+/// and the pool's resend on a connection that failed as it was reused ask this.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Milliseconds on a monotonic clock that starts with the process. Ejection deadlines are
 /// stored in atomics as these.
 pub fn now_ms() -> u64 {

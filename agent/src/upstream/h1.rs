@@ -220,10 +220,7 @@ impl Conn {
         let head = loop {
             match parse_head(&mut self.read).map_err(Failure::Failed)? {
                 // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
-                Some(head)
-                    if head.status.is_informational()
-                        && head.status != StatusCode::SWITCHING_PROTOCOLS =>
-                {
+                Some(head) if is_interim(head.status.as_u16()) => {
                     received = true;
                     interim += 1;
                     if interim > MAX_INTERIM {
@@ -466,6 +463,12 @@ impl Sending {
     }
 }
 
+/// Whether a response with status `code` is interim, to be skipped: a 1xx other than 101,
+/// which ends the exchange by switching protocols.
+fn is_interim(code: u16) -> bool {
+    (100..200).contains(&code) && code != 101
+}
+
 /// Whether `buf` starts with a complete final response head, after any interim ones.
 fn final_head_buffered(buf: &[u8]) -> bool {
     let mut at = 0;
@@ -478,7 +481,7 @@ fn final_head_buffered(buf: &[u8]) -> bool {
             &mut fields,
         ) {
             Ok(httparse::Status::Complete(len)) => match response.code {
-                Some(code) if (100..200).contains(&code) && code != 101 => at += len,
+                Some(code) if is_interim(code) => at += len,
                 _ => return true,
             },
             Ok(httparse::Status::Partial) => return false,
@@ -607,10 +610,8 @@ fn response_framing(
         let last = if values.iter().all(|v| v.to_str().is_ok()) {
             values
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .rfind(|coding| !coding.is_empty())
+                .flat_map(crate::headers::list_items)
+                .next_back()
         } else {
             None
         };
@@ -1009,6 +1010,16 @@ pub(super) mod tests {
         String::from_utf8(head).unwrap()
     }
 
+    /// An upstream script: reads one request head and sends `answer`.
+    fn answering(
+        answer: impl AsRef<[u8]> + Send + 'static,
+    ) -> impl FnOnce(std::net::TcpStream) + Send + 'static {
+        move |mut socket| {
+            read_head(&mut socket);
+            socket.write_all(answer.as_ref()).unwrap();
+        }
+    }
+
     /// Writes `bytes` a few at a time, so every parser state meets a boundary.
     fn dribble(socket: &mut std::net::TcpStream, bytes: &[u8], step: usize) {
         for piece in bytes.chunks(step) {
@@ -1095,13 +1106,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_body_without_length_runs_to_the_close_and_the_connection_is_not_reused() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
-                .unwrap();
-        })
-        .await;
+        let (conn, upstream) = upstream(answering(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
             .unwrap();
@@ -1120,11 +1125,7 @@ pub(super) mod tests {
             (Method::GET, "304 Not Modified"),
         ] {
             let head = format!("HTTP/1.1 {status_line}\r\nContent-Length: 1000\r\n\r\n");
-            let (conn, upstream) = upstream(move |mut socket| {
-                read_head(&mut socket);
-                socket.write_all(head.as_bytes()).unwrap();
-            })
-            .await;
+            let (conn, upstream) = upstream(answering(head)).await;
             let response = send(conn, method.clone(), crate::error::empty())
                 .await
                 .unwrap();
@@ -1136,15 +1137,10 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn interim_responses_are_skipped() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(
-                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+        let (conn, upstream) = upstream(answering(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
                       HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
-                )
-                .unwrap();
-        })
+        ))
         .await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
@@ -1157,15 +1153,10 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn transfer_encoding_overrides_content_length_and_retires_the_connection() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
+        let (conn, upstream) = upstream(answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
                       2\r\nok\r\n0\r\n\r\n",
-                )
-                .unwrap();
-        })
+        ))
         .await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
@@ -1194,11 +1185,7 @@ pub(super) mod tests {
             (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "malformed response head"),
         ];
         for (answer, expected) in cases {
-            let (conn, upstream) = upstream(move |mut socket| {
-                read_head(&mut socket);
-                socket.write_all(answer).unwrap();
-            })
-            .await;
+            let (conn, upstream) = upstream(answering(answer)).await;
             let error = failure(send(conn, Method::GET, crate::error::empty()).await);
             assert!(error.contains(expected), "{error} (expected {expected})");
             upstream.join().unwrap();
@@ -1225,12 +1212,9 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_naming_the_missing_bytes() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-                .unwrap();
-        })
+        let (conn, upstream) = upstream(answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        ))
         .await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
@@ -1372,12 +1356,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_body_that_ends_in_trailers_frees_its_connection_without_another_poll() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n")
-                .unwrap();
-        })
+        let (conn, upstream) = upstream(answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n"))
         .await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
@@ -1398,12 +1377,9 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_switch_nobody_asked_for_and_endless_interim_responses_are_refused() {
-        let (conn, peer) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n")
-                .unwrap();
-        })
+        let (conn, peer) = upstream(answering(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\r\n",
+        ))
         .await;
         let error = failure(send(conn, Method::GET, crate::error::empty()).await);
         assert!(error.contains("did not ask"), "{error}");
@@ -1462,12 +1438,9 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn bytes_past_the_response_retire_the_connection() {
-        let (conn, upstream) = upstream(|mut socket| {
-            read_head(&mut socket);
-            socket
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
-                .unwrap();
-        })
+        let (conn, upstream) = upstream(answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+        ))
         .await;
         let mut response = send(conn, Method::GET, crate::error::empty())
             .await
@@ -1495,11 +1468,7 @@ pub(super) mod tests {
                 false,
             ),
         ] {
-            let (conn, upstream) = upstream(move |mut socket| {
-                read_head(&mut socket);
-                socket.write_all(answer.as_bytes()).unwrap();
-            })
-            .await;
+            let (conn, upstream) = upstream(answering(answer)).await;
             let mut response = send(conn, Method::GET, crate::error::empty())
                 .await
                 .unwrap();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
@@ -42,13 +42,6 @@ const MAX_IDLE_PER_AUTHORITY: usize = 512;
 /// before any response is sent again. A connection reused sooner failing is the upstream's
 /// failure to report.
 const MAY_BE_STALE_AFTER: Duration = Duration::from_millis(500);
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
 
 /// Why an upstream request failed.
 #[derive(Debug)]
@@ -157,7 +150,7 @@ impl Http1Pool {
                 Err(Failure::NoResponse(error))
                     if idle_for.is_some_and(|idle| idle >= MAY_BE_STALE_AFTER)
                         && bodiless
-                        && idempotent(&parts.method) =>
+                        && super::is_idempotent(&parts.method) =>
                 {
                     tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
                     let fresh = Box::pin(self.connect(authority)).await?;
@@ -428,14 +421,8 @@ mod tests {
         pool.inner.idle.lock().values().map(VecDeque::len).sum()
     }
 
-    /// Lets the exchange finish until one connection is idle.
-    async fn until_one_is_idle(pool: &Http1Pool) {
-        for _ in 0..100 {
-            if idle_count(pool) == 1 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
+    /// The connection goes back as the response body ends, with no task in between.
+    fn assert_one_is_idle(pool: &Http1Pool) {
         assert_eq!(idle_count(pool), 1, "the connection went back to the pool");
     }
 
@@ -474,7 +461,7 @@ mod tests {
         let response = pool.send(&authority, get()).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "one");
-        until_one_is_idle(&pool).await;
+        assert_one_is_idle(&pool);
         tokio::time::sleep(idle).await;
 
         // The upstream closes; the runtime's reactor does not run between this and the
@@ -549,7 +536,7 @@ mod tests {
             pool.send(&authority, bare).await.unwrap().status(),
             StatusCode::NO_CONTENT
         );
-        until_one_is_idle(&pool).await;
+        assert_one_is_idle(&pool);
         assert_eq!(
             pool.send(&authority, get()).await.unwrap().status(),
             StatusCode::NO_CONTENT
