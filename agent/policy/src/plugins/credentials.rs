@@ -15,7 +15,7 @@ use crate::context::{ConsumerEntry, RequestCtx, reject};
 /// (`Bearer `) only counts when the value starts with it (compared without regard to case, as
 /// HTTP auth schemes are); the prefix is stripped. Query values are percent-decoded (`+` stays
 /// `+`: keys are not form-encoded text). Empty values count as absent.
-pub fn find(sources: &[TokenSource], ctx: &RequestCtx) -> Option<String> {
+pub fn find<'c>(sources: &[TokenSource], ctx: &'c RequestCtx) -> Option<Cow<'c, str>> {
     sources.iter().find_map(|source| match source {
         TokenSource::Header { name, prefix } => ctx
             .headers
@@ -40,18 +40,17 @@ pub fn find(sources: &[TokenSource], ctx: &RequestCtx) -> Option<String> {
                     }
                 };
                 let rest = rest.trim();
-                (!rest.is_empty()).then(|| rest.to_owned())
+                (!rest.is_empty()).then_some(Cow::Borrowed(rest))
             }),
         TokenSource::Query { name } => ctx
             .query_param(name)
             .map(percent_decode)
-            .filter(|v| !v.is_empty())
-            .map(Cow::into_owned),
+            .filter(|v| !v.is_empty()),
         TokenSource::Cookie { name } => ctx
             .cookie(name)
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .map(str::to_owned),
+            .map(Cow::Borrowed),
     })
 }
 

@@ -4,6 +4,7 @@
 
 mod jwks;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,7 +20,7 @@ use serde_json::{Map, Value};
 
 use self::jwks::JwksCache;
 use super::credentials;
-use crate::context::{RequestCtx, Verdict, reject};
+use crate::context::{ConsumerEntry, RequestCtx, Verdict, reject};
 use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
 use crate::state::PolicyState;
@@ -108,6 +109,29 @@ impl Refusal {
     }
 }
 
+/// A verified token's time window (`exp`, `nbf`), or the refusal that holds whatever the time
+/// (no `exp`, a time claim that is not a number, a wrong issuer or audience).
+type Validity = Result<(f64, Option<f64>), (&'static str, String)>;
+
+/// What this policy makes of a token whose signature verified, worked out once per token:
+/// only the time window is checked against each request.
+#[derive(Debug)]
+struct Verified {
+    validity: Validity,
+    consumer: Option<Arc<ConsumerEntry>>,
+    /// Whether the consumer (or the absence of one) passes the policy's allow-list.
+    allowed: bool,
+    /// The claim headers to set, in `claims_to_headers` order.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Which kind of key verified a token. Only inline keys' verdicts are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VerifiedBy {
+    Inline,
+    Jwks,
+}
+
 /// Validates JWTs; see the module docs.
 #[derive(Debug)]
 pub struct JwtAuth {
@@ -125,14 +149,16 @@ pub struct JwtAuth {
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
     invalid_token_challenge: HeaderValue,
-    /// Tokens whose signature an inline key already verified, with their claims. Built anew
-    /// with each config version (so a key change empties it); bounded by [`VERIFIED_CACHE`].
-    verified: dashmap::DashMap<String, Arc<Map<String, Value>>>,
+    /// Tokens whose signature an inline key already verified, with what they mean here. Built
+    /// anew with each config version (so a key change empties it); bounded by
+    /// [`VERIFIED_CACHE`].
+    verified: dashmap::DashMap<String, Arc<Verified>>,
 }
 
 /// Verified tokens remembered per policy: a client sends the same token on every request until
-/// it expires, and checking a signature costs more than the rest of the policy together. The
-/// claims (`exp`, `nbf`, `iss`, `aud`) are still checked on every request.
+/// it expires, and checking a signature costs more than the rest of the policy together. What
+/// depends only on the token (issuer, audience, consumer, claim headers) is worked out with the
+/// signature; the time window (`exp`, `nbf`) is checked against every request's clock.
 const VERIFIED_CACHE: usize = 16 * 1024;
 
 /// The state slot holding a policy's JWKS cache across config versions.
@@ -216,95 +242,145 @@ impl JwtAuth {
         })
     }
 
-    async fn check(&self, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-        let Some(token) = credentials::find(&self.sources, ctx) else {
+    /// Verifies a token not found in the cache and works out what it means for this policy.
+    /// A token an inline key verified is remembered; one a JWKS key verified is not, since
+    /// the key can leave the set at its next refresh.
+    async fn verify_token(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let head = parse_header(token)?;
+        let Some(alg) = algorithm_by_name(&head.alg).filter(|a| self.algorithms.contains(a)) else {
+            let shown: String = head.alg.chars().take(16).collect();
             return Err(Refusal::unauthorized(
-                "missing_token",
-                "a bearer token is required",
+                "algorithm_not_allowed",
+                format!("alg `{shown}` is not accepted here"),
             ));
         };
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(Refusal::unauthorized(
-                "invalid_token",
-                "the token is too long",
-            ));
-        }
-        // A token this policy verified before passed the header and algorithm checks then;
-        // the same bytes pass them again, so a hit skips parsing the header.
-        let cached = self
-            .verified
-            .get::<str>(token.as_ref())
-            .map(|hit| hit.clone());
-        let claims = match cached {
-            Some(claims) => claims,
-            None => {
-                let head = parse_header(&token)?;
-                let Some(alg) =
-                    algorithm_by_name(&head.alg).filter(|a| self.algorithms.contains(a))
-                else {
-                    let shown: String = head.alg.chars().take(16).collect();
-                    return Err(Refusal::unauthorized(
-                        "algorithm_not_allowed",
-                        format!("alg `{shown}` is not accepted here"),
-                    ));
-                };
-                self.verify(&token, alg, head.kid.as_deref()).await?
+        let (claims, by) = self.verify(token, alg, head.kid.as_deref()).await?;
+        let verified = Arc::new(self.judge(&claims));
+        if by == VerifiedBy::Inline {
+            if self.verified.len() >= VERIFIED_CACHE {
+                // Crude but bounded: start over rather than track recency on every hit.
+                self.verified.clear();
             }
-        };
-        self.check_claims(&claims, ctx.now)?;
+            self.verified.insert(token.to_owned(), verified.clone());
+        }
+        Ok(verified)
+    }
+
+    /// Everything this policy makes of a verified token's claims that does not depend on the
+    /// request: whether `exp`, `nbf`, `iss` and `aud` are usable, the consumer, the allow-list
+    /// decision and the claim headers.
+    fn judge(&self, claims: &Map<String, Value>) -> Verified {
         let consumer = self.consumer_claim.as_ref().and_then(|claim| {
             let subject = match claims.get(claim)? {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                Value::Number(n) => Cow::Owned(n.to_string()),
                 _ => return None,
             };
-            self.consumers.by_jwt_subject.get(&subject).cloned()
+            self.consumers.by_jwt_subject.get(subject.as_ref()).cloned()
         });
-        if !credentials::allowed(&self.allow, consumer.as_deref()) {
+        let headers = self
+            .claims_to_headers
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = match claims.get(claim)? {
+                    Value::String(s) => HeaderValue::from_str(s).ok()?,
+                    Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok()?,
+                    Value::Bool(b) => HeaderValue::from_static(if *b { "true" } else { "false" }),
+                    _ => return None,
+                };
+                Some((header.clone(), value))
+            })
+            .collect();
+        Verified {
+            validity: self.validity(claims),
+            allowed: credentials::allowed(&self.allow, consumer.as_deref()),
+            consumer,
+            headers,
+        }
+    }
+
+    /// Applies a verified token to the request: its time window against the request's clock,
+    /// then the allow-list, then the claim headers and the consumer.
+    fn admit(&self, verified: &Verified, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let (exp, nbf) = match &verified.validity {
+            Ok(window) => *window,
+            Err((code, message)) => return Err(Refusal::unauthorized(code, message.clone())),
+        };
+        let now = ctx
+            .now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs_f64();
+        if now > exp + self.skew_secs {
+            return Err(Refusal::unauthorized(
+                "token_expired",
+                "the token has expired",
+            ));
+        }
+        if nbf.is_some_and(|nbf| now + self.skew_secs < nbf) {
+            return Err(Refusal::unauthorized(
+                "token_not_yet_valid",
+                "the token is not valid yet",
+            ));
+        }
+        if !verified.allowed {
             return Err(Refusal::Forbidden(Box::new(credentials::forbidden(
                 &self.name,
-                consumer.as_deref(),
+                verified.consumer.as_deref(),
             ))));
         }
-        for (claim, header) in &self.claims_to_headers {
-            let value = match claims.get(claim) {
-                Some(Value::String(s)) => HeaderValue::from_str(s).ok(),
-                Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()).ok(),
-                Some(Value::Bool(b)) => {
-                    Some(HeaderValue::from_static(if *b { "true" } else { "false" }))
-                }
-                _ => None,
-            };
-            if let Some(value) = value {
-                ctx.headers.insert(header.clone(), value);
-            }
+        for (header, value) in &verified.headers {
+            ctx.headers.insert(header.clone(), value.clone());
         }
-        if consumer.is_some() {
-            ctx.consumer = consumer;
+        if verified.consumer.is_some() {
+            ctx.consumer = verified.consumer.clone();
         }
         Ok(())
     }
 
+    /// The answer to a refused request.
+    fn refuse(&self, refusal: Refusal) -> Verdict {
+        Verdict::Respond(match refusal {
+            Refusal::Forbidden(response) => *response,
+            Refusal::Unauthorized { code, message } => {
+                let challenge = if code == "missing_token" {
+                    &self.challenge
+                } else {
+                    // RFC 6750 §3: a bad token is named in the challenge.
+                    &self.invalid_token_challenge
+                };
+                credentials::unauthorized(&self.name, code, &message, challenge)
+            }
+            Refusal::Unavailable(message) => {
+                let mut response = reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jwks_unavailable",
+                    &message,
+                    &self.name,
+                );
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(jwks::MIN_REFETCH.as_secs()),
+                );
+                response
+            }
+        })
+    }
+
     /// Checks the signature with every key that fits the token's `alg` and `kid`; returns
-    /// the claims of the first that verifies.
+    /// the claims of the first that verifies and which kind of key it was.
     async fn verify(
         &self,
         token: &str,
         alg: JwtAlgorithm,
         kid: Option<&str>,
-    ) -> Result<Arc<Map<String, Value>>, Refusal> {
+    ) -> Result<(Map<String, Value>, VerifiedBy), Refusal> {
         let inline = self.inline.iter().filter(|k| k.fits(alg, kid));
         let mut tried = 0;
         for key in inline {
             tried += 1;
             if let Some(claims) = try_key(token, alg, key)? {
-                if self.verified.len() >= VERIFIED_CACHE {
-                    // Crude but bounded: start over rather than track recency on every hit.
-                    self.verified.clear();
-                }
-                let claims = Arc::new(claims);
-                self.verified.insert(token.to_owned(), claims.clone());
-                return Ok(claims);
+                return Ok((claims, VerifiedBy::Inline));
             }
         }
         if let Some(jwks) = &self.jwks {
@@ -322,8 +398,7 @@ impl JwtAuth {
             for key in set.keys.iter().filter(|k| k.fits(alg, kid)) {
                 tried += 1;
                 if let Some(claims) = try_key(token, alg, key)? {
-                    // Not cached: a key can leave the set at its next refresh.
-                    return Ok(Arc::new(claims));
+                    return Ok((claims, VerifiedBy::Jwks));
                 }
             }
         }
@@ -345,55 +420,33 @@ impl JwtAuth {
         ))
     }
 
-    /// `exp` (required), `nbf`, `iss` and `aud`, against the request's clock.
-    fn check_claims(
-        &self,
-        claims: &Map<String, Value>,
-        now: std::time::SystemTime,
-    ) -> Result<(), Refusal> {
-        let now = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64();
-        let time = |name: &str| -> Result<Option<f64>, Refusal> {
+    /// `exp` (required) and `nbf` as numbers, and `iss` and `aud` against the policy: the
+    /// token's time window, or the refusal that holds whatever the time.
+    fn validity(&self, claims: &Map<String, Value>) -> Validity {
+        let time = |name: &str| -> Result<Option<f64>, (&'static str, String)> {
             match claims.get(name) {
                 None => Ok(None),
                 Some(value) => value
                     .as_f64()
                     .filter(|t| t.is_finite())
                     .map(Some)
-                    .ok_or_else(|| {
-                        Refusal::unauthorized("invalid_claims", format!("`{name}` is not a number"))
-                    }),
+                    .ok_or_else(|| ("invalid_claims", format!("`{name}` is not a number"))),
             }
         };
         let Some(exp) = time("exp")? else {
-            return Err(Refusal::unauthorized(
+            return Err((
                 "invalid_claims",
-                "the token has no `exp`: tokens that never expire are not accepted",
+                "the token has no `exp`: tokens that never expire are not accepted".into(),
             ));
         };
-        if now > exp + self.skew_secs {
-            return Err(Refusal::unauthorized(
-                "token_expired",
-                "the token has expired",
-            ));
-        }
-        if let Some(nbf) = time("nbf")?
-            && now + self.skew_secs < nbf
-        {
-            return Err(Refusal::unauthorized(
-                "token_not_yet_valid",
-                "the token is not valid yet",
-            ));
-        }
+        let nbf = time("nbf")?;
         if !self.issuers.is_empty() {
             let ok =
                 matches!(claims.get("iss"), Some(Value::String(iss)) if self.issuers.contains(iss));
             if !ok {
-                return Err(Refusal::unauthorized(
+                return Err((
                     "invalid_issuer",
-                    "the token's issuer is not accepted",
+                    "the token's issuer is not accepted".into(),
                 ));
             }
         }
@@ -407,13 +460,13 @@ impl JwtAuth {
                 _ => false,
             };
             if !ok {
-                return Err(Refusal::unauthorized(
+                return Err((
                     "invalid_audience",
-                    "the token is not meant for this audience",
+                    "the token is not meant for this audience".into(),
                 ));
             }
         }
-        Ok(())
+        Ok((exp, nbf))
     }
 }
 
@@ -531,41 +584,45 @@ impl Plugin for JwtAuth {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        // Claim headers are ours to set: whatever the client sent under those names goes,
+        // even when the token lacks the claim.
+        for (_, header) in &self.claims_to_headers {
+            ctx.headers.remove(header);
+        }
+        let Some(token) = credentials::find(&self.sources, ctx) else {
+            return Step::Done(self.refuse(Refusal::unauthorized(
+                "missing_token",
+                "a bearer token is required",
+            )));
+        };
+        if token.len() > MAX_TOKEN_LEN {
+            return Step::Done(self.refuse(Refusal::unauthorized(
+                "invalid_token",
+                "the token is too long",
+            )));
+        }
+        // A token this policy verified before passed the header, algorithm and signature
+        // checks then; the same bytes pass them again, so a hit is answered without waiting.
+        let cached = self
+            .verified
+            .get::<str>(token.as_ref())
+            .map(|hit| hit.clone());
+        if let Some(verified) = cached {
+            return Step::Done(match self.admit(&verified, ctx) {
+                Ok(()) => Verdict::Continue,
+                Err(refusal) => self.refuse(refusal),
+            });
+        }
+        let token = token.into_owned();
         Step::Wait(Box::pin(async move {
-            // Claim headers are ours to set: whatever the client sent under those names goes,
-            // even when the token lacks the claim.
-            for (_, header) in &self.claims_to_headers {
-                ctx.headers.remove(header);
-            }
-            let refusal = match self.check(ctx).await {
-                Ok(()) => return Verdict::Continue,
-                Err(refusal) => refusal,
+            let admitted = match self.verify_token(&token).await {
+                Ok(verified) => self.admit(&verified, ctx),
+                Err(refusal) => Err(refusal),
             };
-            Verdict::Respond(match refusal {
-                Refusal::Forbidden(response) => *response,
-                Refusal::Unauthorized { code, message } => {
-                    let challenge = if code == "missing_token" {
-                        self.challenge.clone()
-                    } else {
-                        // RFC 6750 §3: a bad token is named in the challenge.
-                        self.invalid_token_challenge.clone()
-                    };
-                    credentials::unauthorized(&self.name, code, &message, &challenge)
-                }
-                Refusal::Unavailable(message) => {
-                    let mut response = reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "jwks_unavailable",
-                        &message,
-                        &self.name,
-                    );
-                    response.headers_mut().insert(
-                        header::RETRY_AFTER,
-                        HeaderValue::from(jwks::MIN_REFETCH.as_secs()),
-                    );
-                    response
-                }
-            })
+            match admitted {
+                Ok(()) => Verdict::Continue,
+                Err(refusal) => self.refuse(refusal),
+            }
         }))
     }
 }
@@ -871,9 +928,23 @@ mod tests {
             StatusCode::OK
         );
         assert_eq!(p.verified.len(), 1, "the signature check is remembered");
+        let mut again = bearer(&token);
+        let step = p.on_request(&mut again);
+        let answered_at_once = matches!(step, Step::Done(Verdict::Continue));
+        drop(step);
+        assert!(
+            answered_at_once,
+            "a remembered token is admitted without waiting"
+        );
         assert_eq!(
-            outcome(p.on_request(&mut bearer(&token)).await).0,
-            StatusCode::OK
+            again.consumer.as_ref().map(|c| c.name.as_str()),
+            Some("alice-co"),
+            "a remembered token still names its consumer"
+        );
+        assert_eq!(
+            again.headers.get("x-tenant").unwrap(),
+            "t-42",
+            "and still sets its claim headers"
         );
         // The cached token expires like any other: exp is checked against each request's clock.
         let mut later = ctx_with(

@@ -43,7 +43,7 @@ impl KeyAuth {
                 &self.challenge,
             ));
         };
-        let Some(consumer) = self.consumers.by_key.get(&key) else {
+        let Some(consumer) = self.consumers.by_key.get(key.as_ref()).cloned() else {
             return Verdict::Respond(credentials::unauthorized(
                 &self.name,
                 "invalid_key",
@@ -51,13 +51,13 @@ impl KeyAuth {
                 &self.challenge,
             ));
         };
-        if !credentials::allowed(&self.allow, Some(consumer)) {
-            return Verdict::Respond(credentials::forbidden(&self.name, Some(consumer)));
+        if !credentials::allowed(&self.allow, Some(&consumer)) {
+            return Verdict::Respond(credentials::forbidden(&self.name, Some(&consumer)));
         }
         if self.hide {
             credentials::strip(&self.sources, ctx);
         }
-        ctx.consumer = Some(consumer.clone());
+        ctx.consumer = Some(consumer);
         Verdict::Continue
     }
 }
