@@ -201,14 +201,55 @@ fn canonical_request<'n>(
     Ok(())
 }
 
-/// The names of a `signedHeaders` list, trimmed, in their order (none for an empty list).
-fn signed_names(names: &str) -> impl Iterator<Item = &str> + Clone {
-    let names = names.trim();
-    (!names.is_empty())
-        .then_some(names)
-        .into_iter()
-        .flat_map(|n| n.split(';'))
-        .map(str::trim)
+/// The names of a `signedHeaders` list, trimmed, in the order they were listed: split once
+/// per request into a fixed array (no allocation), since the check reads the list several
+/// times (required headers, the date, the canonical request).
+#[derive(Debug)]
+struct SignedNames<'a> {
+    names: [&'a str; MAX_SIGNED_HEADERS],
+    len: usize,
+}
+
+impl<'a> SignedNames<'a> {
+    /// At most [`MAX_SIGNED_HEADERS`] field names, none listed twice (compared without
+    /// regard to case). An empty list has no names.
+    fn parse(list: &'a str) -> Result<Self, String> {
+        let mut parsed = SignedNames {
+            names: [""; MAX_SIGNED_HEADERS],
+            len: 0,
+        };
+        let list = list.trim();
+        if list.is_empty() {
+            return Ok(parsed);
+        }
+        for name in list.split(';').map(str::trim) {
+            if parsed.len == MAX_SIGNED_HEADERS {
+                return Err(format!(
+                    "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
+                ));
+            }
+            if !is_token(name) {
+                return Err(format!("`{name}` in signedHeaders is not a header name"));
+            }
+            if parsed.contains(name) {
+                return Err(format!(
+                    "`{}` is listed twice in signedHeaders",
+                    name.to_ascii_lowercase()
+                ));
+            }
+            parsed.names[parsed.len] = name;
+            parsed.len += 1;
+        }
+        Ok(parsed)
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.names[..self.len]
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.as_slice().iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Whether `name` is a field name (RFC 9110 5.1: a token), as `HeaderName` would accept it
@@ -294,9 +335,7 @@ const MAX_TAG_LEN: usize = 64;
 struct Authorization<'a> {
     algorithm: HmacAlgorithm,
     key_id: &'a str,
-    /// The `signedHeaders` value as sent, checked to list at most [`MAX_SIGNED_HEADERS`]
-    /// distinct header names (compared without regard to case); [`Self::signed`] lists them.
-    signed: &'a str,
+    signed: SignedNames<'a>,
     nonce: Option<&'a str>,
     signature: [u8; MAX_TAG_LEN],
     signature_len: usize,
@@ -304,12 +343,12 @@ struct Authorization<'a> {
 
 impl<'a> Authorization<'a> {
     /// The signed header names, trimmed, in the order they were listed.
-    fn signed(&self) -> impl Iterator<Item = &'a str> + Clone + use<'a> {
-        signed_names(self.signed)
+    fn signed(&self) -> impl Iterator<Item = &'a str> + Clone + '_ {
+        self.signed.as_slice().iter().copied()
     }
 
     fn signs(&self, name: &str) -> bool {
-        self.signed().any(|n| n.eq_ignore_ascii_case(name))
+        self.signed.contains(name)
     }
 
     fn signature(&self) -> &[u8] {
@@ -350,28 +389,7 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
     if let Some(nonce) = nonce {
         check_token("nonce", nonce, MAX_NONCE_LEN)?;
     }
-    // Checked in place, without collecting the names: a signed request pays no allocation
-    // for its list.
-    let signed = signed.ok_or("signedHeaders is missing")?;
-    for (i, name) in signed_names(signed).enumerate() {
-        if i == MAX_SIGNED_HEADERS {
-            return Err(format!(
-                "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
-            ));
-        }
-        if !is_token(name) {
-            return Err(format!("`{name}` in signedHeaders is not a header name"));
-        }
-        if signed_names(signed)
-            .take(i)
-            .any(|earlier| earlier.eq_ignore_ascii_case(name))
-        {
-            return Err(format!(
-                "`{}` is listed twice in signedHeaders",
-                name.to_ascii_lowercase()
-            ));
-        }
-    }
+    let signed = SignedNames::parse(signed.ok_or("signedHeaders is missing")?)?;
     let mut tag = [0u8; MAX_TAG_LEN];
     let signature_len = STANDARD
         .decode_slice(signature.ok_or("signature is missing")?, &mut tag)
