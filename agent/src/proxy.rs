@@ -33,7 +33,7 @@ use crate::upstream::{
     ClientError, Endpoint, InFlight, Outcome, PooledBody, ServiceRuntime, UpstreamBody,
 };
 use crate::{BoxError, ResponseBody};
-use fleetgate_agent_policy::{BodyPrefix, RequestCtx};
+use fleetgate_agent_policy::{BodyPrefix, Chain, RequestCtx};
 
 /// Request bodies up to this size are buffered when the route retries or mirrors, so that
 /// they can be sent more than once; larger or unsized bodies stream once and are not retried.
@@ -174,11 +174,23 @@ async fn route(
     // The target as the client sent it (a reference count, not a copy): policies may change
     // only its query.
     let client_target = req.uri().path_and_query().cloned();
-    let (req, policy_headers) =
-        match run_policies(generation, conn, host, &route.name, req, record).await {
-            Ok(passed) => passed,
-            Err(answer) => return Ok(answer),
+    let (req, policy_headers) = {
+        let chain = if generation.policies.is_empty() {
+            Default::default()
+        } else {
+            generation.policies.chain(host, &route.name)
         };
+        // A route without policies never creates the chain's future (it would be copied
+        // into this one's state on every request).
+        if chain.is_empty() {
+            (req.map(Inbound::Incoming), http::HeaderMap::new())
+        } else {
+            match run_policies(&chain, conn, req, record).await {
+                Ok(passed) => passed,
+                Err(answer) => return Ok(answer),
+            }
+        }
+    };
     let spec = &route.spec;
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
@@ -223,29 +235,16 @@ async fn route(
     Ok(response)
 }
 
-/// Runs the policy chain of the request's host and route. Returns the request to forward
-/// (with the body prefix the chain read put back in front) and the headers the chain wants
-/// on the response, or the response a policy answered with.
+/// Runs a (non-empty) policy chain on the request. Returns the request to forward (with the
+/// body prefix the chain read put back in front) and the headers the chain wants on the
+/// response, or the response a policy answered with.
 async fn run_policies(
-    generation: &Generation,
+    chain: &Chain,
     conn: ConnInfo,
-    host: &str,
-    route: &str,
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
-    let chain = if generation.policies.is_empty() {
-        Default::default()
-    } else {
-        generation.policies.chain(host, route)
-    };
     let (mut parts, body) = req.into_parts();
-    if chain.is_empty() {
-        return Ok((
-            Request::from_parts(parts, Inbound::Incoming(body)),
-            http::HeaderMap::new(),
-        ));
-    }
     let headers = std::mem::take(&mut parts.headers);
     let mut ctx = RequestCtx::new(
         parts.method.clone(),
