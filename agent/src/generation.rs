@@ -1,6 +1,8 @@
 //! One compiled config version: everything a request needs, immutable once built.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -36,7 +38,9 @@ pub struct Generation {
     pub applied_at: SystemTime,
     pub resource_count: usize,
     pub routes: RouteTable,
-    pub services: HashMap<String, Arc<ServiceRuntime>>,
+    /// The maps read on every request are keyed by config names and use a fast non-keyed
+    /// hash (a request can look a name up but never add one).
+    pub services: FxHashMap<String, Arc<ServiceRuntime>>,
     pub tls: TlsTable,
     /// The policy chains: global, per domain, per route.
     pub policies: fleetgate_agent_policy::PolicySet,
@@ -44,10 +48,10 @@ pub struct Generation {
     pub https_redirect: crate::hosts::HostMap<()>,
     /// Counters of this generation's routes, by route name (filled in when published; shared
     /// with the previous generation when the route names are the same).
-    pub route_stats: Arc<HashMap<String, Arc<crate::stats::RouteStats>>>,
+    pub route_stats: Arc<FxHashMap<String, Arc<crate::stats::RouteStats>>>,
     /// Retry budgets of the routes that retry, kept across versions for routes that still
     /// retry (a config change does not hand a failing endpoint a fresh budget).
-    retry_budgets: Arc<HashMap<String, Arc<RetryBudget>>>,
+    retry_budgets: Arc<FxHashMap<String, Arc<RetryBudget>>>,
 }
 
 impl Generation {
@@ -60,7 +64,7 @@ impl Generation {
             applied_at: SystemTime::now(),
             resource_count: 0,
             routes: RouteTable::empty(),
-            services: HashMap::new(),
+            services: FxHashMap::default(),
             tls: TlsTable::default(),
             policies: Default::default(),
             https_redirect: Default::default(),
@@ -101,7 +105,7 @@ impl Generation {
             policy_state,
             &previous.policies,
         )?;
-        let mut services = HashMap::new();
+        let mut services = FxHashMap::default();
         let mut domains = Vec::new();
         let mut certificates = HashMap::new();
         for (_, resource) in snapshot.of_kind(Kind::Service) {
@@ -179,7 +183,7 @@ fn retry_budgets(
     base: Option<&Snapshot>,
     routes: &RouteTable,
     previous: &Generation,
-) -> Arc<HashMap<String, Arc<RetryBudget>>> {
+) -> Arc<FxHashMap<String, Arc<RetryBudget>>> {
     let old = &previous.retry_budgets;
     let take = |name: &str| old.get(name).cloned().unwrap_or_default();
     if let Some(base) = base

@@ -913,7 +913,10 @@ impl Metered {
     fn finish(&mut self, stream_error: Option<String>) {
         if let Some(mut record) = self.record.take() {
             record.bytes_out = self.bytes;
-            record.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            // Only the access log shows the total time; the metrics use the time to headers.
+            if self.gateway.telemetry.access_enabled() {
+                record.total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            }
             record.stream_error = stream_error;
             self.gateway.telemetry.record(record);
         }

@@ -95,7 +95,7 @@ impl Stats {
     pub fn for_routes<'a>(
         &self,
         names: impl Iterator<Item = &'a str>,
-    ) -> HashMap<String, Arc<RouteStats>> {
+    ) -> rustc_hash::FxHashMap<String, Arc<RouteStats>> {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         names
             .map(|name| {

@@ -99,9 +99,15 @@ impl AccessRecord {
         detailed: bool,
     ) -> Self {
         Self {
-            ts_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
+            // Only the access log shows the wall-clock time (one clock read fewer per request
+            // without it).
+            ts_ms: if detailed {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            } else {
+                0
+            },
             request_id: request_id.clone(),
             client,
             method: method.clone(),

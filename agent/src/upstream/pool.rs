@@ -13,7 +13,9 @@
 //! idempotent request without a body is sent again, and only when the connection had been
 //! idle long enough to be suspected ([`MAY_BE_STALE_AFTER`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -90,7 +92,8 @@ pub struct Http1Pool {
 struct Inner {
     connector: UpstreamConnector,
     idle_timeout: Duration,
-    idle: Mutex<HashMap<Authority, VecDeque<Idle>>>,
+    /// Keyed by endpoint authorities from the config: a fast non-keyed hash is safe.
+    idle: Mutex<FxHashMap<Authority, VecDeque<Idle>>>,
     /// Whether the task that closes expired idle connections runs.
     reaper: std::sync::Once,
 }
@@ -116,7 +119,7 @@ impl Http1Pool {
             inner: Arc::new(Inner {
                 connector,
                 idle_timeout,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(FxHashMap::default()),
                 reaper: std::sync::Once::new(),
             }),
         }
