@@ -1,5 +1,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use fleetgate_shared::model::{Kind, ResourceKey, Spec};
@@ -67,13 +69,15 @@ impl Consumers {
 #[derive(Debug, Default)]
 pub struct PolicySet {
     global: Vec<Arc<dyn Plugin>>,
+    // The maps read per request are keyed by config (hosts, route names): a request looks
+    // keys up, never adds one, so the non-keyed FxHash is safe.
     /// Exact host → plugins of the domains claiming it.
-    domain_exact: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    domain_exact: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
     /// Wildcard suffix (after `*.`) → plugins.
-    domain_wildcard: HashMap<String, Vec<Arc<dyn Plugin>>>,
-    by_route: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    domain_wildcard: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
+    by_route: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
     /// The chain of a request whose host has no domain policies: global + route, per route.
-    route_chains: HashMap<String, Chain>,
+    route_chains: FxHashMap<String, Chain>,
     /// The chain of such a request on a route without policies: global only.
     global_chain: Chain,
     consumers: Arc<Consumers>,

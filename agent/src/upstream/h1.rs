@@ -13,7 +13,7 @@
 //! other than 101 are skipped; a 101 hands the socket, with any bytes read past the head, to
 //! the tunnel.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -426,8 +426,8 @@ impl Sending {
                         continue;
                     }
                     if self.chunked {
-                        self.out
-                            .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        // Into the buffer directly: no string per chunk.
+                        let _ = write!(self.out, "{:x}\r\n", data.len());
                         self.out.extend_from_slice(&data);
                         self.out.extend_from_slice(b"\r\n");
                     } else {
