@@ -847,6 +847,80 @@ mod tests {
         runtime.block_on(async { outcome(p.on_request(&mut c).await) })
     }
 
+    /// Everything a request's answer consists of: status, error code, the consumer named and
+    /// the claim headers set.
+    type Answer = (StatusCode, String, Option<String>, Vec<Option<String>>);
+
+    /// Runs a bearer token through the plugin at `now` on a throwaway runtime.
+    fn answer_at(p: &JwtAuth, token: &str, now: u64) -> Answer {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut c = ctx_with(&[("authorization", &format!("Bearer {token}"))], "/", now);
+        let (status, code) = runtime.block_on(async { outcome(p.on_request(&mut c).await) });
+        let headers = ["x-tenant", "x-admin", "x-level"]
+            .iter()
+            .map(|h| c.headers.get(*h).map(|v| v.to_str().unwrap().to_owned()))
+            .collect();
+        (status, code, c.consumer.map(|c| c.name.clone()), headers)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// A token remembered from an earlier request gets, at any later time, exactly the
+        /// answer a plugin that never saw it gives: the cache keeps what depends on the token
+        /// and nothing that depends on the clock.
+        #[test]
+        fn a_remembered_token_is_answered_as_a_fresh_one_at_any_time(
+            // Mostly usable claims, so that the clock decides most cases.
+            exp in proptest::option::weighted(0.9, -7200i64..7200),
+            exp_as_text in proptest::bool::weighted(0.1),
+            nbf in proptest::option::of(-7200i64..7200),
+            iss in proptest::sample::select(vec![
+                "https://idp.example", "https://idp.example", "https://idp.example",
+                "https://elsewhere", "",
+            ]),
+            aud in 0u8..6,
+            sub in proptest::sample::select(vec!["alice", "bob", "carol", ""]),
+            allow_only_alice in proptest::prelude::any::<bool>(),
+            first_at in -7200i64..7200,
+            later_at in -7200i64..7200,
+        ) {
+            let mut claims = json!({ "tenant": "t-7", "admin": false, "level": 2 });
+            let at = |offset: i64| NOW.checked_add_signed(offset).unwrap();
+            if let Some(exp) = exp {
+                claims["exp"] = if exp_as_text { json!(at(exp).to_string()) } else { json!(at(exp)) };
+            }
+            if let Some(nbf) = nbf {
+                claims["nbf"] = json!(at(nbf));
+            }
+            if !iss.is_empty() {
+                claims["iss"] = json!(iss);
+            }
+            match aud {
+                0 => {}
+                1 => claims["aud"] = json!("nope"),
+                2 | 3 => claims["aud"] = json!(["x", "other-api"]),
+                _ => claims["aud"] = json!("api"),
+            }
+            if !sub.is_empty() {
+                claims["sub"] = json!(sub);
+            }
+            let mut config = hs_config();
+            if allow_only_alice {
+                config.consumers = vec!["alice-co".into()];
+            }
+            let token = hs_token(claims);
+            let remembering = plugin(&config);
+            answer_at(&remembering, &token, at(first_at));
+            proptest::prop_assert_eq!(remembering.verified.len(), 1, "a verified token is remembered");
+            let remembered = answer_at(&remembering, &token, at(later_at));
+            let fresh = answer_at(&plugin(&config), &token, at(later_at));
+            proptest::prop_assert_eq!(remembered, fresh);
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
 
