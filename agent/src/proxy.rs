@@ -195,7 +195,8 @@ async fn route(
     let mut response = if let Some(direct) = &spec.direct_response {
         direct_response(direct)
     } else if let Some(redirect) = &spec.redirect {
-        let location = redirect_location(redirect, conn.tls, host, req.uri());
+        let routed_path = client_target.as_ref().map_or("/", PathAndQuery::path);
+        let location = redirect_location(redirect, conn.tls, host, routed_path, req.uri().query());
         redirect_response(
             StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND),
             &location,
@@ -246,13 +247,8 @@ async fn run_policies(
 ) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
     let (mut parts, body) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
-    let mut ctx = RequestCtx::new(
-        parts.method.clone(),
-        parts.uri.clone(),
-        headers,
-        conn.peer,
-        conn.tls,
-    );
+    let uri = std::mem::take(&mut parts.uri);
+    let mut ctx = RequestCtx::new(parts.method.clone(), uri, headers, conn.peer, conn.tls);
     let body = match chain.body_limit() {
         Some(limit) if !body.is_end_stream() => match Inbound::read_prefix(body, limit).await {
             Ok((read, inbound)) => {
@@ -289,10 +285,9 @@ async fn run_policies(
     }
     record.consumer = ctx.consumer.clone();
     parts.headers = ctx.headers;
-    // Only the query of a policy's URI change is honoured: the path was routed already.
-    if ctx.uri.query() != parts.uri.query() {
-        parts.uri = ctx.uri;
-    }
+    // Only the query of the URI counts from here on: the path forwarded or redirected to is
+    // the routed one (see `upstream_target` and `redirect_location`'s callers).
+    parts.uri = ctx.uri;
     Ok((Request::from_parts(parts, body), ctx.response_headers))
 }
 
@@ -314,15 +309,23 @@ fn direct_response(direct: &DirectResponse) -> Response<ResponseBody> {
     response
 }
 
-fn redirect_location(redirect: &Redirect, tls: bool, host: &str, uri: &Uri) -> String {
+/// Where a redirect route sends the client: `path` is the one the request was routed by,
+/// `query` the one the policy chain left.
+fn redirect_location(
+    redirect: &Redirect,
+    tls: bool,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> String {
     let scheme = redirect
         .scheme
         .as_deref()
         .unwrap_or(if tls { "https" } else { "http" });
     let host = redirect.host.as_deref().unwrap_or(host);
     let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
-    let path = redirect.path.as_deref().unwrap_or(uri.path());
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = redirect.path.as_deref().unwrap_or(path);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     format!("{scheme}://{host}{port}{path}{query}")
 }
 

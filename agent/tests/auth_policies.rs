@@ -140,6 +140,13 @@ spec:
   policies: [keys]
 ---
 kind: Route
+name: moved
+spec:
+  matches: [{{path: {{prefix: /moved}}}}]
+  redirect: {{host: new.test, status: 301}}
+  policies: [keys]
+---
+kind: Route
 name: basic
 spec:
   matches: [{{path: {{prefix: /basic}}}}]
@@ -325,6 +332,19 @@ async fn auth_policies_guard_their_routes_end_to_end() {
         reply.json()["path"],
         "/key/items?a=1&b=2",
         "the key is removed from the query"
+    );
+    // A redirect route behind the same policy sends the client to the path it asked for,
+    // with the query the policy left: the key is not echoed back in the Location.
+    let reply = get(
+        &client,
+        "/moved/items?a=1&api_key=acme-key-0001-abcdef&b=2",
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        reply.header("location"),
+        Some("http://new.test/moved/items?a=1&b=2")
     );
 
     info!("--- basic-auth");

@@ -69,8 +69,8 @@ pub enum BodyPrefix {
 pub struct RequestCtx {
     pub method: Method,
     /// The request target. A plugin may change its query (key-auth drops a key sent as a
-    /// query parameter) and the proxy forwards that; the path was routed already and a change
-    /// to it is ignored.
+    /// query parameter) and the proxy forwards that; the path was routed already: the proxy
+    /// forwards (or redirects to) the routed path whatever a plugin does to this one.
     pub uri: Uri,
     /// Request headers as they will be forwarded (plugins strip credentials, add claims).
     pub headers: HeaderMap,
