@@ -149,8 +149,9 @@ pub struct JwtAuth {
     consumers: Arc<Consumers>,
     challenge: HeaderValue,
     invalid_token_challenge: HeaderValue,
-    /// Tokens whose signature an inline key already verified, with what they mean here. Built
-    /// anew with each config version (so a key change empties it); bounded by
+    /// Tokens whose signature an inline key already verified, with what they mean here. Lives
+    /// as long as this plugin, which a new config version rebuilds when the policy or the
+    /// consumers change (so a key or consumer change empties it); bounded by
     /// [`VERIFIED_CACHE`].
     verified: dashmap::DashMap<String, Arc<Verified>>,
 }
