@@ -1454,6 +1454,11 @@ mod tests {
             StatusCode::OK
         );
         assert_eq!(server.fetches(), 1, "a fresh set is served from the cache");
+        assert_eq!(
+            p.verified.len(),
+            0,
+            "a token a JWKS key verified is not remembered: the key can leave the set"
+        );
 
         // The identity provider rotates: the new key is published, the old one withdrawn.
         server.serve(json!({"keys": [jwk(&new, Algorithm::ES256, "k-new")]}));
