@@ -1,11 +1,11 @@
 //! One compiled config version: everything a request needs, immutable once built.
 
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use rustc_hash::FxHashMap;
 
 use fleetgate_agent_route::RouteTable;
 use fleetgate_shared::model::{Kind, Spec};

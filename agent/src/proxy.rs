@@ -175,11 +175,8 @@ async fn route(
     // only its query.
     let client_target = req.uri().path_and_query().cloned();
     let (req, policy_headers) = {
-        let chain = if generation.policies.is_empty() {
-            Default::default()
-        } else {
-            generation.policies.chain(host, &route.name)
-        };
+        // Borrowed and precomputed unless the host's domain has policies of its own.
+        let chain = generation.policies.chain(host, &route.name);
         // A route without policies never creates the chain's future (it would be copied
         // into this one's state on every request).
         if chain.is_empty() {

@@ -14,8 +14,6 @@
 //! idle long enough to be suspected ([`MAY_BE_STALE_AFTER`]).
 
 use std::collections::VecDeque;
-
-use rustc_hash::FxHashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -27,6 +25,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tower::ServiceExt;
 
 use super::clients::UpstreamBody;

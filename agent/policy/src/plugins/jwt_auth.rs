@@ -339,8 +339,12 @@ impl JwtAuth {
         Ok(())
     }
 
-    /// The answer to a refused request.
-    fn refuse(&self, refusal: Refusal) -> Verdict {
+    /// The verdict on a request: on through the chain if it was admitted, else the answer
+    /// to its refusal.
+    fn answer(&self, admitted: Result<(), Refusal>) -> Verdict {
+        let Err(refusal) = admitted else {
+            return Verdict::Continue;
+        };
         Verdict::Respond(match refusal {
             Refusal::Forbidden(response) => *response,
             Refusal::Unauthorized { code, message } => {
@@ -591,16 +595,16 @@ impl Plugin for JwtAuth {
             ctx.headers.remove(header);
         }
         let Some(token) = credentials::find(&self.sources, ctx) else {
-            return Step::Done(self.refuse(Refusal::unauthorized(
+            return Step::Done(self.answer(Err(Refusal::unauthorized(
                 "missing_token",
                 "a bearer token is required",
-            )));
+            ))));
         };
         if token.len() > MAX_TOKEN_LEN {
-            return Step::Done(self.refuse(Refusal::unauthorized(
+            return Step::Done(self.answer(Err(Refusal::unauthorized(
                 "invalid_token",
                 "the token is too long",
-            )));
+            ))));
         }
         // A token this policy verified before passed the header, algorithm and signature
         // checks then; the same bytes pass them again, so a hit is answered without waiting.
@@ -609,10 +613,7 @@ impl Plugin for JwtAuth {
             .get::<str>(token.as_ref())
             .map(|hit| hit.clone());
         if let Some(verified) = cached {
-            return Step::Done(match self.admit(&verified, ctx) {
-                Ok(()) => Verdict::Continue,
-                Err(refusal) => self.refuse(refusal),
-            });
+            return Step::Done(self.answer(self.admit(&verified, ctx)));
         }
         let token = token.into_owned();
         Step::Wait(Box::pin(async move {
@@ -620,10 +621,7 @@ impl Plugin for JwtAuth {
                 Ok(verified) => self.admit(&verified, ctx),
                 Err(refusal) => Err(refusal),
             };
-            match admitted {
-                Ok(()) => Verdict::Continue,
-                Err(refusal) => self.refuse(refusal),
-            }
+            self.answer(admitted)
         }))
     }
 }
