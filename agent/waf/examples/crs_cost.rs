@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release -p fleetgate-agent-waf --example crs_cost -- [HOST] [N] [CRS FILE...]
 //! T=2 cargo run ...   # evaluations on two threads at once
+//! ENGINE=native cargo run ...   # the native engine instead of libmodsecurity
 //! ```
 //! Loads the agent's engine settings, Debian's `crs-setup.conf` at paranoia level 1 and either
 //! every `REQUEST-*.conf` or only the named files, then evaluates `GET /` (Host HOST,
@@ -11,9 +12,7 @@
 
 use std::time::Instant;
 
-use fleetgate_agent_waf::{Engine, Request};
-
-const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
+use fleetgate_agent_waf::{Engine, Outcome, Request, crs, native};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -25,26 +24,24 @@ fn main() {
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
 
-    let mut rules = String::from(
-        r#"SecRuleEngine On
-SecRequestBodyAccess On
-SecRequestBodyLimit 131072
-SecRequestBodyNoFilesLimit 131072
-SecRequestBodyLimitAction ProcessPartial
-SecResponseBodyAccess Off
-SecAuditEngine Off
-SecAction "id:10005,phase:1,pass,nolog,t:none,setvar:'tx.allowed_methods=GET HEAD POST OPTIONS PUT PATCH DELETE'"
-Include /etc/modsecurity/crs/crs-setup.conf
-SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level=1,setvar:tx.executing_paranoia_level=1,setvar:tx.blocking_paranoia_level=1,setvar:tx.detection_paranoia_level=1"
-"#,
-    );
-    if files.is_empty() {
-        rules.push_str(&format!("Include {CRS_RULES}/REQUEST-*.conf\n"));
-    }
-    for file in &files {
-        rules.push_str(&format!("Include {CRS_RULES}/{file}\n"));
-    }
-    let engine = match Engine::load(&rules) {
+    let settings = crs::Settings {
+        paranoia: 1,
+        body_limit: 131_072,
+        disabled: Vec::new(),
+    };
+    let rules = if files.is_empty() {
+        settings.rules_text()
+    } else {
+        let names: Vec<&str> = files.iter().map(String::as_str).collect();
+        settings.rules_text_with(&names)
+    };
+    let use_native = std::env::var("ENGINE").is_ok_and(|e| e == "native");
+    let loaded = if use_native {
+        native::Engine::load(&rules).map(|e| Either::Native(Box::new(e)))
+    } else {
+        Engine::load(&rules).map(Either::Modsec)
+    };
+    let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("the rule set did not load: {e}");
@@ -97,4 +94,26 @@ SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level=1,setvar:
             files.join(" ")
         }
     );
+}
+
+/// The engine under measurement.
+enum Either {
+    Modsec(Engine),
+    Native(Box<native::Engine>),
+}
+
+impl Either {
+    fn evaluate(&self, request: &Request<'_>) -> Result<Outcome, String> {
+        match self {
+            Either::Modsec(e) => e.evaluate(request).map_err(|e| e.to_string()),
+            Either::Native(e) => e.evaluate(request).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn rule_count(&self) -> usize {
+        match self {
+            Either::Modsec(e) => e.rule_count(),
+            Either::Native(e) => e.rule_count(),
+        }
+    }
 }

@@ -89,6 +89,10 @@ struct Api {
     msc_process_request_body: unsafe extern "C" fn(*mut Transaction) -> c_int,
     msc_intervention: unsafe extern "C" fn(*mut Transaction, *mut MscIntervention) -> c_int,
     msc_transaction_cleanup: unsafe extern "C" fn(*mut Transaction),
+    /// libinjection, which libmodsecurity links in statically and exports: the detectors behind
+    /// `@detectSQLi` and `@detectXSS`. `fingerprint` receives at most 8 bytes and a NUL.
+    libinjection_sqli: unsafe extern "C" fn(*const c_char, usize, *mut c_char) -> c_int,
+    libinjection_xss: unsafe extern "C" fn(*const c_char, usize) -> c_int,
 }
 
 static API: OnceLock<Result<Api, String>> = OnceLock::new();
@@ -124,6 +128,8 @@ fn api() -> Result<&'static Api, &'static str> {
             msc_process_request_body: symbol!(msc_process_request_body),
             msc_intervention: symbol!(msc_intervention),
             msc_transaction_cleanup: symbol!(msc_transaction_cleanup),
+            libinjection_sqli: symbol!(libinjection_sqli),
+            libinjection_xss: symbol!(libinjection_xss),
             _library: library,
         })
     })
@@ -166,6 +172,44 @@ forward! {
     fn msc_process_request_body(tx: *mut Transaction) -> c_int = 0;
     fn msc_intervention(tx: *mut Transaction, it: *mut MscIntervention) -> c_int = 0;
     fn msc_transaction_cleanup(tx: *mut Transaction) -> () = ();
+}
+
+/// libinjection's SQL injection detector over `input`: the token fingerprint if it found one.
+/// `None` also when libmodsecurity cannot be loaded (callers load an [`Engine`] or
+/// [`crate::native::Engine`] first, which fails then).
+pub(crate) fn detect_sqli(input: &[u8]) -> Option<[u8; 8]> {
+    let api = api().ok()?;
+    let mut fingerprint = [0 as c_char; 9];
+    // SAFETY: libinjection reads exactly `input.len()` bytes (it does not need a terminator) and
+    // writes at most 8 fingerprint bytes plus a NUL into the 9-byte buffer.
+    let found = unsafe {
+        (api.libinjection_sqli)(
+            input.as_ptr().cast::<c_char>(),
+            input.len(),
+            fingerprint.as_mut_ptr(),
+        )
+    };
+    (found != 0).then(|| {
+        let mut out = [0u8; 8];
+        for (o, f) in out.iter_mut().zip(fingerprint) {
+            *o = f as u8;
+        }
+        out
+    })
+}
+
+/// libinjection's XSS detector over `input`. `false` also when libmodsecurity cannot be loaded.
+pub(crate) fn detect_xss(input: &[u8]) -> bool {
+    let Ok(api) = api() else { return false };
+    // SAFETY: libinjection reads exactly `input.len()` bytes and keeps no pointer.
+    unsafe { (api.libinjection_xss)(input.as_ptr().cast::<c_char>(), input.len()) != 0 }
+}
+
+/// Loads libmodsecurity (for libinjection) or says why it cannot be.
+pub(crate) fn ensure_loaded() -> Result<(), LoadError> {
+    api()
+        .map(|_| ())
+        .map_err(|e| LoadError::Unavailable(e.to_owned()))
 }
 
 unsafe extern "C" {

@@ -12,8 +12,10 @@
 //!
 //! Evaluation is synchronous and CPU-bound; call it from a blocking thread.
 
+pub mod crs;
 #[allow(unsafe_code)]
 mod engine;
+pub mod native;
 
 use std::net::SocketAddr;
 

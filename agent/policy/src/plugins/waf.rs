@@ -1,7 +1,7 @@
 //! `waf`: ModSecurity (libmodsecurity3, through `fleetgate-agent-waf`) with the OWASP Core Rule
 //! Set as Debian installs it (`modsecurity-crs`).
 //!
-//! **Rule set.** Built from [`rules_text`]: our engine settings (rule engine on, request bodies
+//! **Rule set.** Built by `fleetgate_agent_waf::crs::Settings::rules_text`: our engine settings (rule engine on, request bodies
 //! inspected up to `request_body_limit` and cut there, JSON and XML body parsers by
 //! Content-Type, a body that does not parse refused unless it was cut), CRS defaults an API
 //! gateway needs (`PUT`, `PATCH`, `DELETE` allowed, unless the operator's crs-setup.conf says
@@ -20,13 +20,22 @@
 //! both modes. Block mode answers with the rule set's status (403; 400 for an unparsable body)
 //! and a `waf_blocked` JSON body naming the rule ids.
 //!
-//! **Off the runtime.** An evaluation is hundreds of microseconds of CPU. It runs on tokio's
-//! blocking pool, at most one per CPU at a time (more would only add switching), behind a
-//! process-wide semaphore with a bounded queue of waiting requests ([`MAX_WAITING_PER_THREAD`]
-//! per permit). When the queue is full the request is answered 503 `waf_overloaded` with
-//! `Retry-After: 1` in block mode (a WAF that waves traffic through under load invites the
-//! flood that hides the attack), and let through with a log line in detect-only mode (which must
-//! never cost traffic). The async worker threads only wait.
+//! **Two engines, one verdict.** Every rule set is loaded twice: into Fleetgate's native
+//! evaluator (`fleetgate_agent_waf::native`, which gives libmodsecurity 3.0.9's verdicts, tested
+//! differentially against it) and into libmodsecurity itself. The native engine answers; a
+//! request it hands back (multipart or XML bodies, `@rbl`, `@geoLookup`, `drop`, `redirect`)
+//! is evaluated by libmodsecurity. `FLEETGATE_WAF_ENGINE=libmodsecurity` sends every request to
+//! libmodsecurity instead.
+//!
+//! **Off the runtime.** A native evaluation of a request with at most [`INLINE_BODY_LIMIT`]
+//! bytes of body runs on the worker thread that carries it (tens of microseconds, less than a
+//! hand-off to another thread costs). Everything else — larger bodies, requests for
+//! libmodsecurity (hundreds of microseconds) — runs on tokio's blocking pool, at most one per
+//! CPU at a time (more would only add switching), behind a process-wide semaphore with a
+//! bounded queue of waiting requests ([`MAX_WAITING_PER_THREAD`] per permit). When the queue is
+//! full the request is answered 503 `waf_overloaded` with `Retry-After: 1` in block mode (a WAF
+//! that waves traffic through under load invites the flood that hides the attack), and let
+//! through with a log line in detect-only mode (which must never cost traffic).
 //!
 //! **Limits of what it sees.** The HTTP version is inferred (a request target with a scheme
 //! came over HTTP/2, else 1.1); the server address is not known to plugins and is given as
@@ -38,7 +47,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use bytes::Bytes;
-use fleetgate_agent_waf::{Engine, Outcome, Request};
+use fleetgate_agent_waf::{Engine, Outcome, Request, crs, native};
 use fleetgate_shared::model::{Phase, Waf as Config, WafMode};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
@@ -51,97 +60,60 @@ use crate::state::PolicyState;
 /// The [`PolicyState`] kind of [`WafRules`].
 pub const KIND: &str = "waf";
 
-/// Debian's CRS setup file (a conffile the operator may edit).
-pub const CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
-/// The operator's rule exclusions run before the CRS, if the file exists.
-pub const CRS_EXCLUSIONS_BEFORE: &str =
-    "/etc/modsecurity/crs/REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf";
-/// The operator's rule exclusions applied after the CRS (`SecRuleRemoveById` and the like).
-pub const CRS_EXCLUSIONS_AFTER: &str =
-    "/etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf";
-/// The CRS rule files where Debian and Ubuntu install them.
-pub const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
-/// Names another directory of CRS rule files (other distributions install them elsewhere).
-pub const CRS_RULES_ENV: &str = "FLEETGATE_CRS_RULES_DIR";
-
-/// The CRS rule directory: [`CRS_RULES_ENV`] if set, else [`CRS_RULES`]. Read once.
-fn crs_rules() -> &'static str {
-    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| std::env::var(CRS_RULES_ENV).unwrap_or_else(|_| CRS_RULES.to_owned()))
-}
-
 /// Requests allowed to wait for an evaluation thread, per thread. At roughly 0.5 ms per
 /// evaluation this bounds the added queueing delay to about 0.1 s before the WAF sheds load.
 pub const MAX_WAITING_PER_THREAD: usize = 256;
 
-/// Methods the CRS lets through. Its default (`GET HEAD POST OPTIONS`) blocks REST APIs; the
-/// operator's crs-setup.conf (rule 900200) still overrides this, since it is set before it.
-const ALLOWED_METHODS: &str = "GET HEAD POST OPTIONS PUT PATCH DELETE";
-
-/// What a compiled rule set depends on. Sorted and deduplicated, so equal settings share one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RulesKey {
-    paranoia: u8,
-    body_limit: u64,
-    disabled: Vec<u32>,
-}
-
-impl RulesKey {
-    fn new(config: &Config) -> Self {
-        let mut disabled = config.disabled_rules.clone();
-        disabled.sort_unstable();
-        disabled.dedup();
-        Self {
-            paranoia: config.paranoia_level,
-            body_limit: config.request_body_limit,
-            disabled,
-        }
-    }
-}
-
-/// The ModSecurity configuration for `key`. Rule ids 10001–10009 are ours (ModSecurity's range
-/// for local rules); exclusion files must not reuse them.
-fn rules_text(key: &RulesKey) -> String {
-    let RulesKey {
-        paranoia: pl,
-        body_limit: limit,
+/// What a compiled rule set depends on, normalised so that equal settings share one.
+fn settings(config: &Config) -> crs::Settings {
+    let mut disabled = config.disabled_rules.clone();
+    disabled.sort_unstable();
+    disabled.dedup();
+    crs::Settings {
+        paranoia: config.paranoia_level,
+        body_limit: config.request_body_limit,
         disabled,
-    } = key;
-    let mut text = format!(
-        r#"SecRuleEngine On
-SecRequestBodyAccess On
-SecRequestBodyLimit {limit}
-SecRequestBodyNoFilesLimit {limit}
-SecRequestBodyLimitAction ProcessPartial
-SecResponseBodyAccess Off
-SecAuditEngine Off
-SecRule REQUEST_HEADERS:Content-Type "@rx ^application/(?:[a-z0-9.-]+\+)?json" "id:10001,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=JSON"
-SecRule REQUEST_HEADERS:Content-Type "@rx ^(?:application/(?:[a-z0-9.-]+\+)?|text/)xml" "id:10002,phase:1,t:none,t:lowercase,pass,nolog,ctl:requestBodyProcessor=XML"
-SecRule REQBODY_ERROR "!@eq 0" "id:10003,phase:2,t:none,log,deny,status:400,msg:'Request body does not parse as its Content-Type',chain"
-    SecRule INBOUND_DATA_ERROR "@eq 0" "t:none"
-SecRule MULTIPART_STRICT_ERROR "!@eq 0" "id:10004,phase:2,t:none,log,deny,status:400,msg:'Multipart request body failed strict validation',chain"
-    SecRule INBOUND_DATA_ERROR "@eq 0" "t:none"
-SecAction "id:10005,phase:1,pass,nolog,t:none,setvar:'tx.allowed_methods={ALLOWED_METHODS}'"
-Include {CRS_SETUP}
-SecAction "id:10006,phase:1,pass,nolog,t:none,setvar:tx.paranoia_level={pl},setvar:tx.executing_paranoia_level={pl},setvar:tx.blocking_paranoia_level={pl},setvar:tx.detection_paranoia_level={pl}"
-"#
-    );
-    if Path::new(CRS_EXCLUSIONS_BEFORE).is_file() {
-        text.push_str(&format!("Include {CRS_EXCLUSIONS_BEFORE}\n"));
     }
-    text.push_str(&format!("Include {}/REQUEST-*.conf\n", crs_rules()));
-    if Path::new(CRS_EXCLUSIONS_AFTER).is_file() {
-        text.push_str(&format!("Include {CRS_EXCLUSIONS_AFTER}\n"));
-    }
-    if !disabled.is_empty() {
-        let ids: Vec<String> = disabled.iter().map(u32::to_string).collect();
-        text.push_str(&format!("SecRuleRemoveById {}\n", ids.join(" ")));
-    }
-    text
 }
 
-fn load(key: &RulesKey) -> Result<Engine, String> {
-    for (path, what) in [(CRS_SETUP, "file"), (crs_rules(), "directory")] {
+/// One rule set in both engines: the native one answers, libmodsecurity takes the requests the
+/// native engine hands back (multipart and XML bodies, persistent collections; see
+/// `fleetgate_agent_waf::native`).
+#[derive(Debug)]
+pub struct Rules {
+    native: native::Engine,
+    reference: Engine,
+}
+
+impl Rules {
+    /// Evaluates `request` natively unless [`ENGINE_ENV`] says otherwise or the native engine
+    /// hands it back; then with libmodsecurity.
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
+        if native_enabled()
+            && let Ok(outcome) = self.native.evaluate(request)
+        {
+            return Ok(outcome);
+        }
+        self.reference.evaluate(request)
+    }
+}
+
+/// Set to `libmodsecurity` to evaluate every request with libmodsecurity (for comparison, or if
+/// the native engine is ever suspected of a wrong verdict). Read once.
+pub const ENGINE_ENV: &str = "FLEETGATE_WAF_ENGINE";
+
+fn native_enabled() -> bool {
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        std::env::var(ENGINE_ENV).map_or(true, |v| !v.eq_ignore_ascii_case("libmodsecurity"))
+    })
+}
+
+fn load(key: &crs::Settings) -> Result<Rules, String> {
+    for (path, what) in [(crs::SETUP, "file"), (crs::rules_dir(), "directory")] {
         if !Path::new(path).exists() {
             return Err(format!(
                 "the OWASP CRS is not installed: no {what} {path} (Debian: apt-get install modsecurity-crs)"
@@ -149,41 +121,45 @@ fn load(key: &RulesKey) -> Result<Engine, String> {
         }
     }
     let started = std::time::Instant::now();
-    let engine = Engine::load(&rules_text(key))
-        .map_err(|e| format!("the WAF rule set did not load: {e}"))?;
+    let text = key.rules_text();
+    let reference =
+        Engine::load(&text).map_err(|e| format!("the WAF rule set did not load: {e}"))?;
+    let native = native::Engine::load(&text)
+        .map_err(|e| format!("the WAF rule set did not load into the native engine: {e}"))?;
     tracing::info!(
         paranoia_level = key.paranoia,
         request_body_limit = key.body_limit,
         disabled_rules = ?key.disabled,
-        rules = engine.rule_count(),
+        rules = reference.rule_count(),
+        native = native_enabled(),
         "WAF rule set loaded in {} ms",
         started.elapsed().as_millis()
     );
-    Ok(engine)
+    Ok(Rules { native, reference })
 }
 
 /// A policy's compiled rule set and the settings it was built for, kept across config versions.
 #[derive(Debug, Default)]
 pub struct WafRules {
-    slot: Mutex<Option<(RulesKey, Arc<Engine>)>>,
+    slot: Mutex<Option<(crs::Settings, Arc<Rules>)>>,
 }
 
 impl WafRules {
-    fn get(&self, key: &RulesKey) -> Option<Arc<Engine>> {
+    fn get(&self, key: &crs::Settings) -> Option<Arc<Rules>> {
         let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         slot.as_ref()
             .filter(|(k, _)| k == key)
             .map(|(_, e)| e.clone())
     }
 
-    fn set(&self, key: RulesKey, engine: Arc<Engine>) {
+    fn set(&self, key: crs::Settings, engine: Arc<Rules>) {
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, engine));
     }
 }
 
 /// The rule set for `key`: this policy's from the last version, another policy's with the same
 /// settings, or a fresh load.
-fn engine_for(name: &str, key: RulesKey, state: &PolicyState) -> Result<Arc<Engine>, String> {
+fn engine_for(name: &str, key: crs::Settings, state: &PolicyState) -> Result<Arc<Rules>, String> {
     let mine = state.get_or_insert(name, KIND, WafRules::default);
     if let Some(engine) = mine.get(&key) {
         return Ok(engine);
@@ -232,7 +208,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pool {
-    async fn evaluate(&self, engine: Arc<Engine>, input: Input) -> Result<Outcome, Failure> {
+    async fn evaluate(&self, engine: Arc<Rules>, input: Input) -> Result<Outcome, Failure> {
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Failure::Overloaded);
@@ -272,23 +248,12 @@ struct Input {
 
 impl Input {
     fn new(ctx: &RequestCtx) -> Self {
-        let mut headers = ctx.headers.clone();
-        // HTTP/2 carries the host in `:authority`; the CRS expects a Host header.
-        if !headers.contains_key(header::HOST)
-            && let Some(value) = ctx
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, value);
-        }
-        let client = std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port());
         Self {
-            id: format!("fg-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-            client,
+            id: next_id(),
+            client: std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port()),
             method: ctx.method.clone(),
             uri: ctx.uri.clone(),
-            headers,
+            headers: ctx.headers.clone(),
             body: match &ctx.body {
                 BodyPrefix::NotRead => Bytes::new(),
                 BodyPrefix::Complete(b) | BodyPrefix::Partial(b) => b.clone(),
@@ -296,28 +261,66 @@ impl Input {
         }
     }
 
-    fn evaluate(&self, engine: &Engine) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
-        let headers: Vec<(&[u8], &[u8])> = self
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
-            .collect();
-        engine.evaluate(&Request {
-            id: &self.id,
-            client: self.client,
-            server: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            method: self.method.as_str(),
-            uri: self.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-            http_version: if self.uri.scheme().is_some() {
-                "2.0"
-            } else {
-                "1.1"
-            },
-            headers: &headers,
-            body: &self.body,
-        })
+    fn evaluate(&self, rules: &Rules) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
+        let headers = header_list(&self.headers, &self.uri);
+        rules.evaluate(&request(
+            &self.id,
+            self.client,
+            &self.method,
+            &self.uri,
+            &headers,
+            &self.body,
+        ))
     }
 }
+
+fn next_id() -> String {
+    format!("fg-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The request headers as ModSecurity reads them. HTTP/2 carries the host in `:authority`; the
+/// CRS expects a Host header, so one is added from the target when absent.
+fn header_list<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> Vec<(&'h [u8], &'h [u8])> {
+    let mut list: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len() + 1);
+    list.extend(
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+    );
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+    {
+        list.push((b"host", authority.as_str().as_bytes()));
+    }
+    list
+}
+
+/// The request as the WAF engines take it. The HTTP version is inferred: a target with a scheme
+/// came over HTTP/2.
+fn request<'a>(
+    id: &'a str,
+    client: std::net::SocketAddr,
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a [(&'a [u8], &'a [u8])],
+    body: &'a [u8],
+) -> Request<'a> {
+    Request {
+        id,
+        client,
+        server: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        method: method.as_str(),
+        uri: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        http_version: if uri.scheme().is_some() { "2.0" } else { "1.1" },
+        headers,
+        body,
+    }
+}
+
+/// Requests with at most this much body are evaluated by the native engine on the worker
+/// thread that carries them: tens of microseconds, less than handing them to the blocking pool
+/// costs. Larger bodies (more arguments to inspect) go to the pool.
+pub const INLINE_BODY_LIMIT: usize = 4096;
 
 /// A compiled waf policy.
 #[derive(Debug)]
@@ -325,7 +328,7 @@ pub struct Waf {
     name: String,
     mode: WafMode,
     body_limit: u64,
-    engine: Arc<Engine>,
+    engine: Arc<Rules>,
 }
 
 impl Waf {
@@ -335,7 +338,7 @@ impl Waf {
             name: name.to_owned(),
             mode: config.mode,
             body_limit: config.request_body_limit,
-            engine: engine_for(name, RulesKey::new(config), state)?,
+            engine: engine_for(name, settings(config), state)?,
         })
     }
 
@@ -436,6 +439,20 @@ impl Plugin for Waf {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let body: &[u8] = match &ctx.body {
+            BodyPrefix::NotRead => &[],
+            BodyPrefix::Complete(b) | BodyPrefix::Partial(b) => b,
+        };
+        if native_enabled() && body.len() <= INLINE_BODY_LIMIT {
+            let id = next_id();
+            let headers = header_list(&ctx.headers, &ctx.uri);
+            let client = std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port());
+            let view = request(&id, client, &ctx.method, &ctx.uri, &headers, body);
+            if let Ok(outcome) = self.engine.native.evaluate(&view) {
+                drop(headers);
+                return Step::Done(self.verdict(ctx, Ok(outcome)));
+            }
+        }
         let input = Input::new(ctx);
         let engine = self.engine.clone();
         Step::Wait(Box::pin(async move {
@@ -456,22 +473,6 @@ mod tests {
             request_body_limit: 1024,
             disabled_rules: disabled.to_vec(),
         }
-    }
-
-    #[test]
-    fn the_rule_text_sets_the_paranoia_level_after_the_setup_and_removes_disabled_rules_last() {
-        let text = rules_text(&RulesKey::new(&config(3, &[942100, 920350, 942100])));
-        let setup = text
-            .find("Include /etc/modsecurity/crs/crs-setup.conf")
-            .unwrap();
-        let level = text.find("setvar:tx.paranoia_level=3").unwrap();
-        let rules = text.find("REQUEST-*.conf").unwrap();
-        assert!(setup < level && level < rules, "{text}");
-        assert!(text.contains("SecRequestBodyLimit 1024\n"));
-        assert!(
-            text.ends_with("SecRuleRemoveById 920350 942100\n"),
-            "{text}"
-        );
     }
 
     #[test]

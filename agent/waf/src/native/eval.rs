@@ -1,0 +1,1059 @@
+//! One request through a parsed rule set: phase 1 (headers), the body processor, phase 2 (body),
+//! following libmodsecurity 3.0.9's evaluation order (`RulesSet::evaluate`,
+//! `RuleWithOperator::evaluate`, `RuleWithActions::executeActionsAfterFullMatch`):
+//!
+//! - `setvar` runs once per matched variable, when it matches, even if a later link of the chain
+//!   does not match; every other action runs once, after the whole chain matched, innermost link
+//!   first.
+//! - `MATCHED_VAR(S)` accumulate over consecutive matching rules and are cleared by the first rule
+//!   (or chain link) that matches nothing.
+//! - A rule is logged when its whole chain matched, unless it says `nolog` or intervened
+//!   (`deny`: reported as the intervention); a `multiMatch` rule is logged per match instead.
+//! - A disruptive action stops the phase and the request.
+
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use super::Unsupported;
+use super::operator::{self, Context};
+use super::parse::{
+    BodyProcessor, Collection, Config, Ctl, Disruptive, EngineMode, Item, Link, Macro, MacroPart,
+    Rule, Selector, SetOp, Target,
+};
+use super::request::{self, Pair};
+use super::transform::Transform;
+use crate::{Intervention, MAX_MATCHES, Outcome, Request, RuleMatch};
+
+/// The request as the rules see it.
+#[derive(Debug, Default)]
+pub(crate) struct Vars<'r> {
+    pub args_get: Vec<Pair>,
+    pub args_post: Vec<Pair>,
+    /// JSON body members: in `ARGS` and `ARGS_NAMES` only, as libmodsecurity 3.0.9 has them.
+    pub args_json: Vec<Pair>,
+    /// `ARGS`: the query's, then the body's arguments.
+    pub args: Vec<Pair>,
+    pub headers: Vec<(&'r [u8], &'r [u8])>,
+    pub cookies: Vec<Pair>,
+    /// The order a rule sees each collection's members in (libmodsecurity's hash-table order;
+    /// see `request::rule_order`): indices into the lists above.
+    pub order: Orders,
+    pub target: request::Target,
+    pub method: &'r [u8],
+    pub remote_addr: Vec<u8>,
+    pub remote_port: Vec<u8>,
+    pub unique_id: &'r [u8],
+    pub body: Option<&'r [u8]>,
+    pub reqbody_error: Option<&'static str>,
+    pub reqbody_error_msg: Option<String>,
+    pub inbound_data_error: Option<&'static str>,
+    /// The engine's `ip` and `global` collections.
+    pub store: Option<&'r Persistent>,
+}
+
+/// Per collection, the order rules see its members in.
+#[derive(Debug, Default)]
+pub(crate) struct Orders {
+    args: Vec<usize>,
+    args_get: Vec<usize>,
+    args_post: Vec<usize>,
+    headers: Vec<usize>,
+    cookies: Vec<usize>,
+}
+
+impl Vars<'_> {
+    /// Fills `args` and the orders from the lists (again after the body added arguments).
+    fn index(&mut self) {
+        fn order<V>(pairs: &[(impl AsRef<[u8]>, V)]) -> Vec<usize> {
+            match pairs.len() {
+                0 => Vec::new(),
+                1 => vec![0],
+                _ => {
+                    let keys: Vec<&[u8]> = pairs.iter().map(|(k, _)| k.as_ref()).collect();
+                    request::rule_order(&keys)
+                }
+            }
+        }
+        self.args = [&self.args_get, &self.args_post, &self.args_json]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        self.order = Orders {
+            args: order(&self.args),
+            args_get: order(&self.args_get),
+            args_post: order(&self.args_post),
+            headers: order(&self.headers),
+            cookies: order(&self.cookies),
+        };
+    }
+}
+
+/// libmodsecurity's in-memory `ip` and `global` collections: per record (the key `initcol`
+/// gives, such as the CRS's client address and User-Agent hash), variables that keep their
+/// value across requests. libmodsecurity 3.0.9 never expires them (`expirevar` is parsed and
+/// ignored); neither does this, but it keeps at most [`MAX_RECORDS`] records, forgetting an
+/// arbitrary one to make room, where libmodsecurity grows without bound.
+#[derive(Debug, Default)]
+pub(crate) struct Persistent {
+    records: std::sync::Mutex<Records>,
+}
+
+/// A persistent collection's records: (collection, record key) → variables.
+type Records = std::collections::HashMap<(Collection, String), Vec<(String, Vec<u8>)>>;
+
+/// Records kept per engine, over both collections.
+pub(crate) const MAX_RECORDS: usize = 65_536;
+
+impl Persistent {
+    fn read(
+        &self,
+        collection: Collection,
+        record: &str,
+        selector: &Selector,
+    ) -> Vec<(String, Vec<u8>)> {
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        records
+            .get(&(collection, record.to_owned()))
+            .map(|vars| {
+                vars.iter()
+                    .filter(|(k, _)| selects(selector, k.as_bytes()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn write(&self, collection: Collection, record: &str, name: &str, value: Option<Vec<u8>>) {
+        let mut records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (collection, record.to_owned());
+        if !records.contains_key(&key) {
+            if value.is_none() {
+                return;
+            }
+            if records.len() >= MAX_RECORDS
+                && let Some(victim) = records.keys().next().cloned()
+            {
+                records.remove(&victim);
+            }
+        }
+        let vars = records.entry(key).or_default();
+        match value {
+            None => vars.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
+            Some(value) => match vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                Some((_, v)) => *v = value,
+                None => vars.push((name.to_ascii_lowercase(), value)),
+            },
+        }
+    }
+}
+
+/// A value the rules read: borrowed from the request, shared with the transaction's `TX`
+/// collection (cloning it is a reference count), or computed.
+#[derive(Debug, Clone)]
+pub(crate) enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Rc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Borrowed(b) => b,
+            Bytes::Shared(b) => b,
+            Bytes::Owned(b) => b,
+        }
+    }
+}
+
+/// What the rules change as they run.
+#[derive(Debug)]
+struct State {
+    /// `TX`, keys lower-cased (libmodsecurity compares them without regard to case).
+    tx: FxHashMap<String, Rc<[u8]>>,
+    matched_var: Option<(String, Vec<u8>)>,
+    matched_vars: Vec<(String, Vec<u8>)>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets_by_id: Vec<(u32, String)>,
+    removed_targets_by_tag: Vec<(String, String)>,
+    engine: EngineMode,
+    /// From the Content-Type header, or `ctl:requestBodyProcessor=URLENCODED|MULTIPART`.
+    body_type: Option<BodyProcessor>,
+    /// `ctl:requestBodyProcessor=JSON|XML`.
+    processor: Option<BodyProcessor>,
+    /// `REQBODY_PROCESSOR`: whichever of the two was set last.
+    processor_name: Option<&'static str>,
+    body_access: bool,
+    marker: Option<String>,
+    skip: u32,
+    allowed: bool,
+    status: Option<u16>,
+    intervention: Option<Intervention>,
+    matches: Vec<RuleMatch>,
+    /// The message of the rule being evaluated (`log`/`nolog` seen so far).
+    save_message: bool,
+    /// The `ip` and `global` records `initcol` chose.
+    ip_record: String,
+    global_record: String,
+    /// Reused transformation buffers.
+    buffers: (Vec<u8>, Vec<u8>),
+}
+
+impl State {
+    fn tx_set(&mut self, key: &str, value: &[u8]) {
+        let value: Rc<[u8]> = Rc::from(value);
+        match self.tx.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                self.tx.insert(key.to_ascii_lowercase(), value);
+            }
+        }
+    }
+
+    fn record(&self, collection: Collection) -> &str {
+        if collection == Collection::Ip {
+            &self.ip_record
+        } else {
+            &self.global_record
+        }
+    }
+}
+
+/// A variable's value as one rule sees it.
+#[derive(Debug)]
+struct Value<'a> {
+    collection: Collection,
+    /// The member's name; `None` for scalars and counts.
+    key: Option<Bytes<'a>>,
+    value: Bytes<'a>,
+}
+
+impl Value<'_> {
+    /// `COLLECTION:key`, as libmodsecurity names a matched variable.
+    fn name(&self) -> String {
+        match &self.key {
+            None => self.collection.name().to_owned(),
+            Some(key) => format!(
+                "{}:{}",
+                self.collection.name(),
+                String::from_utf8_lossy(key)
+            ),
+        }
+    }
+}
+
+pub(crate) fn evaluate(
+    config: &Config,
+    store: &Persistent,
+    request: &Request<'_>,
+) -> Result<Outcome, Unsupported> {
+    let mut vars = Vars {
+        store: Some(store),
+        headers: request.headers.to_vec(),
+        method: request.method.as_bytes(),
+        unique_id: request.id.as_bytes(),
+        remote_addr: request.client.ip().to_string().into_bytes(),
+        remote_port: request.client.port().to_string().into_bytes(),
+        target: request::target(request.method, request.uri, request.http_version),
+        ..Vars::default()
+    };
+    request::parse_query(&vars.target.query_string, &mut vars.args_get);
+    // libmodsecurity reads the body type from each Content-Type header as it is added (a prefix
+    // match, without regard to case); cookies from every Cookie header.
+    let mut body_type = None;
+    let mut processor_name = None;
+    for (name, value) in request.headers {
+        if name.eq_ignore_ascii_case(b"cookie") {
+            request::parse_cookies(value, &mut vars.cookies);
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            let starts = |prefix: &[u8]| {
+                value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+            };
+            if starts(b"multipart/form-data") {
+                body_type = Some(BodyProcessor::Multipart);
+                processor_name = Some("MULTIPART");
+            }
+            if starts(b"application/x-www-form-urlencoded") {
+                body_type = Some(BodyProcessor::UrlEncoded);
+                processor_name = Some("URLENCODED");
+            }
+        }
+    }
+
+    vars.index();
+    let mut state = State {
+        tx: FxHashMap::default(),
+        matched_var: None,
+        matched_vars: Vec::new(),
+        removed_ids: Vec::new(),
+        removed_tags: Vec::new(),
+        removed_targets_by_id: Vec::new(),
+        removed_targets_by_tag: Vec::new(),
+        engine: config.engine.unwrap_or(EngineMode::Off),
+        body_type,
+        processor: None,
+        processor_name,
+        body_access: config.body_access,
+        marker: None,
+        skip: 0,
+        allowed: false,
+        status: None,
+        intervention: None,
+        matches: Vec::new(),
+        save_message: true,
+        ip_record: String::new(),
+        global_record: String::new(),
+        buffers: (Vec::new(), Vec::new()),
+    };
+    if state.engine == EngineMode::Off {
+        return Ok(Outcome::default());
+    }
+
+    run_phase(config, 0, &vars, &mut state)?;
+    if state.intervention.is_some() || state.engine == EngineMode::Off {
+        return Ok(finish(state));
+    }
+
+    // Between the phases: the body, as libmodsecurity's appendRequestBody and
+    // processRequestBody do it.
+    let mut body = request.body;
+    if let Some(limit) = config.body_limit.filter(|l| *l > 0)
+        && body.len() as u64 > limit
+    {
+        if !config.partial_bodies {
+            return Err(Unsupported("request bodies over the limit with Reject"));
+        }
+        vars.inbound_data_error = Some("1");
+        body = &body[..usize::try_from(limit).unwrap_or(body.len())];
+    }
+    if vars.inbound_data_error.is_none() {
+        vars.inbound_data_error = Some("0");
+    }
+    let structured = state.body_type == Some(BodyProcessor::UrlEncoded)
+        || matches!(
+            state.processor,
+            Some(BodyProcessor::Json | BodyProcessor::Xml)
+        );
+    let over = structured && config.no_files_limit.is_some_and(|l| body.len() as u64 > l);
+    if over {
+        vars.reqbody_error = Some("1");
+        vars.reqbody_error_msg =
+            Some("Request body excluding files is bigger than the maximum expected.".into());
+        vars.inbound_data_error = Some("1");
+    }
+    match (state.processor, state.body_type) {
+        (Some(BodyProcessor::Xml), _) => return Err(Unsupported("XML request bodies")),
+        (Some(BodyProcessor::Json), _) => {
+            if !over {
+                match request::parse_json(body, &mut vars.args_json) {
+                    Err(e) if !body.is_empty() => {
+                        vars.reqbody_error = Some("1");
+                        vars.reqbody_error_msg = Some(format!("JSON parsing error: {e}"));
+                    }
+                    _ => vars.reqbody_error = Some("0"),
+                }
+            }
+        }
+        (_, Some(BodyProcessor::Multipart)) => {
+            return Err(Unsupported("multipart request bodies"));
+        }
+        // libmodsecurity sets no REQBODY_ERROR for a form body.
+        (_, Some(BodyProcessor::UrlEncoded)) => {
+            if !over {
+                request::parse_form(body, &mut vars.args_post);
+            }
+        }
+        _ => vars.reqbody_error = Some("0"),
+    }
+    if !state.body_access {
+        return Ok(finish(state));
+    }
+    if !body.is_empty() {
+        vars.body = Some(body);
+    }
+    vars.index();
+    run_phase(config, 1, &vars, &mut state)?;
+    Ok(finish(state))
+}
+
+fn finish(state: State) -> Outcome {
+    Outcome {
+        intervention: state.intervention,
+        matches: state.matches,
+    }
+}
+
+fn run_phase(
+    config: &Config,
+    phase: usize,
+    vars: &Vars<'_>,
+    state: &mut State,
+) -> Result<(), Unsupported> {
+    if state.allowed {
+        return Ok(());
+    }
+    for item in &config.phases[phase] {
+        match item {
+            Item::Marker(name) => {
+                if state.marker.as_deref() == Some(name.as_str()) {
+                    state.marker = None;
+                }
+            }
+            Item::Rule(_) if state.marker.is_some() => {}
+            Item::Rule(_) if state.skip > 0 => state.skip -= 1,
+            Item::Rule(rule) => {
+                if state.allowed
+                    || in_ranges(&config.removed_ids, rule.id)
+                    || config.removed_tags.iter().any(|t| rule.has_tag(t))
+                    || state.removed_tags.iter().any(|t| rule.has_tag(t))
+                {
+                    continue;
+                }
+                if in_ranges(&state.removed_ids, rule.id) {
+                    continue;
+                }
+                state.save_message = true;
+                let mut cx = Eval {
+                    config,
+                    rule,
+                    phase,
+                    vars,
+                    state,
+                };
+                if rule.links[0].unconditional {
+                    cx.unconditional()?;
+                } else if cx.link(0)? && cx.state.save_message {
+                    let disrupted = cx.state.intervention.is_some();
+                    if !disrupted && !rule.links[0].multi_match {
+                        cx.log();
+                    }
+                }
+                if state.intervention.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {
+    ranges.iter().any(|(a, b)| (*a..=*b).contains(&id))
+}
+
+struct Eval<'e, 'r> {
+    config: &'e Config,
+    rule: &'e Rule,
+    phase: usize,
+    vars: &'e Vars<'r>,
+    state: &'e mut State,
+}
+
+impl<'e> Eval<'e, '_> {
+    fn log(&mut self) {
+        if self.state.matches.len() < MAX_MATCHES {
+            let message = self.rule.links[0]
+                .msg
+                .as_ref()
+                .map(|m| String::from_utf8_lossy(&self.expand_macro(m)).into_owned());
+            self.state.matches.push(RuleMatch {
+                id: Some(self.rule.id),
+                message,
+            });
+        }
+    }
+
+    /// A `SecAction`: its actions run; it is logged only if it blocks or has a message (the
+    /// logging rule libmodsecurity applies to unconditional rules).
+    fn unconditional(&mut self) -> Result<(), Unsupported> {
+        let link = &self.rule.links[0];
+        if let Some(what) = link.unsupported {
+            return Err(Unsupported(what));
+        }
+        for setvar in &link.setvars {
+            self.setvar(setvar);
+        }
+        self.after_full_match(link)?;
+        let blocks = link.disruptive == Some(Disruptive::Block);
+        let disrupted = self.state.intervention.is_some();
+        if !disrupted && (blocks || (self.state.save_message && link.msg.is_some())) {
+            self.log();
+        }
+        Ok(())
+    }
+
+    /// Evaluates link `index` and, if it matches, the rest of the chain; runs the actions.
+    fn link(&mut self, index: usize) -> Result<bool, Unsupported> {
+        let rule = self.rule;
+        let link = &rule.links[index];
+        let values = self.collect(link)?;
+        let mut matched = false;
+        let (mut a, mut b) = std::mem::take(&mut self.state.buffers);
+        let result = (|| {
+            for value in &values {
+                if link.multi_match {
+                    for stage in stages(&link.transforms, &value.value) {
+                        matched |= self.test(link, index, value, &stage)?;
+                    }
+                } else {
+                    let last = transform(&link.transforms, &value.value, &mut a, &mut b);
+                    matched |= self.test(link, index, value, last)?;
+                }
+            }
+            Ok(())
+        })();
+        self.state.buffers = (a, b);
+        result?;
+        if !matched {
+            self.state.matched_var = None;
+            self.state.matched_vars.clear();
+            return Ok(false);
+        }
+        if index + 1 < rule.links.len() && !self.link(index + 1)? {
+            return Ok(false);
+        }
+        self.after_full_match(link)?;
+        Ok(true)
+    }
+
+    /// Runs the operator on one (transformed) value; on a match, the per-match actions.
+    fn test(
+        &mut self,
+        link: &Link,
+        index: usize,
+        value: &Value<'_>,
+        input: &[u8],
+    ) -> Result<bool, Unsupported> {
+        let hit = match link.operator.evaluate(input, link.capture, self) {
+            operator::Outcome::Match => !link.negated,
+            operator::Outcome::NoMatch => link.negated,
+            operator::Outcome::Unsupported(what) => return Err(Unsupported(what)),
+        };
+        if !hit {
+            return Ok(false);
+        }
+        // Only a link that matches runs the actions the engine cannot.
+        if let Some(what) = link.unsupported {
+            return Err(Unsupported(what));
+        }
+        let name = value.name();
+        self.state.matched_var = Some((name.clone(), input.to_vec()));
+        self.state.matched_vars.push((name, input.to_vec()));
+        for setvar in &link.setvars {
+            self.setvar(setvar);
+        }
+        if link.multi_match && self.state.save_message && index == 0 {
+            self.log();
+        }
+        Ok(true)
+    }
+
+    fn after_full_match(&mut self, link: &Link) -> Result<(), Unsupported> {
+        let defaults = &self.config.defaults[self.phase];
+        if let Some(log) = defaults.log {
+            self.state.save_message = log;
+        }
+        for (collection, key) in &link.initcols {
+            let record = String::from_utf8_lossy(&self.expand_macro(key)).into_owned();
+            if *collection == Collection::Ip {
+                self.state.ip_record = record;
+            } else {
+                self.state.global_record = record;
+            }
+        }
+        for ctl in &link.ctls {
+            self.ctl(ctl);
+        }
+        if let Some(marker) = &link.skip_after {
+            self.state.marker = Some(marker.clone());
+        }
+        if let Some(n) = link.skip {
+            self.state.skip = n;
+        }
+        if let Some(log) = link.log {
+            self.state.save_message = log;
+        }
+        if let Some(status) = link.status {
+            self.state.status = Some(status);
+        }
+        let disruptive = match link.disruptive {
+            Some(Disruptive::Block) => defaults.disruptive,
+            other => other,
+        };
+        if self.state.engine != EngineMode::On {
+            return Ok(());
+        }
+        match disruptive {
+            None | Some(Disruptive::Pass) | Some(Disruptive::Block) => {}
+            Some(Disruptive::Deny) => {
+                let message = self.rule.links[0]
+                    .msg
+                    .as_ref()
+                    .map(|m| String::from_utf8_lossy(&self.expand_macro(m)).into_owned());
+                self.state.intervention = Some(Intervention {
+                    status: self
+                        .state
+                        .status
+                        .or(defaults.status)
+                        .filter(|s| (300..600).contains(s))
+                        .unwrap_or(403),
+                    rule: RuleMatch {
+                        id: Some(self.rule.id),
+                        message,
+                    },
+                    redirect: None,
+                });
+            }
+            Some(Disruptive::Allow) => self.state.allowed = true,
+            Some(Disruptive::Drop) => return Err(Unsupported("drop")),
+            Some(Disruptive::Redirect) => return Err(Unsupported("redirect")),
+        }
+        Ok(())
+    }
+
+    fn ctl(&mut self, ctl: &Ctl) {
+        let state = &mut *self.state;
+        match ctl {
+            Ctl::RuleRemoveById(a, b) => state.removed_ids.push((*a, *b)),
+            Ctl::RuleRemoveByTag(tag) => state.removed_tags.push(tag.clone()),
+            Ctl::RuleRemoveTargetById(id, target) => {
+                state.removed_targets_by_id.push((*id, target.clone()))
+            }
+            Ctl::RuleRemoveTargetByTag(tag, target) => state
+                .removed_targets_by_tag
+                .push((tag.clone(), target.clone())),
+            Ctl::RuleEngine(mode) => state.engine = *mode,
+            Ctl::BodyProcessor(p) => {
+                match p {
+                    BodyProcessor::Json | BodyProcessor::Xml => state.processor = Some(*p),
+                    BodyProcessor::UrlEncoded | BodyProcessor::Multipart => {
+                        state.body_type = Some(*p)
+                    }
+                }
+                state.processor_name = Some(p.name());
+            }
+            Ctl::RequestBodyAccess(on) => state.body_access = *on,
+            Ctl::Ignored => {}
+        }
+    }
+
+    fn setvar(&mut self, setvar: &super::parse::SetVar) {
+        let mut name = String::from_utf8_lossy(&self.expand_macro(&setvar.name)).into_owned();
+        name.make_ascii_lowercase();
+        let collection = setvar.collection;
+        let current = || -> i64 {
+            if collection == Collection::Tx {
+                self.state.tx.get(&name).map_or(0, |v| operator::atoll(v))
+            } else {
+                self.vars.store.map_or(0, |store| {
+                    let record = self.state.record(collection);
+                    store
+                        .read(collection, record, &Selector::Key(name.clone()))
+                        .first()
+                        .map_or(0, |(_, v)| operator::atoll(v))
+                })
+            }
+        };
+        let value = match &setvar.op {
+            SetOp::Unset => None,
+            SetOp::Set(value) => Some(self.expand_macro(value).to_vec()),
+            SetOp::Add(delta) => {
+                let delta = operator::atoll(&self.expand_macro(delta));
+                Some(current().wrapping_add(delta).to_string().into_bytes())
+            }
+            SetOp::Sub(delta) => {
+                let delta = operator::atoll(&self.expand_macro(delta));
+                Some(current().wrapping_sub(delta).to_string().into_bytes())
+            }
+        };
+        if collection == Collection::Tx {
+            match value {
+                Some(value) => self.state.tx_set(&name, &value),
+                None => {
+                    self.state.tx.remove(&name);
+                }
+            }
+        } else if let Some(store) = self.vars.store {
+            store.write(collection, self.state.record(collection), &name, value);
+        }
+    }
+
+    /// The values a link inspects, exclusions and `ctl` target removals applied.
+    fn collect(&self, link: &Link) -> Result<Vec<Value<'e>>, Unsupported> {
+        let mut out = Vec::new();
+        let removals = !self.state.removed_targets_by_id.is_empty()
+            || !self.state.removed_targets_by_tag.is_empty();
+        for target in &link.targets {
+            if removals && self.target_removed(target) {
+                continue;
+            }
+            let start = out.len();
+            resolve(
+                self.vars,
+                self.state,
+                target.collection,
+                &target.selector,
+                &mut out,
+            );
+            if !target.exclusions.is_empty() {
+                let mut i = start;
+                while i < out.len() {
+                    let key: &[u8] = out[i].key.as_deref().unwrap_or(b"");
+                    if target.exclusions.iter().any(|e| selects(e, key)) {
+                        out.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            if removals {
+                let mut i = start;
+                while i < out.len() {
+                    if self.value_removed(&out[i].name()) {
+                        out.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            if target.count {
+                let count = out.len() - start;
+                out.truncate(start);
+                out.push(Value {
+                    collection: target.collection,
+                    key: None,
+                    value: Bytes::Owned(count.to_string().into_bytes()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn target_removed(&self, target: &Target) -> bool {
+        let name = match &target.selector {
+            Selector::All => target.collection.name().to_owned(),
+            Selector::Key(k) => format!("{}:{k}", target.collection.name()),
+            Selector::Regex(_) => return false,
+        };
+        self.value_removed(&name)
+    }
+
+    /// Whether `ctl:ruleRemoveTarget*` took `name` (`COLLECTION` or `COLLECTION:key`, compared
+    /// as written, as libmodsecurity does) from this rule.
+    fn value_removed(&self, name: &str) -> bool {
+        self.state
+            .removed_targets_by_id
+            .iter()
+            .any(|(id, t)| *id == self.rule.id && t == name)
+            || self
+                .state
+                .removed_targets_by_tag
+                .iter()
+                .any(|(tag, t)| self.rule.has_tag(tag) && t == name)
+    }
+
+    /// Expands `%{...}` macros: the first value of each named variable (`TX` directly, others
+    /// as a rule target would see them).
+    fn expand_macro<'m>(&self, m: &'m Macro) -> Bytes<'m> {
+        match m.parts.as_slice() {
+            [] => return Bytes::Borrowed(b""),
+            [MacroPart::Text(t)] => return Bytes::Borrowed(t.as_bytes()),
+            [MacroPart::Var(c, Some(key))] if c == "TX" => {
+                return match self.state.tx.get(key.as_str()) {
+                    Some(v) => Bytes::Shared(v.clone()),
+                    None => Bytes::Borrowed(b""),
+                };
+            }
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for part in &m.parts {
+            match part {
+                MacroPart::Text(t) => out.extend_from_slice(t.as_bytes()),
+                MacroPart::Var(collection, key) => {
+                    if collection == "RULE" {
+                        match key.as_deref() {
+                            Some("id") => {
+                                out.extend_from_slice(self.rule.id.to_string().as_bytes())
+                            }
+                            Some("msg") => {
+                                if let Some(msg) = &self.rule.links[0].msg {
+                                    out.extend_from_slice(&self.expand_macro(msg));
+                                }
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    if collection == "TX" {
+                        if let Some(v) = key.as_deref().and_then(|k| self.state.tx.get(k)) {
+                            out.extend_from_slice(v);
+                        }
+                        continue;
+                    }
+                    let Some(c) = Collection::parse(collection) else {
+                        continue;
+                    };
+                    let selector = match key {
+                        Some(k) => Selector::Key(k.clone()),
+                        None => Selector::All,
+                    };
+                    let mut values = Vec::new();
+                    resolve(self.vars, self.state, c, &selector, &mut values);
+                    if let Some(first) = values.first() {
+                        out.extend_from_slice(&first.value);
+                    }
+                }
+            }
+        }
+        Bytes::Owned(out)
+    }
+}
+
+/// Appends the members of `collection` that `selector` picks.
+fn resolve<'s>(
+    vars: &'s Vars<'_>,
+    state: &State,
+    collection: Collection,
+    selector: &Selector,
+    out: &mut Vec<Value<'s>>,
+) {
+    use Collection::*;
+    let keyed = |list: &'s [Pair], order: &[usize], names: bool, out: &mut Vec<Value<'s>>| {
+        members(collection, selector, list, order, names, out);
+    };
+    let scalar = |value: Option<&'s [u8]>, out: &mut Vec<Value<'s>>| {
+        if let Some(value) = value {
+            out.push(Value {
+                collection,
+                key: None,
+                value: Bytes::Borrowed(value),
+            });
+        }
+    };
+    match collection {
+        Args => keyed(&vars.args, &vars.order.args, false, out),
+        ArgsGet => keyed(&vars.args_get, &vars.order.args_get, false, out),
+        ArgsPost => keyed(&vars.args_post, &vars.order.args_post, false, out),
+        ArgsNames => keyed(&vars.args, &vars.order.args, true, out),
+        ArgsGetNames => keyed(&vars.args_get, &vars.order.args_get, true, out),
+        ArgsPostNames => keyed(&vars.args_post, &vars.order.args_post, true, out),
+        ArgsCombinedSize => {
+            if !vars.args.is_empty() {
+                out.push(Value {
+                    collection,
+                    key: None,
+                    value: Bytes::Owned(request::combined_size(&vars.args).into_bytes()),
+                });
+            }
+        }
+        RequestHeaders | RequestHeadersNames => members(
+            collection,
+            selector,
+            &vars.headers,
+            &vars.order.headers,
+            collection == RequestHeadersNames,
+            out,
+        ),
+        RequestCookies => keyed(&vars.cookies, &vars.order.cookies, false, out),
+        RequestCookiesNames => keyed(&vars.cookies, &vars.order.cookies, true, out),
+        RequestUri => scalar(Some(&vars.target.request_uri), out),
+        RequestUriRaw => scalar(Some(&vars.target.request_uri_raw), out),
+        RequestFilename => scalar(Some(&vars.target.request_filename), out),
+        RequestBasename => scalar(Some(&vars.target.request_basename), out),
+        RequestLine => scalar(Some(&vars.target.request_line), out),
+        RequestMethod => scalar(Some(vars.method), out),
+        RequestProtocol => scalar(Some(&vars.target.request_protocol), out),
+        QueryString => scalar(Some(&vars.target.query_string), out),
+        RequestBody => scalar(vars.body, out),
+        RequestBodyLength => {
+            if let Some(body) = vars.body {
+                out.push(Value {
+                    collection,
+                    key: None,
+                    value: Bytes::Owned(body.len().to_string().into_bytes()),
+                });
+            }
+        }
+        ReqbodyProcessor => {
+            if let Some(name) = state.processor_name {
+                out.push(Value {
+                    collection,
+                    key: None,
+                    value: Bytes::Borrowed(name.as_bytes()),
+                });
+            }
+        }
+        ReqbodyError => scalar(vars.reqbody_error.map(str::as_bytes), out),
+        ReqbodyErrorMsg => scalar(vars.reqbody_error_msg.as_deref().map(str::as_bytes), out),
+        InboundDataError => scalar(vars.inbound_data_error.map(str::as_bytes), out),
+        // Multipart and XML bodies go to libmodsecurity: for the requests evaluated here these
+        // are empty, as libmodsecurity has them then. No GeoIP database, no timing.
+        MultipartStrictError | MultipartPartHeaders | Files | FilesNames | FilesCombinedSize
+        | Xml | Geo | Duration => {}
+        RemoteAddr => scalar(Some(&vars.remote_addr), out),
+        RemotePort => scalar(Some(&vars.remote_port), out),
+        UniqueId => scalar(Some(vars.unique_id), out),
+        MatchedVar | MatchedVarName => {
+            if let Some((k, v)) = &state.matched_var {
+                out.push(Value {
+                    collection,
+                    key: None,
+                    value: Bytes::Owned(if collection == MatchedVar {
+                        v.clone()
+                    } else {
+                        k.clone().into_bytes()
+                    }),
+                });
+            }
+        }
+        MatchedVars | MatchedVarsNames => {
+            for (k, v) in &state.matched_vars {
+                if selects(selector, k.as_bytes()) {
+                    out.push(Value {
+                        collection,
+                        key: Some(Bytes::Owned(k.clone().into_bytes())),
+                        value: Bytes::Owned(if collection == MatchedVars {
+                            v.clone()
+                        } else {
+                            k.clone().into_bytes()
+                        }),
+                    });
+                }
+            }
+        }
+        Tx => match selector {
+            Selector::Key(k) => {
+                if let Some(v) = state.tx.get(k.as_str()) {
+                    out.push(Value {
+                        collection,
+                        key: Some(Bytes::Owned(k.clone().into_bytes())),
+                        value: Bytes::Shared(v.clone()),
+                    });
+                }
+            }
+            _ => {
+                for (k, v) in &state.tx {
+                    if selects(selector, k.as_bytes()) {
+                        out.push(Value {
+                            collection,
+                            key: Some(Bytes::Owned(k.clone().into_bytes())),
+                            value: Bytes::Shared(v.clone()),
+                        });
+                    }
+                }
+            }
+        },
+        Ip | Global => {
+            if let Some(store) = vars.store {
+                for (k, v) in store.read(collection, state.record(collection), selector) {
+                    out.push(Value {
+                        collection,
+                        key: Some(Bytes::Owned(k.into_bytes())),
+                        value: Bytes::Owned(v),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Appends the members of a keyed collection that `selector` picks, as libmodsecurity's
+/// multimap yields them: a whole collection or a regex selection in rule order, one key's
+/// members newest first (the reverse). `names`: the keys instead of the values.
+fn members<'s, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    collection: Collection,
+    selector: &Selector,
+    list: &'s [(K, V)],
+    order: &[usize],
+    names: bool,
+    out: &mut Vec<Value<'s>>,
+) {
+    let mut push = |i: &usize| {
+        if let Some((k, v)) = list.get(*i)
+            && selects(selector, k.as_ref())
+        {
+            out.push(Value {
+                collection,
+                key: Some(Bytes::Borrowed(k.as_ref())),
+                value: Bytes::Borrowed(if names { k.as_ref() } else { v.as_ref() }),
+            });
+        }
+    };
+    match selector {
+        Selector::Key(_) => order.iter().rev().for_each(&mut push),
+        _ => order.iter().for_each(&mut push),
+    }
+}
+
+impl Context for Eval<'_, '_> {
+    fn expand<'m>(&mut self, m: &'m Macro) -> Bytes<'m> {
+        self.expand_macro(m)
+    }
+
+    fn capture(&mut self, group: usize, value: &[u8]) {
+        const GROUPS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        if let Some(name) = GROUPS.get(group) {
+            self.state.tx_set(name, value);
+        }
+    }
+}
+
+/// Whether `selector` picks the member named `key`.
+fn selects(selector: &Selector, key: &[u8]) -> bool {
+    match selector {
+        Selector::All => true,
+        Selector::Key(k) => k.as_bytes().eq_ignore_ascii_case(key),
+        Selector::Regex(re) => re.is_match(key).unwrap_or(false),
+    }
+}
+
+/// The fully transformed value, computed in two reused buffers.
+fn transform<'v>(
+    transforms: &[Transform],
+    value: &'v [u8],
+    a: &'v mut Vec<u8>,
+    b: &'v mut Vec<u8>,
+) -> &'v [u8] {
+    // 0: the value itself, 1: `a`, 2: `b`.
+    let mut current = 0u8;
+    for t in transforms {
+        let changed = match current {
+            0 => t.apply(value, a),
+            1 => t.apply(a, b),
+            _ => t.apply(b, a),
+        };
+        if changed {
+            current = if current == 1 { 2 } else { 1 };
+        }
+    }
+    match current {
+        0 => value,
+        1 => a,
+        _ => b,
+    }
+}
+
+/// With `multiMatch`: the original value and every transformation stage that changed it.
+fn stages(transforms: &[Transform], value: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![value.to_vec()];
+    let mut scratch = Vec::new();
+    for t in transforms {
+        let current = out.last().map(Vec::as_slice).unwrap_or(value);
+        if t.apply(current, &mut scratch) {
+            out.push(std::mem::take(&mut scratch));
+        }
+    }
+    out
+}

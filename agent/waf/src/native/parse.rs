@@ -1,0 +1,1233 @@
+//! ModSecurity's configuration language (SecLang), the part the OWASP CRS and the agent's own
+//! rule text use, parsed into [`Config`]: engine settings and, per phase, the rules and markers
+//! in the order they run.
+//!
+//! A directive, operator, variable or action this module does not know is a load error naming it
+//! and the line it is on, never silently ignored: a rule the engine cannot evaluate the way
+//! libmodsecurity would must not load. Purely informational actions (`ver`, `rev`, `maturity`,
+//! audit-log settings, ...) are accepted and dropped.
+
+use std::path::{Path, PathBuf};
+
+use super::operator::Operator;
+use super::transform::Transform;
+
+/// Where a directive came from, for errors.
+#[derive(Debug, Clone)]
+pub(crate) struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A load error: what was wrong and where.
+#[derive(Debug)]
+pub(crate) struct ParseError(pub String);
+
+fn err<T>(origin: &Origin, message: impl std::fmt::Display) -> Result<T, ParseError> {
+    Err(ParseError(format!("{origin}: {message}")))
+}
+
+/// A variable collection or scalar a rule can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Collection {
+    Args,
+    ArgsGet,
+    ArgsPost,
+    ArgsNames,
+    ArgsGetNames,
+    ArgsPostNames,
+    ArgsCombinedSize,
+    RequestHeaders,
+    RequestHeadersNames,
+    RequestCookies,
+    RequestCookiesNames,
+    RequestUri,
+    RequestUriRaw,
+    RequestFilename,
+    RequestBasename,
+    RequestLine,
+    RequestMethod,
+    RequestProtocol,
+    QueryString,
+    RequestBody,
+    RequestBodyLength,
+    ReqbodyProcessor,
+    ReqbodyError,
+    ReqbodyErrorMsg,
+    InboundDataError,
+    MultipartStrictError,
+    MultipartPartHeaders,
+    Files,
+    FilesNames,
+    FilesCombinedSize,
+    Xml,
+    RemoteAddr,
+    RemotePort,
+    UniqueId,
+    Duration,
+    MatchedVar,
+    MatchedVarName,
+    MatchedVars,
+    MatchedVarsNames,
+    Tx,
+    Ip,
+    Global,
+    Geo,
+}
+
+impl Collection {
+    pub(crate) fn parse(name: &str) -> Option<Collection> {
+        use Collection::*;
+        Some(match name.to_ascii_uppercase().as_str() {
+            "ARGS" => Args,
+            "ARGS_GET" => ArgsGet,
+            "ARGS_POST" => ArgsPost,
+            "ARGS_NAMES" => ArgsNames,
+            "ARGS_GET_NAMES" => ArgsGetNames,
+            "ARGS_POST_NAMES" => ArgsPostNames,
+            "ARGS_COMBINED_SIZE" => ArgsCombinedSize,
+            "REQUEST_HEADERS" => RequestHeaders,
+            "REQUEST_HEADERS_NAMES" => RequestHeadersNames,
+            "REQUEST_COOKIES" => RequestCookies,
+            "REQUEST_COOKIES_NAMES" => RequestCookiesNames,
+            "REQUEST_URI" => RequestUri,
+            "REQUEST_URI_RAW" => RequestUriRaw,
+            "REQUEST_FILENAME" => RequestFilename,
+            "REQUEST_BASENAME" => RequestBasename,
+            "REQUEST_LINE" => RequestLine,
+            "REQUEST_METHOD" => RequestMethod,
+            "REQUEST_PROTOCOL" => RequestProtocol,
+            "QUERY_STRING" => QueryString,
+            "REQUEST_BODY" => RequestBody,
+            "REQUEST_BODY_LENGTH" => RequestBodyLength,
+            "REQBODY_PROCESSOR" => ReqbodyProcessor,
+            "REQBODY_ERROR" => ReqbodyError,
+            "REQBODY_ERROR_MSG" => ReqbodyErrorMsg,
+            "INBOUND_DATA_ERROR" => InboundDataError,
+            "MULTIPART_STRICT_ERROR" => MultipartStrictError,
+            "MULTIPART_PART_HEADERS" => MultipartPartHeaders,
+            "FILES" => Files,
+            "FILES_NAMES" => FilesNames,
+            "FILES_COMBINED_SIZE" => FilesCombinedSize,
+            "XML" => Xml,
+            "REMOTE_ADDR" => RemoteAddr,
+            "REMOTE_PORT" => RemotePort,
+            "UNIQUE_ID" => UniqueId,
+            "DURATION" => Duration,
+            "MATCHED_VAR" => MatchedVar,
+            "MATCHED_VAR_NAME" => MatchedVarName,
+            "MATCHED_VARS" => MatchedVars,
+            "MATCHED_VARS_NAMES" => MatchedVarsNames,
+            "TX" => Tx,
+            "IP" => Ip,
+            "GLOBAL" => Global,
+            "GEO" => Geo,
+            _ => return None,
+        })
+    }
+
+    /// The name ModSecurity prints before a key (`ARGS:id`).
+    pub fn name(self) -> &'static str {
+        use Collection::*;
+        match self {
+            Args => "ARGS",
+            ArgsGet => "ARGS_GET",
+            ArgsPost => "ARGS_POST",
+            ArgsNames => "ARGS_NAMES",
+            ArgsGetNames => "ARGS_GET_NAMES",
+            ArgsPostNames => "ARGS_POST_NAMES",
+            ArgsCombinedSize => "ARGS_COMBINED_SIZE",
+            RequestHeaders => "REQUEST_HEADERS",
+            RequestHeadersNames => "REQUEST_HEADERS_NAMES",
+            RequestCookies => "REQUEST_COOKIES",
+            RequestCookiesNames => "REQUEST_COOKIES_NAMES",
+            RequestUri => "REQUEST_URI",
+            RequestUriRaw => "REQUEST_URI_RAW",
+            RequestFilename => "REQUEST_FILENAME",
+            RequestBasename => "REQUEST_BASENAME",
+            RequestLine => "REQUEST_LINE",
+            RequestMethod => "REQUEST_METHOD",
+            RequestProtocol => "REQUEST_PROTOCOL",
+            QueryString => "QUERY_STRING",
+            RequestBody => "REQUEST_BODY",
+            RequestBodyLength => "REQUEST_BODY_LENGTH",
+            ReqbodyProcessor => "REQBODY_PROCESSOR",
+            ReqbodyError => "REQBODY_ERROR",
+            ReqbodyErrorMsg => "REQBODY_ERROR_MSG",
+            InboundDataError => "INBOUND_DATA_ERROR",
+            MultipartStrictError => "MULTIPART_STRICT_ERROR",
+            MultipartPartHeaders => "MULTIPART_PART_HEADERS",
+            Files => "FILES",
+            FilesNames => "FILES_NAMES",
+            FilesCombinedSize => "FILES_COMBINED_SIZE",
+            Xml => "XML",
+            RemoteAddr => "REMOTE_ADDR",
+            RemotePort => "REMOTE_PORT",
+            UniqueId => "UNIQUE_ID",
+            Duration => "DURATION",
+            MatchedVar => "MATCHED_VAR",
+            MatchedVarName => "MATCHED_VAR_NAME",
+            MatchedVars => "MATCHED_VARS",
+            MatchedVarsNames => "MATCHED_VARS_NAMES",
+            Tx => "TX",
+            Ip => "IP",
+            Global => "GLOBAL",
+            Geo => "GEO",
+        }
+    }
+}
+
+/// Which members of a collection a target selects.
+#[derive(Debug, Clone)]
+pub(crate) enum Selector {
+    All,
+    /// A key, compared without regard to case.
+    Key(String),
+    /// Keys matching a regular expression (compiled caseless, as libmodsecurity does).
+    Regex(pcre2::bytes::Regex),
+}
+
+/// One element of a rule's target list.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub collection: Collection,
+    pub selector: Selector,
+    /// `&COLLECTION`: the number of members instead of their values.
+    pub count: bool,
+    /// Keys removed from this target by `!COLLECTION:key` elements of the same list.
+    pub exclusions: Vec<Selector>,
+}
+
+/// A string that may contain `%{...}` macros, split at parse time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Macro {
+    pub parts: Vec<MacroPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MacroPart {
+    Text(String),
+    /// `%{COLLECTION}` or `%{COLLECTION.key}`: collection name upper-cased, key as written.
+    Var(String, Option<String>),
+}
+
+impl Macro {
+    pub fn parse(text: &str) -> Macro {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("%{") {
+            let Some(len) = rest[start..].find('}') else {
+                break;
+            };
+            if start > 0 {
+                parts.push(MacroPart::Text(rest[..start].to_owned()));
+            }
+            let inner = &rest[start + 2..start + len];
+            // Keys are looked up without regard to case: kept lower-case.
+            let (collection, key) = match inner.split_once(['.', ':']) {
+                Some((c, k)) => (c, Some(k.to_ascii_lowercase())),
+                None => (inner, None),
+            };
+            parts.push(MacroPart::Var(collection.to_ascii_uppercase(), key));
+            rest = &rest[start + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(MacroPart::Text(rest.to_owned()));
+        }
+        Macro { parts }
+    }
+
+    /// The text itself when it has no macro.
+    pub fn literal(&self) -> Option<String> {
+        match self.parts.as_slice() {
+            [] => Some(String::new()),
+            [MacroPart::Text(t)] => Some(t.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// `setvar`.
+#[derive(Debug, Clone)]
+pub(crate) struct SetVar {
+    pub collection: Collection,
+    pub name: Macro,
+    pub op: SetOp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum SetOp {
+    Set(Macro),
+    Add(Macro),
+    Sub(Macro),
+    Unset,
+}
+
+/// `ctl` actions that change how this transaction is evaluated.
+#[derive(Debug, Clone)]
+pub(crate) enum Ctl {
+    RuleRemoveById(u32, u32),
+    RuleRemoveByTag(String),
+    RuleRemoveTargetById(u32, String),
+    RuleRemoveTargetByTag(String, String),
+    RuleEngine(EngineMode),
+    BodyProcessor(BodyProcessor),
+    RequestBodyAccess(bool),
+    /// Audit log settings and the like: no effect on the verdict.
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EngineMode {
+    On,
+    Off,
+    DetectionOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyProcessor {
+    UrlEncoded,
+    Multipart,
+    Json,
+    Xml,
+}
+
+impl BodyProcessor {
+    /// Its `REQBODY_PROCESSOR` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            BodyProcessor::UrlEncoded => "URLENCODED",
+            BodyProcessor::Multipart => "MULTIPART",
+            BodyProcessor::Json => "JSON",
+            BodyProcessor::Xml => "XML",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disruptive {
+    Pass,
+    Block,
+    Deny,
+    Drop,
+    Allow,
+    Redirect,
+}
+
+/// One link of a rule chain (a rule without `chain` is a chain of one).
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub targets: Vec<Target>,
+    pub operator: Operator,
+    pub negated: bool,
+    /// The transformations that run, in order (after parsing: the defaults included).
+    pub transforms: Vec<Transform>,
+    /// `t:none` was given: the phase's default transformations do not apply.
+    pub has_none: bool,
+    pub capture: bool,
+    pub multi_match: bool,
+    pub setvars: Vec<SetVar>,
+    pub ctls: Vec<Ctl>,
+    pub skip_after: Option<String>,
+    pub skip: Option<u32>,
+    /// `log` (true) or `nolog` (false) if the rule says.
+    pub log: Option<bool>,
+    pub disruptive: Option<Disruptive>,
+    pub status: Option<u16>,
+    pub msg: Option<Macro>,
+    pub tags: Vec<String>,
+    /// `initcol`: which record of a persistent collection this transaction uses.
+    pub initcols: Vec<(Collection, Macro)>,
+    /// Actions the native engine does not evaluate.
+    pub unsupported: Option<&'static str>,
+    /// `SecAction`: no operator, its actions always run.
+    pub unconditional: bool,
+}
+
+/// A rule: its id, phase and chain links.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub id: u32,
+    pub phase: u8,
+    pub links: Vec<Link>,
+    pub origin: Origin,
+}
+
+impl Rule {
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.links
+            .first()
+            .is_some_and(|l| l.tags.iter().any(|t| t == tag))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Item {
+    Rule(Rule),
+    Marker(String),
+}
+
+/// What `SecDefaultAction` sets for a phase.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Defaults {
+    pub transforms: Vec<Transform>,
+    pub log: Option<bool>,
+    pub disruptive: Option<Disruptive>,
+    pub status: Option<u16>,
+}
+
+/// A parsed rule text.
+#[derive(Debug, Default)]
+pub(crate) struct Config {
+    pub engine: Option<EngineMode>,
+    pub body_access: bool,
+    pub body_limit: Option<u64>,
+    pub no_files_limit: Option<u64>,
+    /// `SecRequestBodyLimitAction ProcessPartial`.
+    pub partial_bodies: bool,
+    /// Phase 1 and phase 2 items in order; rules of later phases are kept out (the engine
+    /// evaluates requests only) and counted.
+    pub phases: [Vec<Item>; 2],
+    pub later_phase_rules: usize,
+    pub defaults: [Defaults; 2],
+    pub removed_ids: Vec<(u32, u32)>,
+    pub removed_tags: Vec<String>,
+    pub rule_count: usize,
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let mut config = Config::default();
+        let mut pending: Option<Rule> = None;
+        config.read_text(text, "<rules>", None, &mut pending, 0)?;
+        if let Some(rule) = pending {
+            return err(
+                &rule.origin,
+                "the last rule of a chain (`chain`) has no rule after it",
+            );
+        }
+        // Each link's transformations as they run: the phase's default ones first, unless the
+        // link says `t:none` (the defaults are those in force at the end of the text, as in
+        // libmodsecurity, which reads them at evaluation).
+        for (phase, items) in config.phases.iter_mut().enumerate() {
+            let defaults = &config.defaults[phase].transforms;
+            for item in items {
+                if let Item::Rule(rule) = item {
+                    for link in &mut rule.links {
+                        if !link.has_none && !defaults.is_empty() {
+                            let mut all = defaults.clone();
+                            all.append(&mut link.transforms);
+                            link.transforms = all;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn read_text(
+        &mut self,
+        text: &str,
+        file: &str,
+        dir: Option<&Path>,
+        pending: &mut Option<Rule>,
+        depth: usize,
+    ) -> Result<(), ParseError> {
+        for (line, directive) in directives(text) {
+            let origin = Origin {
+                file: file.to_owned(),
+                line,
+            };
+            let words =
+                split_words(&directive).map_err(|e| ParseError(format!("{origin}: {e}")))?;
+            let Some((name, args)) = words.split_first() else {
+                continue;
+            };
+            self.directive(name, args, &origin, dir, pending, depth)?;
+        }
+        Ok(())
+    }
+
+    fn directive(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+        dir: Option<&Path>,
+        pending: &mut Option<Rule>,
+        depth: usize,
+    ) -> Result<(), ParseError> {
+        let arg = |i: usize| -> Result<&str, ParseError> {
+            args.get(i)
+                .map(String::as_str)
+                .ok_or_else(|| ParseError(format!("{origin}: {name} needs an argument")))
+        };
+        let on_off = |value: &str| -> Result<bool, ParseError> {
+            match value.to_ascii_lowercase().as_str() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                other => err(origin, format!("{name} takes On or Off, not {other:?}")),
+            }
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "secrule" => {
+                let actions = args.get(2).map(String::as_str).unwrap_or("");
+                self.rule(Some((arg(0)?, arg(1)?)), actions, origin, dir, pending)
+            }
+            "secaction" => self.rule(None, arg(0)?, origin, dir, pending),
+            "secmarker" => {
+                if let Some(rule) = pending.take() {
+                    return err(&rule.origin, "a chained rule is followed by SecMarker");
+                }
+                for phase in &mut self.phases {
+                    phase.push(Item::Marker(arg(0)?.to_owned()));
+                }
+                Ok(())
+            }
+            "secdefaultaction" => {
+                let actions = parse_actions(arg(0)?, origin)?;
+                let mut defaults = Defaults::default();
+                let mut phase = 2u8;
+                for (key, value) in actions {
+                    match key.as_str() {
+                        "phase" => phase = parse_phase(&value, origin)?,
+                        "t" => match Transform::parse(&value) {
+                            Some(t) => defaults.transforms.push(t),
+                            // libmodsecurity refuses it too.
+                            None if value.eq_ignore_ascii_case("none") => {
+                                return err(origin, "t:none cannot be part of SecDefaultAction");
+                            }
+                            None => {
+                                return err(origin, format!("unknown transformation t:{value}"));
+                            }
+                        },
+                        "log" => defaults.log = Some(true),
+                        "nolog" => defaults.log = Some(false),
+                        "pass" => defaults.disruptive = Some(Disruptive::Pass),
+                        "deny" => defaults.disruptive = Some(Disruptive::Deny),
+                        "drop" => defaults.disruptive = Some(Disruptive::Drop),
+                        "status" => defaults.status = value.parse().ok(),
+                        "auditlog" | "noauditlog" | "tag" => {}
+                        other => {
+                            return err(
+                                origin,
+                                format!("SecDefaultAction: unsupported action {other}"),
+                            );
+                        }
+                    }
+                }
+                match phase {
+                    1 | 2 => self.defaults[usize::from(phase - 1)] = defaults,
+                    _ => {}
+                }
+                Ok(())
+            }
+            "secruleengine" => {
+                self.engine = Some(match arg(0)?.to_ascii_lowercase().as_str() {
+                    "on" => EngineMode::On,
+                    "off" => EngineMode::Off,
+                    "detectiononly" => EngineMode::DetectionOnly,
+                    other => return err(origin, format!("SecRuleEngine {other:?}")),
+                });
+                Ok(())
+            }
+            "secrequestbodyaccess" => {
+                self.body_access = on_off(arg(0)?)?;
+                Ok(())
+            }
+            "secrequestbodylimit" => {
+                self.body_limit = Some(parse_number(arg(0)?, origin)?);
+                Ok(())
+            }
+            "secrequestbodynofileslimit" => {
+                self.no_files_limit = Some(parse_number(arg(0)?, origin)?);
+                Ok(())
+            }
+            "secrequestbodylimitaction" => {
+                self.partial_bodies = arg(0)?.eq_ignore_ascii_case("ProcessPartial");
+                Ok(())
+            }
+            "secruleremovebyid" => {
+                for value in args.iter().flat_map(|a| a.split_whitespace()) {
+                    self.removed_ids.push(parse_id_range(value, origin)?);
+                }
+                Ok(())
+            }
+            "secruleremovebytag" => {
+                self.removed_tags.push(arg(0)?.to_owned());
+                Ok(())
+            }
+            "include" => self.include(arg(0)?, origin, dir, pending, depth),
+            // Settings with no effect on request verdicts.
+            "secresponsebodyaccess"
+            | "secresponsebodymimetype"
+            | "secresponsebodylimit"
+            | "secresponsebodylimitaction"
+            | "secauditengine"
+            | "secauditlog"
+            | "secauditlogparts"
+            | "secauditlogtype"
+            | "secauditlogformat"
+            | "secauditlogstoragedir"
+            | "secauditlogrelevantstatus"
+            | "secdebuglog"
+            | "secdebugloglevel"
+            | "seccomponentsignature"
+            | "seccollectiontimeout"
+            | "sectmpdir"
+            | "secdatadir"
+            | "secstatusengine"
+            | "secpcrematchlimit"
+            | "secpcrematchlimitrecursion"
+            | "secrequestbodyinmemorylimit"
+            | "secunicodemapfile"
+            | "secservesignature"
+            | "secargumentseparator"
+            | "seccookieformat"
+            | "secuploaddir"
+            | "secuploadkeepfiles"
+            | "sectmpsaveuploadedfiles"
+            | "secuploadfilelimit"
+            | "secuploadfilemode" => Ok(()),
+            other => err(origin, format!("unsupported directive {other}")),
+        }
+    }
+
+    fn include(
+        &mut self,
+        pattern: &str,
+        origin: &Origin,
+        dir: Option<&Path>,
+        pending: &mut Option<Rule>,
+        depth: usize,
+    ) -> Result<(), ParseError> {
+        if depth > 8 {
+            return err(origin, "Include nested more than 8 deep");
+        }
+        let path = match dir {
+            Some(dir) if !Path::new(pattern).is_absolute() => dir.join(pattern),
+            _ => PathBuf::from(pattern),
+        };
+        let files = expand_glob(&path).map_err(|e| ParseError(format!("{origin}: {e}")))?;
+        if files.is_empty() {
+            return err(origin, format!("Include {pattern}: no such file"));
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ParseError(format!("{origin}: cannot read {}: {e}", file.display()))
+            })?;
+            let name = file.display().to_string();
+            self.read_text(&text, &name, file.parent(), pending, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    fn rule(
+        &mut self,
+        rule: Option<(&str, &str)>,
+        actions: &str,
+        origin: &Origin,
+        dir: Option<&Path>,
+        pending: &mut Option<Rule>,
+    ) -> Result<(), ParseError> {
+        let (targets, operator, negated) = match rule {
+            Some((variables, operator)) => {
+                let targets = parse_targets(variables, origin)?;
+                let (operator, negated) = Operator::parse(operator, dir)
+                    .map_err(|e| ParseError(format!("{origin}: {e}")))?;
+                (targets, operator, negated)
+            }
+            None => (Vec::new(), Operator::Unconditional, false),
+        };
+        let mut link = Link {
+            targets,
+            operator,
+            negated,
+            transforms: Vec::new(),
+            has_none: false,
+            capture: false,
+            multi_match: false,
+            setvars: Vec::new(),
+            ctls: Vec::new(),
+            skip_after: None,
+            skip: None,
+            log: None,
+            disruptive: None,
+            status: None,
+            msg: None,
+            tags: Vec::new(),
+            initcols: Vec::new(),
+            unsupported: None,
+            unconditional: rule.is_none(),
+        };
+        let mut id = None;
+        let mut phase = None;
+        let mut chain = false;
+        for (key, value) in parse_actions(actions, origin)? {
+            match key.as_str() {
+                "id" => id = Some(parse_number(&value, origin)? as u32),
+                "phase" => phase = Some(parse_phase(&value, origin)?),
+                "chain" => chain = true,
+                "t" => {
+                    if value.eq_ignore_ascii_case("none") {
+                        link.has_none = true;
+                        link.transforms.clear();
+                    } else {
+                        match Transform::parse(&value) {
+                            Some(t) => link.transforms.push(t),
+                            None => {
+                                return err(origin, format!("unknown transformation t:{value}"));
+                            }
+                        }
+                    }
+                }
+                "capture" => link.capture = true,
+                "multimatch" => link.multi_match = true,
+                "setvar" => link.setvars.push(parse_setvar(&value, origin)?),
+                "ctl" => link.ctls.push(parse_ctl(&value, origin)?),
+                "skipafter" => link.skip_after = Some(value),
+                "skip" => link.skip = Some(parse_number(&value, origin)? as u32),
+                "log" => link.log = Some(true),
+                "nolog" => link.log = Some(false),
+                "pass" => link.disruptive = Some(Disruptive::Pass),
+                "block" => link.disruptive = Some(Disruptive::Block),
+                "deny" => link.disruptive = Some(Disruptive::Deny),
+                "drop" => link.disruptive = Some(Disruptive::Drop),
+                "allow" => {
+                    if !value.is_empty() {
+                        return err(origin, format!("allow:{value} is not supported"));
+                    }
+                    link.disruptive = Some(Disruptive::Allow)
+                }
+                "redirect" => link.disruptive = Some(Disruptive::Redirect),
+                "status" => link.status = Some(parse_number(&value, origin)? as u16),
+                "msg" => link.msg = Some(Macro::parse(&value)),
+                "tag" => link.tags.push(value),
+                "initcol" => {
+                    let Some((collection, key)) = value.split_once('=') else {
+                        return err(origin, format!("initcol:{value}: expected collection=key"));
+                    };
+                    let collection = match Collection::parse(collection) {
+                        Some(c @ (Collection::Ip | Collection::Global)) => c,
+                        _ => {
+                            return err(
+                                origin,
+                                format!("initcol: unsupported collection {collection}"),
+                            );
+                        }
+                    };
+                    link.initcols.push((collection, Macro::parse(key)));
+                }
+                // Parsed and ignored by libmodsecurity 3.0.9: its in-memory collections never
+                // expire a variable.
+                "expirevar" => {}
+                "setenv" | "sanitisematched" | "sanitisearg" | "sanitiserequestheader" => {
+                    link.unsupported = Some("setenv and sanitise actions");
+                }
+                "logdata" | "severity" | "ver" | "rev" | "maturity" | "accuracy" | "auditlog"
+                | "noauditlog" => {}
+                other => return err(origin, format!("unsupported action {other}")),
+            }
+        }
+        match pending {
+            Some(parent) => {
+                if id.is_some() || phase.is_some() {
+                    // libmodsecurity accepts neither on a chained rule.
+                    return err(origin, "a chained rule cannot have an id or a phase");
+                }
+                parent.links.push(link);
+                if !chain {
+                    let rule = pending.take().expect("checked above");
+                    self.push(rule);
+                }
+            }
+            None => {
+                let Some(id) = id else {
+                    return err(origin, "a rule without an id");
+                };
+                let rule = Rule {
+                    id,
+                    phase: phase.unwrap_or(2),
+                    links: vec![link],
+                    origin: origin.clone(),
+                };
+                if chain {
+                    *pending = Some(rule);
+                } else {
+                    self.push(rule);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, rule: Rule) {
+        self.rule_count += 1;
+        match rule.phase {
+            1 | 2 => self.phases[usize::from(rule.phase - 1)].push(Item::Rule(rule)),
+            _ => self.later_phase_rules += 1,
+        }
+    }
+}
+
+fn parse_number(value: &str, origin: &Origin) -> Result<u64, ParseError> {
+    value
+        .trim()
+        .parse()
+        .or_else(|_| err(origin, format!("{value:?} is not a number")))
+}
+
+fn parse_id_range(value: &str, origin: &Origin) -> Result<(u32, u32), ParseError> {
+    match value.split_once('-') {
+        Some((a, b)) => Ok((
+            parse_number(a, origin)? as u32,
+            parse_number(b, origin)? as u32,
+        )),
+        None => {
+            let id = parse_number(value, origin)? as u32;
+            Ok((id, id))
+        }
+    }
+}
+
+fn parse_phase(value: &str, origin: &Origin) -> Result<u8, ParseError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "request_headers" => Ok(1),
+        "2" | "request" => Ok(2),
+        "3" | "response_headers" => Ok(3),
+        "4" | "response" => Ok(4),
+        "5" | "logging" => Ok(5),
+        other => err(origin, format!("unknown phase {other:?}")),
+    }
+}
+
+fn parse_setvar(value: &str, origin: &Origin) -> Result<SetVar, ParseError> {
+    let (unset, value) = match value.strip_prefix('!') {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (name, assigned) = match value.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (value, None),
+    };
+    let Some((collection, key)) = name.split_once('.') else {
+        return err(origin, format!("setvar:{value}: expected collection.name"));
+    };
+    let Some(collection) = Collection::parse(collection) else {
+        return err(origin, format!("setvar: unknown collection {collection}"));
+    };
+    if !matches!(
+        collection,
+        Collection::Tx | Collection::Ip | Collection::Global
+    ) {
+        return err(
+            origin,
+            format!("setvar: {} cannot be written", collection.name()),
+        );
+    }
+    let op = if unset {
+        SetOp::Unset
+    } else {
+        match assigned {
+            None => SetOp::Set(Macro::parse("1")),
+            Some(v) => match v.as_bytes().first() {
+                Some(b'+') => SetOp::Add(Macro::parse(&v[1..])),
+                Some(b'-') => SetOp::Sub(Macro::parse(&v[1..])),
+                _ => SetOp::Set(Macro::parse(v)),
+            },
+        }
+    };
+    Ok(SetVar {
+        collection,
+        name: Macro::parse(key),
+        op,
+    })
+}
+
+fn parse_ctl(value: &str, origin: &Origin) -> Result<Ctl, ParseError> {
+    let Some((name, arg)) = value.split_once('=') else {
+        return err(origin, format!("ctl:{value}: expected name=value"));
+    };
+    let bool_arg = || match arg.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => err(origin, format!("ctl:{name} takes On or Off, not {other:?}")),
+    };
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "ruleremovebyid" => {
+            let (a, b) = parse_id_range(arg, origin)?;
+            Ctl::RuleRemoveById(a, b)
+        }
+        "ruleremovebytag" => Ctl::RuleRemoveByTag(arg.to_owned()),
+        "ruleremovetargetbyid" => {
+            let Some((id, target)) = arg.split_once(';') else {
+                return err(origin, format!("ctl:{value}: expected id;TARGET"));
+            };
+            // libmodsecurity reads the id with `stoi`: "941000-942999" means rule 941000.
+            let digits: String = id.trim().chars().take_while(char::is_ascii_digit).collect();
+            Ctl::RuleRemoveTargetById(parse_number(&digits, origin)? as u32, target.to_owned())
+        }
+        "ruleremovetargetbytag" => {
+            let Some((tag, target)) = arg.split_once(';') else {
+                return err(origin, format!("ctl:{value}: expected tag;TARGET"));
+            };
+            Ctl::RuleRemoveTargetByTag(tag.to_owned(), target.to_owned())
+        }
+        "ruleengine" => Ctl::RuleEngine(match arg.to_ascii_lowercase().as_str() {
+            "on" => EngineMode::On,
+            "off" => EngineMode::Off,
+            "detectiononly" => EngineMode::DetectionOnly,
+            other => return err(origin, format!("ctl:ruleEngine={other}")),
+        }),
+        "requestbodyprocessor" => Ctl::BodyProcessor(match arg.to_ascii_uppercase().as_str() {
+            "URLENCODED" => BodyProcessor::UrlEncoded,
+            "MULTIPART" => BodyProcessor::Multipart,
+            "JSON" => BodyProcessor::Json,
+            "XML" => BodyProcessor::Xml,
+            other => return err(origin, format!("ctl:requestBodyProcessor={other}")),
+        }),
+        "requestbodyaccess" => Ctl::RequestBodyAccess(bool_arg()?),
+        // libmodsecurity 3.0.9 fills REQUEST_BODY for every body: forcing it changes nothing.
+        "forcerequestbodyvariable" => {
+            bool_arg()?;
+            Ctl::Ignored
+        }
+        "auditengine" | "auditlogparts" | "debugloglevel" => Ctl::Ignored,
+        other => return err(origin, format!("unsupported ctl:{other}")),
+    })
+}
+
+fn parse_targets(text: &str, origin: &Origin) -> Result<Vec<Target>, ParseError> {
+    let mut targets: Vec<Target> = Vec::new();
+    let mut exclusions: Vec<(Collection, Selector, bool)> = Vec::new();
+    for element in split_targets(text) {
+        let (excluded, element) = match element.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, element.as_str()),
+        };
+        let (count, element) = match element.strip_prefix('&') {
+            Some(rest) => (true, rest),
+            None => (false, element),
+        };
+        let (name, key) = match element.split_once(':') {
+            Some((n, k)) => (n, Some(k)),
+            None => (element, None),
+        };
+        let Some(collection) = Collection::parse(name) else {
+            return err(origin, format!("unknown variable {name}"));
+        };
+        let selector = match key {
+            None => Selector::All,
+            Some(key) if key.len() >= 2 && key.starts_with('/') && key.ends_with('/') => {
+                let pattern = &key[1..key.len() - 1];
+                Selector::Regex(
+                    compile_regex(pattern, true)
+                        .map_err(|e| ParseError(format!("{origin}: target {name}:{key}: {e}")))?,
+                )
+            }
+            // `TX` is stored lower-case and looked up directly.
+            Some(key) if collection == Collection::Tx => {
+                Selector::Key(key.trim_matches('\'').to_ascii_lowercase())
+            }
+            Some(key) => Selector::Key(key.trim_matches('\'').to_owned()),
+        };
+        if excluded {
+            exclusions.push((collection, selector, key.is_none()));
+        } else {
+            targets.push(Target {
+                collection,
+                selector,
+                count,
+                exclusions: Vec::new(),
+            });
+        }
+    }
+    for (collection, selector, whole) in exclusions {
+        for target in targets.iter_mut().filter(|t| t.collection == collection) {
+            if whole {
+                // `!ARGS` with `ARGS` in the same list: libmodsecurity drops the target.
+                target.exclusions.push(Selector::All);
+            } else {
+                target.exclusions.push(selector.clone());
+            }
+        }
+    }
+    targets.retain(|t| !t.exclusions.iter().any(|e| matches!(e, Selector::All)));
+    Ok(targets)
+}
+
+/// Splits `A|B:/x|y/|C` at the pipes that are not inside a `/regex/` selector.
+fn split_targets(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut in_regex = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '|' if !in_regex => out.push(std::mem::take(&mut current)),
+            '/' if current.ends_with(':') && !in_regex => {
+                in_regex = true;
+                current.push(c);
+            }
+            '\\' if in_regex => {
+                current.push(c);
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            '/' if in_regex => {
+                in_regex = false;
+                current.push(c);
+            }
+            c => current.push(c),
+        }
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Compiles a pattern as libmodsecurity does: PCRE2 with DOTALL and MULTILINE, caseless on
+/// request, JIT-compiled. An empty pattern means `.*`.
+pub(crate) fn compile_regex(pattern: &str, caseless: bool) -> Result<pcre2::bytes::Regex, String> {
+    let pattern = if pattern.is_empty() { ".*" } else { pattern };
+    pcre2::bytes::RegexBuilder::new()
+        .dotall(true)
+        .multi_line(true)
+        .caseless(caseless)
+        .jit_if_available(true)
+        .build(pattern)
+        .map_err(|e| format!("regular expression {pattern:?} does not compile: {e}"))
+}
+
+/// Splits an action list at the commas outside single quotes; returns (lower-case name, value)
+/// with the value's quotes removed.
+fn parse_actions(text: &str, origin: &Origin) -> Result<Vec<(String, String)>, ParseError> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars();
+    let mut pieces = Vec::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => match chars.next() {
+                Some('\'') => current.push('\''),
+                Some(other) => {
+                    current.push('\\');
+                    current.push(other);
+                }
+                None => current.push('\\'),
+            },
+            '\'' => quoted = !quoted,
+            ',' if !quoted => pieces.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    if quoted {
+        return err(
+            origin,
+            format!("unbalanced single quote in actions {text:?}"),
+        );
+    }
+    pieces.push(current);
+    for piece in pieces {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        let (name, value) = match piece.split_once(':') {
+            Some((n, v)) => (n.trim(), v.trim()),
+            None => (piece, ""),
+        };
+        out.push((name.to_ascii_lowercase(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Joins continuation lines, drops comments and blank lines: (first line number, directive).
+fn directives(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 0;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if current.is_empty() {
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            start = index + 1;
+        }
+        let line = line.trim_end();
+        match line.strip_suffix('\\') {
+            Some(rest) => current.push_str(rest),
+            None => {
+                current.push_str(line);
+                out.push((start, std::mem::take(&mut current)));
+            }
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push((start, current));
+    }
+    out
+}
+
+/// Splits a directive into words: whitespace separates, double quotes group (`\"` inside is a
+/// quote; other backslash pairs are kept as written, for regular expressions).
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Ok(words);
+        };
+        let mut word = String::new();
+        if first == '"' {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some('"') => word.push('"'),
+                        Some(other) => {
+                            word.push('\\');
+                            word.push(other);
+                        }
+                        None => word.push('\\'),
+                    },
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    c => word.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("unterminated quote in {text:?}"));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+}
+
+/// Expands `*` in the last path component (what `Include dir/REQUEST-*.conf` needs), sorted.
+fn expand_glob(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(vec![path.to_owned()]);
+    };
+    if !name.contains('*') {
+        return Ok(if path.exists() {
+            vec![path.to_owned()]
+        } else {
+            Vec::new()
+        });
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (prefix, suffix) = name.split_once('*').unwrap_or((name, ""));
+    if suffix.contains('*') {
+        return Err(format!(
+            "Include {}: only one * is supported",
+            path.display()
+        ));
+    }
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.len() >= prefix.len() + suffix.len()
+                    && n.starts_with(prefix)
+                    && n.ends_with(suffix)
+            })
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_lines_and_quotes_make_one_directive() {
+        let text = "# comment\nSecRule ARGS \"@rx a\\\"b\" \\\n    \"id:1,\\\n    msg:'x, y'\"\n";
+        let d = directives(text);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, 2);
+        let words = split_words(&d[0].1).unwrap();
+        assert_eq!(
+            words,
+            vec!["SecRule", "ARGS", "@rx a\"b", "id:1,    msg:'x, y'"]
+        );
+        let origin = Origin {
+            file: "t".into(),
+            line: 1,
+        };
+        let actions = parse_actions(&words[3], &origin).unwrap();
+        assert_eq!(actions[1], ("msg".to_owned(), "x, y".to_owned()));
+    }
+
+    #[test]
+    fn targets_split_at_pipes_outside_regexes_and_exclusions_attach() {
+        assert_eq!(
+            split_targets("ARGS|REQUEST_COOKIES:/a|b/|!ARGS:x"),
+            vec!["ARGS", "REQUEST_COOKIES:/a|b/", "!ARGS:x"]
+        );
+        let origin = Origin {
+            file: "t".into(),
+            line: 1,
+        };
+        let t = parse_targets("ARGS|!ARGS:x|&TX:y", &origin).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].exclusions.len(), 1);
+        assert!(t[1].count);
+    }
+
+    #[test]
+    fn macros_split_into_text_and_variables() {
+        let m = Macro::parse("+%{tx.critical_anomaly_score} x %{MATCHED_VAR}");
+        assert_eq!(
+            m.parts,
+            vec![
+                MacroPart::Text("+".into()),
+                MacroPart::Var("TX".into(), Some("critical_anomaly_score".into())),
+                MacroPart::Text(" x ".into()),
+                MacroPart::Var("MATCHED_VAR".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_place_and_the_problem() {
+        let e = Config::parse("SecRuleEngine On\nSecRule ARGS \"@rx a\" \"id:1,frobnicate\"")
+            .unwrap_err();
+        assert_eq!(e.0, "<rules>:2: unsupported action frobnicate");
+        let e = Config::parse("SecRule NOPE \"@rx a\" \"id:1\"").unwrap_err();
+        assert!(e.0.contains("unknown variable NOPE"), "{}", e.0);
+        let e = Config::parse("SecRule ARGS \"@rx a\" \"id:1,chain\"").unwrap_err();
+        assert!(e.0.contains("has no rule after it"), "{}", e.0);
+    }
+}
