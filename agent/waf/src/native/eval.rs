@@ -14,6 +14,7 @@
 use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::Unsupported;
 use super::operator::{self, Context};
@@ -179,10 +180,11 @@ impl std::ops::Deref for Bytes<'_> {
 /// What the rules change as they run.
 #[derive(Debug)]
 struct State {
-    /// `TX`, keys lower-cased (libmodsecurity compares them without regard to case).
-    tx: FxHashMap<String, Rc<[u8]>>,
-    matched_var: Option<(String, Vec<u8>)>,
-    matched_vars: Vec<(String, Vec<u8>)>,
+    tx: Tx,
+    /// `MATCHED_VARS` (its last entry is `MATCHED_VAR`): the first `matched_len` entries; the
+    /// rest are buffers kept for reuse.
+    matched: Vec<Matched>,
+    matched_len: usize,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
     removed_targets_by_id: Vec<(u32, String)>,
@@ -210,15 +212,139 @@ struct State {
     buffers: (Vec<u8>, Vec<u8>),
 }
 
-impl State {
-    fn tx_set(&mut self, key: &str, value: &[u8]) {
-        let value: Rc<[u8]> = Rc::from(value);
-        match self.tx.get_mut(key) {
-            Some(v) => *v = value,
+/// A value `setvar` writes: expanded text, or a number printed on the stack.
+enum Number<'a> {
+    Text(Bytes<'a>),
+    Int([u8; 20], usize),
+}
+
+impl From<i64> for Number<'_> {
+    fn from(n: i64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // 20 bytes hold any i64.
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{n}"));
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        Number::Int(buf, len)
+    }
+}
+
+impl Number<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Number::Text(b) => b,
+            Number::Int(buf, len) => &buf[..*len],
+        }
+    }
+}
+
+/// One matched variable.
+#[derive(Debug, Default)]
+struct Matched {
+    collection: Option<Collection>,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+impl Matched {
+    /// `COLLECTION:key`, as libmodsecurity names a matched variable.
+    fn name(&self) -> Vec<u8> {
+        let collection = self.collection.map_or("", Collection::name);
+        match &self.key {
+            None => collection.as_bytes().to_vec(),
+            Some(key) => [collection.as_bytes(), b":", key].concat(),
+        }
+    }
+}
+
+/// The transaction collection `TX`, keys lower-cased (libmodsecurity compares them without
+/// regard to case). It lives in a thread's reused [`State`]: an entry belongs to this
+/// evaluation only if it carries the current generation, so the common names are allocated once
+/// per thread, not once per request.
+#[derive(Debug, Default)]
+struct Tx {
+    entries: FxHashMap<String, (u64, Rc<[u8]>)>,
+    generation: u64,
+}
+
+/// More `TX` names than this (rules can build names from request data) and the map is emptied
+/// before the next evaluation.
+const TX_NAMES_KEPT: usize = 4096;
+
+impl Tx {
+    fn reset(&mut self) {
+        if self.entries.len() > TX_NAMES_KEPT {
+            self.entries.clear();
+        }
+        self.generation += 1;
+    }
+
+    fn get(&self, key: &str) -> Option<&Rc<[u8]>> {
+        self.entries
+            .get(key)
+            .filter(|(g, _)| *g == self.generation)
+            .map(|(_, v)| v)
+    }
+
+    /// `key` lower-case.
+    fn set(&mut self, key: &str, value: &[u8]) {
+        let entry = (self.generation, Rc::from(value));
+        match self.entries.get_mut(key) {
+            Some(e) => *e = entry,
             None => {
-                self.tx.insert(key.to_ascii_lowercase(), value);
+                self.entries.insert(key.to_owned(), entry);
             }
         }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.0 = 0;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Rc<[u8]>)> {
+        self.entries
+            .iter()
+            .filter(|(_, (g, _))| *g == self.generation)
+            .map(|(k, (_, v))| (k, v))
+    }
+}
+
+impl State {
+    fn tx_set(&mut self, key: &str, value: &[u8]) {
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.tx.set(&key.to_ascii_lowercase(), value);
+        } else {
+            self.tx.set(key, value);
+        }
+    }
+
+    fn matched_clear(&mut self) {
+        self.matched_len = 0;
+    }
+
+    fn matched_push(&mut self, value: &Value<'_>, input: &[u8]) {
+        if self.matched_len == self.matched.len() {
+            self.matched.push(Matched::default());
+        }
+        let entry = &mut self.matched[self.matched_len];
+        self.matched_len += 1;
+        entry.collection = Some(value.collection);
+        match (&value.key, &mut entry.key) {
+            (None, key) => *key = None,
+            (Some(k), Some(buf)) => {
+                buf.clear();
+                buf.extend_from_slice(k);
+            }
+            (Some(k), key) => *key = Some(k.to_vec()),
+        }
+        entry.value.clear();
+        entry.value.extend_from_slice(input);
+    }
+
+    fn matched(&self) -> &[Matched] {
+        &self.matched[..self.matched_len]
     }
 
     fn record(&self, collection: Collection) -> &str {
@@ -229,6 +355,9 @@ impl State {
         }
     }
 }
+
+/// The values one link inspects: usually few, kept on the stack.
+type Values<'a> = SmallVec<[Value<'a>; 4]>;
 
 /// A variable's value as one rule sees it.
 #[derive(Debug)]
@@ -292,35 +421,85 @@ pub(crate) fn evaluate(
     }
 
     vars.index();
-    let mut state = State {
-        tx: FxHashMap::default(),
-        matched_var: None,
-        matched_vars: Vec::new(),
-        removed_ids: Vec::new(),
-        removed_tags: Vec::new(),
-        removed_targets_by_id: Vec::new(),
-        removed_targets_by_tag: Vec::new(),
-        engine: config.engine.unwrap_or(EngineMode::Off),
-        body_type,
-        processor: None,
-        processor_name,
-        body_access: config.body_access,
-        marker: None,
-        skip: 0,
-        allowed: false,
-        status: None,
-        intervention: None,
-        matches: Vec::new(),
-        save_message: true,
-        ip_record: String::new(),
-        global_record: String::new(),
-        buffers: (Vec::new(), Vec::new()),
-    };
+    let mut state = take_state();
+    state.engine = config.engine.unwrap_or(EngineMode::Off);
+    state.body_type = body_type;
+    state.processor_name = processor_name;
+    state.body_access = config.body_access;
+    let result = run(config, request, &mut vars, &mut state);
+    give_back(state);
+    result
+}
+
+thread_local! {
+    /// A thread's evaluation state, reused: its maps and buffers keep their capacity.
+    static STATE: std::cell::RefCell<Option<State>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's state, reset for a new evaluation.
+fn take_state() -> State {
+    let mut state = STATE
+        .with(|s| s.borrow_mut().take())
+        .unwrap_or_else(|| State {
+            tx: Tx::default(),
+            matched: Vec::new(),
+            matched_len: 0,
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets_by_id: Vec::new(),
+            removed_targets_by_tag: Vec::new(),
+            engine: EngineMode::Off,
+            body_type: None,
+            processor: None,
+            processor_name: None,
+            body_access: false,
+            marker: None,
+            skip: 0,
+            allowed: false,
+            status: None,
+            intervention: None,
+            matches: Vec::new(),
+            save_message: true,
+            ip_record: String::new(),
+            global_record: String::new(),
+            buffers: (Vec::new(), Vec::new()),
+        });
+    state.tx.reset();
+    state.matched_len = 0;
+    state.removed_ids.clear();
+    state.removed_tags.clear();
+    state.removed_targets_by_id.clear();
+    state.removed_targets_by_tag.clear();
+    state.processor = None;
+    state.marker = None;
+    state.skip = 0;
+    state.allowed = false;
+    state.status = None;
+    state.intervention = None;
+    state.matches = Vec::new();
+    state.save_message = true;
+    state.ip_record.clear();
+    state.global_record.clear();
+    state
+}
+
+fn give_back(state: State) {
+    STATE.with(|s| *s.borrow_mut() = Some(state));
+}
+
+/// The phases and the body between them.
+fn run<'r>(
+    config: &Config,
+    request: &Request<'r>,
+    vars: &mut Vars<'r>,
+    state: &mut State,
+) -> Result<Outcome, Unsupported> {
+    let state = &mut *state;
     if state.engine == EngineMode::Off {
         return Ok(Outcome::default());
     }
 
-    run_phase(config, 0, &vars, &mut state)?;
+    run_phase(config, 0, vars, state)?;
     if state.intervention.is_some() || state.engine == EngineMode::Off {
         return Ok(finish(state));
     }
@@ -383,14 +562,14 @@ pub(crate) fn evaluate(
         vars.body = Some(body);
     }
     vars.index();
-    run_phase(config, 1, &vars, &mut state)?;
+    run_phase(config, 1, vars, state)?;
     Ok(finish(state))
 }
 
-fn finish(state: State) -> Outcome {
+fn finish(state: &mut State) -> Outcome {
     Outcome {
-        intervention: state.intervention,
-        matches: state.matches,
+        intervention: state.intervention.take(),
+        matches: std::mem::take(&mut state.matches),
     }
 }
 
@@ -497,7 +676,8 @@ impl<'e> Eval<'e, '_> {
     fn link(&mut self, index: usize) -> Result<bool, Unsupported> {
         let rule = self.rule;
         let link = &rule.links[index];
-        let values = self.collect(link)?;
+        let mut values = Values::new();
+        self.collect(link, &mut values)?;
         let mut matched = false;
         let (mut a, mut b) = std::mem::take(&mut self.state.buffers);
         let result = (|| {
@@ -516,8 +696,7 @@ impl<'e> Eval<'e, '_> {
         self.state.buffers = (a, b);
         result?;
         if !matched {
-            self.state.matched_var = None;
-            self.state.matched_vars.clear();
+            self.state.matched_clear();
             return Ok(false);
         }
         if index + 1 < rule.links.len() && !self.link(index + 1)? {
@@ -547,9 +726,7 @@ impl<'e> Eval<'e, '_> {
         if let Some(what) = link.unsupported {
             return Err(Unsupported(what));
         }
-        let name = value.name();
-        self.state.matched_var = Some((name.clone(), input.to_vec()));
-        self.state.matched_vars.push((name, input.to_vec()));
+        self.state.matched_push(value, input);
         for setvar in &link.setvars {
             self.setvar(setvar);
         }
@@ -649,8 +826,15 @@ impl<'e> Eval<'e, '_> {
     }
 
     fn setvar(&mut self, setvar: &super::parse::SetVar) {
-        let mut name = String::from_utf8_lossy(&self.expand_macro(&setvar.name)).into_owned();
-        name.make_ascii_lowercase();
+        let name: std::borrow::Cow<'_, str> = match &setvar.literal {
+            Some(name) => name.into(),
+            None => {
+                let mut name =
+                    String::from_utf8_lossy(&self.expand_macro(&setvar.name)).into_owned();
+                name.make_ascii_lowercase();
+                name.into()
+            }
+        };
         let collection = setvar.collection;
         let current = || -> i64 {
             if collection == Collection::Tx {
@@ -659,7 +843,7 @@ impl<'e> Eval<'e, '_> {
                 self.vars.store.map_or(0, |store| {
                     let record = self.state.record(collection);
                     store
-                        .read(collection, record, &Selector::Key(name.clone()))
+                        .read(collection, record, &Selector::Key(name.to_string()))
                         .first()
                         .map_or(0, |(_, v)| operator::atoll(v))
                 })
@@ -667,31 +851,29 @@ impl<'e> Eval<'e, '_> {
         };
         let value = match &setvar.op {
             SetOp::Unset => None,
-            SetOp::Set(value) => Some(self.expand_macro(value).to_vec()),
+            SetOp::Set(value) => Some(Number::Text(self.expand_macro(value))),
             SetOp::Add(delta) => {
                 let delta = operator::atoll(&self.expand_macro(delta));
-                Some(current().wrapping_add(delta).to_string().into_bytes())
+                Some(Number::from(current().wrapping_add(delta)))
             }
             SetOp::Sub(delta) => {
                 let delta = operator::atoll(&self.expand_macro(delta));
-                Some(current().wrapping_sub(delta).to_string().into_bytes())
+                Some(Number::from(current().wrapping_sub(delta)))
             }
         };
         if collection == Collection::Tx {
             match value {
-                Some(value) => self.state.tx_set(&name, &value),
-                None => {
-                    self.state.tx.remove(&name);
-                }
+                Some(value) => self.state.tx.set(&name, value.as_bytes()),
+                None => self.state.tx.remove(&name),
             }
         } else if let Some(store) = self.vars.store {
+            let value = value.map(|v| v.as_bytes().to_vec());
             store.write(collection, self.state.record(collection), &name, value);
         }
     }
 
     /// The values a link inspects, exclusions and `ctl` target removals applied.
-    fn collect(&self, link: &Link) -> Result<Vec<Value<'e>>, Unsupported> {
-        let mut out = Vec::new();
+    fn collect(&self, link: &'e Link, out: &mut Values<'e>) -> Result<(), Unsupported> {
         let removals = !self.state.removed_targets_by_id.is_empty()
             || !self.state.removed_targets_by_tag.is_empty();
         for target in &link.targets {
@@ -704,7 +886,7 @@ impl<'e> Eval<'e, '_> {
                 self.state,
                 target.collection,
                 &target.selector,
-                &mut out,
+                out,
             );
             if !target.exclusions.is_empty() {
                 let mut i = start;
@@ -737,7 +919,7 @@ impl<'e> Eval<'e, '_> {
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn target_removed(&self, target: &Target) -> bool {
@@ -809,7 +991,7 @@ impl<'e> Eval<'e, '_> {
                         Some(k) => Selector::Key(k.clone()),
                         None => Selector::All,
                     };
-                    let mut values = Vec::new();
+                    let mut values = Values::new();
                     resolve(self.vars, self.state, c, &selector, &mut values);
                     if let Some(first) = values.first() {
                         out.extend_from_slice(&first.value);
@@ -826,14 +1008,14 @@ fn resolve<'s>(
     vars: &'s Vars<'_>,
     state: &State,
     collection: Collection,
-    selector: &Selector,
-    out: &mut Vec<Value<'s>>,
+    selector: &'s Selector,
+    out: &mut Values<'s>,
 ) {
     use Collection::*;
-    let keyed = |list: &'s [Pair], order: &[usize], names: bool, out: &mut Vec<Value<'s>>| {
+    let keyed = |list: &'s [Pair], order: &[usize], names: bool, out: &mut Values<'s>| {
         members(collection, selector, list, order, names, out);
     };
-    let scalar = |value: Option<&'s [u8]>, out: &mut Vec<Value<'s>>| {
+    let scalar = |value: Option<&'s [u8]>, out: &mut Values<'s>| {
         if let Some(value) = value {
             out.push(Value {
                 collection,
@@ -906,29 +1088,30 @@ fn resolve<'s>(
         RemotePort => scalar(Some(&vars.remote_port), out),
         UniqueId => scalar(Some(vars.unique_id), out),
         MatchedVar | MatchedVarName => {
-            if let Some((k, v)) = &state.matched_var {
+            if let Some(m) = state.matched().last() {
                 out.push(Value {
                     collection,
                     key: None,
                     value: Bytes::Owned(if collection == MatchedVar {
-                        v.clone()
+                        m.value.clone()
                     } else {
-                        k.clone().into_bytes()
+                        m.name()
                     }),
                 });
             }
         }
         MatchedVars | MatchedVarsNames => {
-            for (k, v) in &state.matched_vars {
-                if selects(selector, k.as_bytes()) {
+            for m in state.matched() {
+                let name = m.name();
+                if selects(selector, &name) {
                     out.push(Value {
                         collection,
-                        key: Some(Bytes::Owned(k.clone().into_bytes())),
                         value: Bytes::Owned(if collection == MatchedVars {
-                            v.clone()
+                            m.value.clone()
                         } else {
-                            k.clone().into_bytes()
+                            name.clone()
                         }),
+                        key: Some(Bytes::Owned(name)),
                     });
                 }
             }
@@ -938,13 +1121,13 @@ fn resolve<'s>(
                 if let Some(v) = state.tx.get(k.as_str()) {
                     out.push(Value {
                         collection,
-                        key: Some(Bytes::Owned(k.clone().into_bytes())),
+                        key: Some(Bytes::Borrowed(k.as_bytes())),
                         value: Bytes::Shared(v.clone()),
                     });
                 }
             }
             _ => {
-                for (k, v) in &state.tx {
+                for (k, v) in state.tx.iter() {
                     if selects(selector, k.as_bytes()) {
                         out.push(Value {
                             collection,
@@ -978,7 +1161,7 @@ fn members<'s, K: AsRef<[u8]>, V: AsRef<[u8]>>(
     list: &'s [(K, V)],
     order: &[usize],
     names: bool,
-    out: &mut Vec<Value<'s>>,
+    out: &mut Values<'s>,
 ) {
     let mut push = |i: &usize| {
         if let Some((k, v)) = list.get(*i)

@@ -13,7 +13,7 @@ use super::parse::{Macro, compile_regex};
 
 #[derive(Debug)]
 pub(crate) enum Operator {
-    Rx(Box<pcre2::bytes::Regex>),
+    Rx(Box<Rx>),
     /// `@rx` whose pattern contains a macro: compiled per evaluation.
     RxMacro(Macro),
     Pm(Box<AhoCorasick>),
@@ -120,7 +120,9 @@ fn rx(pattern: &str) -> Result<Operator, String> {
     if m.literal().is_none() {
         return Ok(Operator::RxMacro(m));
     }
-    Ok(Operator::Rx(Box::new(compile_regex(pattern, false)?)))
+    Ok(Operator::Rx(Box::new(Rx::new(compile_regex(
+        pattern, false,
+    )?))))
 }
 
 fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
@@ -255,7 +257,7 @@ pub(crate) enum Outcome {
 impl Operator {
     pub fn evaluate(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> Outcome {
         let matched = match self {
-            Operator::Rx(re) => regex_match(re, input, capture, cx),
+            Operator::Rx(rx) => rx.matches(input, capture, cx),
             Operator::RxMacro(m) => {
                 let pattern = cx.expand(m);
                 if pattern.is_empty() {
@@ -265,7 +267,7 @@ impl Operator {
                         .ok()
                         .and_then(|p| compile_regex(p, false).ok())
                     {
-                        Some(re) => regex_match(&re, input, capture, cx),
+                        Some(re) => Rx::new(re).matches(input, capture, cx),
                         None => false,
                     }
                 }
@@ -330,26 +332,59 @@ impl Operator {
     }
 }
 
-fn regex_match(
-    re: &pcre2::bytes::Regex,
-    input: &[u8],
-    capture: bool,
-    cx: &mut impl Context,
-) -> bool {
-    if !capture {
-        // A match error (the match limit) counts as no match, as in libmodsecurity.
-        return re.is_match(input).unwrap_or(false);
+/// A compiled `@rx` pattern with an identity for the per-thread match data cache.
+#[derive(Debug)]
+pub(crate) struct Rx {
+    id: u64,
+    re: pcre2::bytes::Regex,
+}
+
+/// Per thread, the PCRE2 match data of each pattern it ran. The pcre2 crate's own pool hands
+/// every thread but the first a mutex-guarded slow path; this keeps one match block per
+/// pattern per thread instead. Patterns of unloaded rule sets are forgotten when the cache
+/// grows past [`MATCH_DATA_KEPT`].
+type MatchDataCache = rustc_hash::FxHashMap<u64, pcre2::bytes::CaptureLocations>;
+
+thread_local! {
+    static MATCH_DATA: std::cell::RefCell<MatchDataCache> = std::cell::RefCell::default();
+}
+
+const MATCH_DATA_KEPT: usize = 16_384;
+
+impl Rx {
+    fn new(re: pcre2::bytes::Regex) -> Rx {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Rx {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            re,
+        }
     }
-    match re.captures(input) {
-        Ok(Some(caps)) => {
-            for group in 0..caps.len() {
-                if let Some(m) = caps.get(group) {
-                    cx.capture(group, m.as_bytes());
+
+    /// Whether the pattern matches `input`; with `capture`, the groups go to `TX.0`..`TX.9`.
+    /// A match error (the match limit) counts as no match, as in libmodsecurity.
+    fn matches(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
+        MATCH_DATA.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= MATCH_DATA_KEPT && !cache.contains_key(&self.id) {
+                cache.clear();
+            }
+            let locations = cache
+                .entry(self.id)
+                .or_insert_with(|| self.re.capture_locations());
+            if !matches!(self.re.captures_read(locations, input), Ok(Some(_))) {
+                return false;
+            }
+            if capture {
+                for group in 0..locations.len() {
+                    if let Some((start, end)) = locations.get(group)
+                        && let Some(text) = input.get(start..end)
+                    {
+                        cx.capture(group, text);
+                    }
                 }
             }
             true
-        }
-        _ => false,
+        })
     }
 }
 

@@ -258,6 +258,8 @@ impl Macro {
 pub(crate) struct SetVar {
     pub collection: Collection,
     pub name: Macro,
+    /// The name lower-cased, when it has no macro.
+    pub literal: Option<String>,
     pub op: SetOp,
 }
 
@@ -844,9 +846,11 @@ fn parse_setvar(value: &str, origin: &Origin) -> Result<SetVar, ParseError> {
             },
         }
     };
+    let name = Macro::parse(key);
     Ok(SetVar {
         collection,
-        name: Macro::parse(key),
+        literal: name.literal().map(|n| n.to_ascii_lowercase()),
+        name,
         op,
     })
 }
