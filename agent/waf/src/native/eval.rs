@@ -582,49 +582,68 @@ fn run_phase(
     if state.allowed {
         return Ok(());
     }
-    for item in &config.phases[phase] {
-        match item {
+    let items = &config.phases[phase];
+    // A `skipAfter` jumps to the next marker of that name; one the previous phase did not
+    // reach carries on into this one, as in libmodsecurity.
+    let mut i = match &state.marker {
+        Some(name) => next_marker(config, phase, name, 0),
+        None => 0,
+    };
+    while let Some(item) = items.get(i) {
+        i += 1;
+        let rule = match item {
             Item::Marker(name) => {
                 if state.marker.as_deref() == Some(name.as_str()) {
                     state.marker = None;
                 }
+                continue;
             }
-            Item::Rule(_) if state.marker.is_some() => {}
-            Item::Rule(_) if state.skip > 0 => state.skip -= 1,
-            Item::Rule(rule) => {
-                if state.allowed
-                    || in_ranges(&config.removed_ids, rule.id)
-                    || config.removed_tags.iter().any(|t| rule.has_tag(t))
-                    || state.removed_tags.iter().any(|t| rule.has_tag(t))
-                {
-                    continue;
-                }
-                if in_ranges(&state.removed_ids, rule.id) {
-                    continue;
-                }
-                state.save_message = true;
-                let mut cx = Eval {
-                    config,
-                    rule,
-                    phase,
-                    vars,
-                    state,
-                };
-                if rule.links[0].unconditional {
-                    cx.unconditional()?;
-                } else if cx.link(0)? && cx.state.save_message {
-                    let disrupted = cx.state.intervention.is_some();
-                    if !disrupted && !rule.links[0].multi_match {
-                        cx.log();
-                    }
-                }
-                if state.intervention.is_some() {
-                    break;
-                }
+            Item::Rule(_) if state.skip > 0 => {
+                state.skip -= 1;
+                continue;
             }
+            Item::Rule(rule) => rule,
+        };
+        if rule.removed
+            || (!state.removed_tags.is_empty()
+                && state.removed_tags.iter().any(|t| rule.has_tag(t)))
+            || in_ranges(&state.removed_ids, rule.id)
+        {
+            continue;
+        }
+        state.save_message = true;
+        let mut cx = Eval {
+            config,
+            rule,
+            phase,
+            vars,
+            state,
+        };
+        if rule.links[0].unconditional {
+            cx.unconditional()?;
+        } else if cx.link(0)? && cx.state.save_message {
+            let disrupted = cx.state.intervention.is_some();
+            if !disrupted && !rule.links[0].multi_match {
+                cx.log();
+            }
+        }
+        if state.intervention.is_some() || state.allowed {
+            break;
+        }
+        if let Some(name) = &state.marker {
+            i = next_marker(config, phase, name, i);
         }
     }
     Ok(())
+}
+
+/// The index of the first marker called `name` at or after `from` in `phase`, or the end.
+fn next_marker(config: &Config, phase: usize, name: &str, from: usize) -> usize {
+    let end = config.phases[phase].len();
+    config.markers[phase].get(name).map_or(end, |positions| {
+        let at = positions.partition_point(|p| *p < from);
+        positions.get(at).copied().unwrap_or(end)
+    })
 }
 
 fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {
@@ -1198,7 +1217,7 @@ fn selects(selector: &Selector, key: &[u8]) -> bool {
     match selector {
         Selector::All => true,
         Selector::Key(k) => k.as_bytes().eq_ignore_ascii_case(key),
-        Selector::Regex(re) => re.is_match(key).unwrap_or(false),
+        Selector::Regex(re) => re.is_match(key),
     }
 }
 

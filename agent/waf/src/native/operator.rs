@@ -333,7 +333,7 @@ impl Operator {
 }
 
 /// A compiled `@rx` pattern with an identity for the per-thread match data cache.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Rx {
     id: u64,
     re: pcre2::bytes::Regex,
@@ -352,7 +352,7 @@ thread_local! {
 const MATCH_DATA_KEPT: usize = 16_384;
 
 impl Rx {
-    fn new(re: pcre2::bytes::Regex) -> Rx {
+    pub fn new(re: pcre2::bytes::Regex) -> Rx {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Rx {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -363,6 +363,26 @@ impl Rx {
     /// Whether the pattern matches `input`; with `capture`, the groups go to `TX.0`..`TX.9`.
     /// A match error (the match limit) counts as no match, as in libmodsecurity.
     fn matches(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
+        self.run(input, |locations| {
+            if capture {
+                for group in 0..locations.len() {
+                    if let Some((start, end)) = locations.get(group)
+                        && let Some(text) = input.get(start..end)
+                    {
+                        cx.capture(group, text);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Whether the pattern matches `input`.
+    pub fn is_match(&self, input: &[u8]) -> bool {
+        self.run(input, |_| {})
+    }
+
+    /// Runs the pattern with this thread's match data; `found` sees the groups of a match.
+    fn run(&self, input: &[u8], found: impl FnOnce(&pcre2::bytes::CaptureLocations)) -> bool {
         MATCH_DATA.with(|cache| {
             let mut cache = cache.borrow_mut();
             if cache.len() >= MATCH_DATA_KEPT && !cache.contains_key(&self.id) {
@@ -374,15 +394,7 @@ impl Rx {
             if !matches!(self.re.captures_read(locations, input), Ok(Some(_))) {
                 return false;
             }
-            if capture {
-                for group in 0..locations.len() {
-                    if let Some((start, end)) = locations.get(group)
-                        && let Some(text) = input.get(start..end)
-                    {
-                        cx.capture(group, text);
-                    }
-                }
-            }
+            found(locations);
             true
         })
     }

@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::operator::Operator;
+use rustc_hash::FxHashMap;
+
+use super::operator::{Operator, Rx};
 use super::transform::Transform;
 
 /// Where a directive came from, for errors.
@@ -190,7 +192,7 @@ pub(crate) enum Selector {
     /// A key, compared without regard to case.
     Key(String),
     /// Keys matching a regular expression (compiled caseless, as libmodsecurity does).
-    Regex(pcre2::bytes::Regex),
+    Regex(Rx),
 }
 
 /// One element of a rule's target list.
@@ -355,6 +357,9 @@ pub(crate) struct Link {
 /// A rule: its id, phase and chain links.
 #[derive(Debug)]
 pub(crate) struct Rule {
+    /// Removed by `SecRuleRemoveById`/`ByTag` (kept in place: `skip:N` still counts it, as in
+    /// libmodsecurity).
+    pub removed: bool,
     pub id: u32,
     pub phase: u8,
     pub links: Vec<Link>,
@@ -396,6 +401,8 @@ pub(crate) struct Config {
     /// Phase 1 and phase 2 items in order; rules of later phases are kept out (the engine
     /// evaluates requests only) and counted.
     pub phases: [Vec<Item>; 2],
+    /// Per phase, where each marker stands (item indices, ascending).
+    pub markers: [FxHashMap<String, Vec<usize>>; 2],
     pub later_phase_rules: usize,
     pub defaults: [Defaults; 2],
     pub removed_ids: Vec<(u32, u32)>,
@@ -413,6 +420,23 @@ impl Config {
                 &rule.origin,
                 "the last rule of a chain (`chain`) has no rule after it",
             );
+        }
+        for (phase, items) in config.phases.iter_mut().enumerate() {
+            for (index, item) in items.iter_mut().enumerate() {
+                match item {
+                    Item::Marker(name) => config.markers[phase]
+                        .entry(name.clone())
+                        .or_default()
+                        .push(index),
+                    Item::Rule(rule) => {
+                        rule.removed = config
+                            .removed_ids
+                            .iter()
+                            .any(|(a, b)| (*a..=*b).contains(&rule.id))
+                            || config.removed_tags.iter().any(|t| rule.has_tag(t));
+                    }
+                }
+            }
         }
         // Each link's transformations as they run: the phase's default ones first, unless the
         // link says `t:none` (the defaults are those in force at the end of the text, as in
@@ -755,6 +779,7 @@ impl Config {
                     return err(origin, "a rule without an id");
                 };
                 let rule = Rule {
+                    removed: false,
                     id,
                     phase: phase.unwrap_or(2),
                     links: vec![link],
@@ -931,10 +956,9 @@ fn parse_targets(text: &str, origin: &Origin) -> Result<Vec<Target>, ParseError>
             None => Selector::All,
             Some(key) if key.len() >= 2 && key.starts_with('/') && key.ends_with('/') => {
                 let pattern = &key[1..key.len() - 1];
-                Selector::Regex(
-                    compile_regex(pattern, true)
-                        .map_err(|e| ParseError(format!("{origin}: target {name}:{key}: {e}")))?,
-                )
+                Selector::Regex(Rx::new(compile_regex(pattern, true).map_err(|e| {
+                    ParseError(format!("{origin}: target {name}:{key}: {e}"))
+                })?))
             }
             // `TX` is stored lower-case and looked up directly.
             Some(key) if collection == Collection::Tx => {
