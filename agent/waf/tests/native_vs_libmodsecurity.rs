@@ -146,6 +146,10 @@ fn corpus() -> Vec<Case> {
         Case::get("/x").method("PATCH"),
         Case::get("/x").method("OPTIONS"),
         Case::get("/x").method("HEAD"),
+        // libmodsecurity's @pm matcher misses this etc/passwd (found by differential fuzzing).
+        Case::get("/?a=etc/etc/passwd"),
+        // A run of quotes exhausts 932150's JIT stack; libmodsecurity then uses the interpreter.
+        Case::get(&format!("/?x={}ls%20-la", "'".repeat(1400))),
         Case::post(
             "/login",
             "application/x-www-form-urlencoded",

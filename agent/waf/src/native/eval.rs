@@ -20,7 +20,7 @@ use super::Unsupported;
 use super::operator::{self, Context};
 use super::parse::{
     BodyProcessor, Collection, Config, Ctl, Disruptive, EngineMode, Item, Link, Macro, MacroPart,
-    Rule, Selector, SetOp, Target,
+    Names, Rule, Selector, SetOp, Target,
 };
 use super::request::{self, Pair};
 use super::transform::Transform;
@@ -51,6 +51,8 @@ pub(crate) struct Vars<'r> {
     pub inbound_data_error: Option<&'static str>,
     /// The engine's `ip` and `global` collections.
     pub store: Option<&'r Persistent>,
+    /// The rule set's numbered `TX` names.
+    pub tx_names: Option<&'r Names>,
 }
 
 /// Per collection, the order rules see its members in.
@@ -64,8 +66,9 @@ pub(crate) struct Orders {
 }
 
 impl Vars<'_> {
-    /// Fills `args` and the orders from the lists (again after the body added arguments).
-    fn index(&mut self) {
+    /// Fills `args` and the orders from the lists; `headers` also the header and cookie orders
+    /// (the body adds arguments only).
+    fn index(&mut self, headers: bool) {
         fn order<V>(pairs: &[(impl AsRef<[u8]>, V)]) -> Vec<usize> {
             match pairs.len() {
                 0 => Vec::new(),
@@ -81,13 +84,13 @@ impl Vars<'_> {
             .flatten()
             .cloned()
             .collect();
-        self.order = Orders {
-            args: order(&self.args),
-            args_get: order(&self.args_get),
-            args_post: order(&self.args_post),
-            headers: order(&self.headers),
-            cookies: order(&self.cookies),
-        };
+        self.order.args = order(&self.args);
+        self.order.args_get = order(&self.args_get);
+        self.order.args_post = order(&self.args_post);
+        if headers {
+            self.order.headers = order(&self.headers);
+            self.order.cookies = order(&self.cookies);
+        }
     }
 }
 
@@ -197,7 +200,7 @@ struct State {
     /// `REQBODY_PROCESSOR`: whichever of the two was set last.
     processor_name: Option<&'static str>,
     body_access: bool,
-    marker: Option<String>,
+    marker: Option<u32>,
     skip: u32,
     allowed: bool,
     status: Option<u16>,
@@ -258,68 +261,104 @@ impl Matched {
 }
 
 /// The transaction collection `TX`, keys lower-cased (libmodsecurity compares them without
-/// regard to case). It lives in a thread's reused [`State`]: an entry belongs to this
-/// evaluation only if it carries the current generation, so the common names are allocated once
-/// per thread, not once per request.
+/// regard to case). Names the rules spell out are numbered at load (`Config::tx_names`) and kept
+/// in a vector by number; names built at run time (`setvar:tx.%{...}`) go to a map. It lives in a
+/// thread's reused [`State`]: an entry belongs to this evaluation only if it carries the current
+/// generation, so nothing is freed or allocated per request but the values.
 #[derive(Debug, Default)]
 struct Tx {
-    entries: FxHashMap<String, (u64, Rc<[u8]>)>,
+    slots: Vec<(u64, Option<Rc<[u8]>>)>,
+    dynamic: FxHashMap<String, (u64, Rc<[u8]>)>,
     generation: u64,
 }
 
-/// More `TX` names than this (rules can build names from request data) and the map is emptied
-/// before the next evaluation.
+/// More run-time `TX` names than this (rules can build names from request data) and the map is
+/// emptied before the next evaluation.
 const TX_NAMES_KEPT: usize = 4096;
 
 impl Tx {
-    fn reset(&mut self) {
-        if self.entries.len() > TX_NAMES_KEPT {
-            self.entries.clear();
+    /// Starts an evaluation for a rule set with `names` numbered names.
+    fn reset(&mut self, names: usize) {
+        if self.dynamic.len() > TX_NAMES_KEPT {
+            self.dynamic.clear();
         }
         self.generation += 1;
+        if self.slots.len() < names {
+            self.slots.resize(names, (0, None));
+        }
     }
 
-    fn get(&self, key: &str) -> Option<&Rc<[u8]>> {
-        self.entries
-            .get(key)
+    fn slot(&self, id: u32) -> Option<&Rc<[u8]>> {
+        self.slots
+            .get(id as usize)
             .filter(|(g, _)| *g == self.generation)
-            .map(|(_, v)| v)
+            .and_then(|(_, v)| v.as_ref())
+    }
+
+    fn set_slot(&mut self, id: u32, value: Option<&[u8]>) {
+        if let Some(slot) = self.slots.get_mut(id as usize) {
+            *slot = (self.generation, value.map(Rc::from));
+        }
     }
 
     /// `key` lower-case.
-    fn set(&mut self, key: &str, value: &[u8]) {
-        let entry = (self.generation, Rc::from(value));
-        match self.entries.get_mut(key) {
-            Some(e) => *e = entry,
+    fn get(&self, names: &Names, key: &str) -> Option<&Rc<[u8]>> {
+        match names.get(key) {
+            Some(id) => self.slot(id),
+            None => self
+                .dynamic
+                .get(key)
+                .filter(|(g, _)| *g == self.generation)
+                .map(|(_, v)| v),
+        }
+    }
+
+    /// `key` lower-case; `None` unsets it.
+    fn set(&mut self, names: &Names, key: &str, value: Option<&[u8]>) {
+        if let Some(id) = names.get(key) {
+            return self.set_slot(id, value);
+        }
+        match value {
+            Some(value) => {
+                let entry = (self.generation, Rc::from(value));
+                match self.dynamic.get_mut(key) {
+                    Some(e) => *e = entry,
+                    None => {
+                        self.dynamic.insert(key.to_owned(), entry);
+                    }
+                }
+            }
             None => {
-                self.entries.insert(key.to_owned(), entry);
+                if let Some(e) = self.dynamic.get_mut(key) {
+                    e.0 = 0;
+                }
             }
         }
     }
 
-    fn remove(&mut self, key: &str) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.0 = 0;
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&String, &Rc<[u8]>)> {
-        self.entries
+    /// The entries with run-time names (never numbered ones: [`Tx::set`] keeps those in slots).
+    fn dynamic(&self) -> impl Iterator<Item = (&str, &Rc<[u8]>)> {
+        self.dynamic
             .iter()
             .filter(|(_, (g, _))| *g == self.generation)
-            .map(|(k, (_, v))| (k, v))
+            .map(|(k, (_, v))| (k.as_str(), v))
+    }
+
+    fn iter<'a>(&'a self, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a Rc<[u8]>)> {
+        let numbered = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(id, (g, v))| {
+                let v = v.as_ref().filter(|_| *g == self.generation)?;
+                Some((names.names.get(id)?.as_str(), v))
+            });
+        let dynamic = self.dynamic();
+        numbered.chain(dynamic)
     }
 }
 
 impl State {
-    fn tx_set(&mut self, key: &str, value: &[u8]) {
-        if key.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.tx.set(&key.to_ascii_lowercase(), value);
-        } else {
-            self.tx.set(key, value);
-        }
-    }
-
     fn matched_clear(&mut self) {
         self.matched_len = 0;
     }
@@ -420,8 +459,10 @@ pub(crate) fn evaluate(
         }
     }
 
-    vars.index();
+    vars.index(true);
     let mut state = take_state();
+    state.tx.reset(config.tx_names.names.len());
+    vars.tx_names = Some(&config.tx_names);
     state.engine = config.engine.unwrap_or(EngineMode::Off);
     state.body_type = body_type;
     state.processor_name = processor_name;
@@ -464,7 +505,6 @@ fn take_state() -> State {
             global_record: String::new(),
             buffers: (Vec::new(), Vec::new()),
         });
-    state.tx.reset();
     state.matched_len = 0;
     state.removed_ids.clear();
     state.removed_tags.clear();
@@ -561,7 +601,7 @@ fn run<'r>(
     if !body.is_empty() {
         vars.body = Some(body);
     }
-    vars.index();
+    vars.index(false);
     run_phase(config, 1, vars, state)?;
     Ok(finish(state))
 }
@@ -585,15 +625,15 @@ fn run_phase(
     let items = &config.phases[phase];
     // A `skipAfter` jumps to the next marker of that name; one the previous phase did not
     // reach carries on into this one, as in libmodsecurity.
-    let mut i = match &state.marker {
-        Some(name) => next_marker(config, phase, name, 0),
+    let mut i = match state.marker {
+        Some(id) => next_marker(config, phase, id, 0),
         None => 0,
     };
     while let Some(item) = items.get(i) {
         i += 1;
         let rule = match item {
-            Item::Marker(name) => {
-                if state.marker.as_deref() == Some(name.as_str()) {
+            Item::Marker(id) => {
+                if state.marker == Some(*id) {
                     state.marker = None;
                 }
                 continue;
@@ -630,20 +670,22 @@ fn run_phase(
         if state.intervention.is_some() || state.allowed {
             break;
         }
-        if let Some(name) = &state.marker {
-            i = next_marker(config, phase, name, i);
+        if let Some(id) = state.marker {
+            i = next_marker(config, phase, id, i);
         }
     }
     Ok(())
 }
 
-/// The index of the first marker called `name` at or after `from` in `phase`, or the end.
-fn next_marker(config: &Config, phase: usize, name: &str, from: usize) -> usize {
+/// The index of the first marker `id` at or after `from` in `phase`, or the end.
+fn next_marker(config: &Config, phase: usize, id: u32, from: usize) -> usize {
     let end = config.phases[phase].len();
-    config.markers[phase].get(name).map_or(end, |positions| {
-        let at = positions.partition_point(|p| *p < from);
-        positions.get(at).copied().unwrap_or(end)
-    })
+    config.markers[phase]
+        .get(id as usize)
+        .map_or(end, |positions| {
+            let at = positions.partition_point(|p| *p < from);
+            positions.get(at).copied().unwrap_or(end)
+        })
 }
 
 fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {
@@ -771,8 +813,8 @@ impl<'e> Eval<'e, '_> {
         for ctl in &link.ctls {
             self.ctl(ctl);
         }
-        if let Some(marker) = &link.skip_after {
-            self.state.marker = Some(marker.clone());
+        if let Some(marker) = link.skip_after {
+            self.state.marker = Some(marker);
         }
         if let Some(n) = link.skip {
             self.state.skip = n;
@@ -855,9 +897,14 @@ impl<'e> Eval<'e, '_> {
             }
         };
         let collection = setvar.collection;
+        let names = &self.config.tx_names;
         let current = || -> i64 {
             if collection == Collection::Tx {
-                self.state.tx.get(&name).map_or(0, |v| operator::atoll(v))
+                let value = match setvar.slot {
+                    Some(id) => self.state.tx.slot(id),
+                    None => self.state.tx.get(names, &name),
+                };
+                value.map_or(0, |v| operator::atoll(v))
             } else {
                 self.vars.store.map_or(0, |store| {
                     let record = self.state.record(collection);
@@ -881,9 +928,10 @@ impl<'e> Eval<'e, '_> {
             }
         };
         if collection == Collection::Tx {
-            match value {
-                Some(value) => self.state.tx.set(&name, value.as_bytes()),
-                None => self.state.tx.remove(&name),
+            let value = value.as_ref().map(Number::as_bytes);
+            match setvar.slot {
+                Some(id) => self.state.tx.set_slot(id, value),
+                None => self.state.tx.set(names, &name, value),
             }
         } else if let Some(store) = self.vars.store {
             let value = value.map(|v| v.as_bytes().to_vec());
@@ -945,7 +993,8 @@ impl<'e> Eval<'e, '_> {
         let name = match &target.selector {
             Selector::All => target.collection.name().to_owned(),
             Selector::Key(k) => format!("{}:{k}", target.collection.name()),
-            Selector::Regex(_) => return false,
+            Selector::Tx(id) => format!("TX:{}", self.config.tx_names.name(*id)),
+            Selector::Regex(_) | Selector::TxRegex(..) => return false,
         };
         self.value_removed(&name)
     }
@@ -970,8 +1019,8 @@ impl<'e> Eval<'e, '_> {
         match m.parts.as_slice() {
             [] => return Bytes::Borrowed(b""),
             [MacroPart::Text(t)] => return Bytes::Borrowed(t.as_bytes()),
-            [MacroPart::Var(c, Some(key))] if c == "TX" => {
-                return match self.state.tx.get(key.as_str()) {
+            [MacroPart::Tx(id)] => {
+                return match self.state.tx.slot(*id) {
                     Some(v) => Bytes::Shared(v.clone()),
                     None => Bytes::Borrowed(b""),
                 };
@@ -982,6 +1031,11 @@ impl<'e> Eval<'e, '_> {
         for part in &m.parts {
             match part {
                 MacroPart::Text(t) => out.extend_from_slice(t.as_bytes()),
+                MacroPart::Tx(id) => {
+                    if let Some(v) = self.state.tx.slot(*id) {
+                        out.extend_from_slice(v);
+                    }
+                }
                 MacroPart::Var(collection, key) => {
                     if collection == "RULE" {
                         match key.as_deref() {
@@ -998,7 +1052,8 @@ impl<'e> Eval<'e, '_> {
                         continue;
                     }
                     if collection == "TX" {
-                        if let Some(v) = key.as_deref().and_then(|k| self.state.tx.get(k)) {
+                        let names = &self.config.tx_names;
+                        if let Some(v) = key.as_deref().and_then(|k| self.state.tx.get(names, k)) {
                             out.extend_from_slice(v);
                         }
                         continue;
@@ -1136,23 +1191,48 @@ fn resolve<'s>(
             }
         }
         Tx => match selector {
-            Selector::Key(k) => {
-                if let Some(v) = state.tx.get(k.as_str()) {
+            Selector::Tx(id) => {
+                if let Some(v) = state.tx.slot(*id) {
+                    let name = vars.tx_names.map_or("", |names| names.name(*id));
                     out.push(Value {
                         collection,
-                        key: Some(Bytes::Borrowed(k.as_bytes())),
+                        key: Some(Bytes::Borrowed(name.as_bytes())),
                         value: Bytes::Shared(v.clone()),
                     });
                 }
             }
+            Selector::TxRegex(rx, ids) => {
+                if let Some(names) = vars.tx_names {
+                    for id in ids {
+                        if let Some(v) = state.tx.slot(*id) {
+                            out.push(Value {
+                                collection,
+                                key: Some(Bytes::Borrowed(names.name(*id).as_bytes())),
+                                value: Bytes::Shared(v.clone()),
+                            });
+                        }
+                    }
+                    for (k, v) in state.tx.dynamic() {
+                        if rx.is_match(k.as_bytes()) {
+                            out.push(Value {
+                                collection,
+                                key: Some(Bytes::Owned(k.as_bytes().to_vec())),
+                                value: Bytes::Shared(v.clone()),
+                            });
+                        }
+                    }
+                }
+            }
             _ => {
-                for (k, v) in state.tx.iter() {
-                    if selects(selector, k.as_bytes()) {
-                        out.push(Value {
-                            collection,
-                            key: Some(Bytes::Owned(k.clone().into_bytes())),
-                            value: Bytes::Shared(v.clone()),
-                        });
+                if let Some(names) = vars.tx_names {
+                    for (k, v) in state.tx.iter(names) {
+                        if selects(selector, k.as_bytes()) {
+                            out.push(Value {
+                                collection,
+                                key: Some(Bytes::Owned(k.as_bytes().to_vec())),
+                                value: Bytes::Shared(v.clone()),
+                            });
+                        }
                     }
                 }
             }
@@ -1205,9 +1285,11 @@ impl Context for Eval<'_, '_> {
     }
 
     fn capture(&mut self, group: usize, value: &[u8]) {
-        const GROUPS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-        if let Some(name) = GROUPS.get(group) {
-            self.state.tx_set(name, value);
+        // `TX.0`..`TX.9` are numbered 0–9 in every rule set.
+        if let Ok(id) = u32::try_from(group)
+            && id <= 9
+        {
+            self.state.tx.set_slot(id, Some(value));
         }
     }
 }
@@ -1218,6 +1300,9 @@ fn selects(selector: &Selector, key: &[u8]) -> bool {
         Selector::All => true,
         Selector::Key(k) => k.as_bytes().eq_ignore_ascii_case(key),
         Selector::Regex(re) => re.is_match(key),
+        // Only `TX` targets are numbered, and `TX` is looked up by number.
+        Selector::Tx(_) => false,
+        Selector::TxRegex(re, _) => re.is_match(key),
     }
 }
 

@@ -6,8 +6,18 @@
 //! which caps a WAF-on agent at a few percent of its WAF-off throughput (docs/benchmarks.md,
 //! "WAF: where libmodsecurity's time goes"). This engine parses the same rule text into plain
 //! Rust structures once, evaluates requests without per-rule allocation where it can, and uses
-//! the same PCRE2 (with JIT) and the same libinjection (exported by libmodsecurity itself) so
-//! that patterns and detectors behave identically.
+//! the same PCRE2 and the same libinjection (exported by libmodsecurity itself) so that patterns
+//! and detectors behave identically. "The same PCRE2" holds when the system's development files
+//! are installed (Debian `libpcre2-dev`, which `.ci/run` installs): pcre2-sys then links the
+//! system library libmodsecurity uses; without them it builds a bundled, newer PCRE2 whose JIT
+//! stack runs out at other input sizes. Where libmodsecurity deviates from the textbook, this
+//! follows libmodsecurity: its `@pm` matcher misses some occurrences (see `operator::Acmp`), and
+//! a pattern that exhausts the JIT stack is re-run by PCRE2's interpreter.
+//!
+//! Messages (`msg` after macro expansion) are not always byte-equal to libmodsecurity's:
+//! `MATCHED_VAR_NAME` of a `TX` variable is lower-case here, members of `TX:/regex/` come in
+//! another order (only the last one shows in a message), and non-printable bytes are not
+//! escaped. Rule ids and interventions are equal.
 //!
 //! What it does not model it does not guess: [`Engine::evaluate`] returns [`Unsupported`] for a
 //! request that needs a multipart or XML body parser, `@rbl`, `@geoLookup`, `drop` or

@@ -16,7 +16,8 @@ pub(crate) enum Operator {
     Rx(Box<Rx>),
     /// `@rx` whose pattern contains a macro: compiled per evaluation.
     RxMacro(Macro),
-    Pm(Box<AhoCorasick>),
+    /// A complete Aho-Corasick automaton rejects quickly; libmodsecurity's own matcher decides.
+    Pm(Box<AhoCorasick>, Box<Acmp>),
     BeginsWith(Macro),
     EndsWith(Macro),
     Contains(Macro),
@@ -42,6 +43,25 @@ pub(crate) enum Operator {
 }
 
 impl Operator {
+    /// The parameter, for operators whose parameter may hold macros.
+    pub fn param_mut(&mut self) -> Option<&mut Macro> {
+        match self {
+            Operator::RxMacro(m)
+            | Operator::BeginsWith(m)
+            | Operator::EndsWith(m)
+            | Operator::Contains(m)
+            | Operator::ContainsWord(m)
+            | Operator::StrEq(m)
+            | Operator::Within(m)
+            | Operator::Eq(m)
+            | Operator::Ge(m)
+            | Operator::Gt(m)
+            | Operator::Le(m)
+            | Operator::Lt(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Parses `[!]@name param` (no `@`: an implicit `@rx`). `dir` resolves data files.
     pub fn parse(text: &str, dir: Option<&Path>) -> Result<(Operator, bool), String> {
         let (negated, text) = match text.trim_start().strip_prefix('!') {
@@ -120,9 +140,10 @@ fn rx(pattern: &str) -> Result<Operator, String> {
     if m.literal().is_none() {
         return Ok(Operator::RxMacro(m));
     }
-    Ok(Operator::Rx(Box::new(Rx::new(compile_regex(
-        pattern, false,
-    )?))))
+    Ok(Operator::Rx(Box::new(Rx::new(
+        compile_regex(pattern, false)?,
+        false,
+    ))))
 }
 
 fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
@@ -139,7 +160,13 @@ fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
         .match_kind(MatchKind::LeftmostFirst)
         .build(phrases.iter().filter(|p| !p.is_empty()))
         .map_err(|e| format!("@pm: {e}"))?;
-    Ok(Operator::Pm(Box::new(automaton)))
+    let acmp = Acmp::new(
+        phrases
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| p.as_bytes()),
+    );
+    Ok(Operator::Pm(Box::new(automaton), Box::new(acmp)))
 }
 
 /// libmodsecurity's data-file comment rule: empty, or only whitespace before a `#`.
@@ -267,20 +294,25 @@ impl Operator {
                         .ok()
                         .and_then(|p| compile_regex(p, false).ok())
                     {
-                        Some(re) => Rx::new(re).matches(input, capture, cx),
+                        Some(re) => Rx::new(re, false).matches(input, capture, cx),
                         None => false,
                     }
                 }
             }
-            Operator::Pm(ac) => match ac.find(input) {
-                Some(m) => {
-                    if capture {
-                        cx.capture(0, &input[m.start()..m.end()]);
+            // libmodsecurity's matcher finds a subset of the true occurrences: one the complete
+            // automaton does not see cannot match, one it sees must be confirmed.
+            Operator::Pm(ac, acmp) => {
+                ac.is_match(input)
+                    && match acmp.find(input) {
+                        Some(phrase) => {
+                            if capture {
+                                cx.capture(0, &phrase);
+                            }
+                            true
+                        }
+                        None => false,
                     }
-                    true
-                }
-                None => false,
-            },
+            }
             Operator::BeginsWith(m) => input.starts_with(&cx.expand(m)),
             Operator::EndsWith(m) => input.ends_with(&cx.expand(m)),
             Operator::Contains(m) => find(input, &cx.expand(m)).is_some(),
@@ -337,6 +369,10 @@ impl Operator {
 pub(crate) struct Rx {
     id: u64,
     re: pcre2::bytes::Regex,
+    /// The pattern compiled without JIT, made on first need: libmodsecurity runs a pattern
+    /// through PCRE2's interpreter when the JIT stack runs out, and so must we.
+    interpreted: std::sync::OnceLock<Option<pcre2::bytes::Regex>>,
+    caseless: bool,
 }
 
 /// Per thread, the PCRE2 match data of each pattern it ran. The pcre2 crate's own pool hands
@@ -352,11 +388,13 @@ thread_local! {
 const MATCH_DATA_KEPT: usize = 16_384;
 
 impl Rx {
-    pub fn new(re: pcre2::bytes::Regex) -> Rx {
+    pub fn new(re: pcre2::bytes::Regex, caseless: bool) -> Rx {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Rx {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             re,
+            interpreted: std::sync::OnceLock::new(),
+            caseless,
         }
     }
 
@@ -391,12 +429,169 @@ impl Rx {
             let locations = cache
                 .entry(self.id)
                 .or_insert_with(|| self.re.capture_locations());
-            if !matches!(self.re.captures_read(locations, input), Ok(Some(_))) {
-                return false;
+            match self.re.captures_read(locations, input) {
+                Ok(Some(_)) => {
+                    found(locations);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
+                    let Some(interpreted) = self.interpreted() else {
+                        return false;
+                    };
+                    let mut locations = interpreted.capture_locations();
+                    let hit = matches!(
+                        interpreted.captures_read(&mut locations, input),
+                        Ok(Some(_))
+                    );
+                    if hit {
+                        found(&locations);
+                    }
+                    hit
+                }
+                // Any other error (the match limit) counts as no match, as in libmodsecurity.
+                Err(_) => false,
             }
-            found(locations);
-            true
         })
+    }
+
+    fn interpreted(&self) -> Option<&pcre2::bytes::Regex> {
+        self.interpreted
+            .get_or_init(|| {
+                pcre2::bytes::RegexBuilder::new()
+                    .dotall(true)
+                    .multi_line(true)
+                    .caseless(self.caseless)
+                    .jit_if_available(false)
+                    .build(self.re.as_str())
+                    .ok()
+            })
+            .as_ref()
+    }
+}
+
+/// PCRE2's "JIT stack limit reached".
+const PCRE2_ERROR_JIT_STACKLIMIT: i32 = -46;
+
+/// libmodsecurity 3.0.9's `@pm` matcher (`acmp`), which is not a complete Aho-Corasick
+/// automaton: a node's failure link is its parent's failure node's child for the same letter,
+/// or the root, never found by walking further up the failure chain. So it misses some
+/// occurrences (after reading `etc/e` it no longer sees the `etc/passwd` that follows), and a
+/// rule that uses it matches exactly when this finds something. Letters are compared lower-case.
+#[derive(Debug, Default)]
+pub(crate) struct Acmp {
+    nodes: Vec<AcmpNode>,
+}
+
+#[derive(Debug, Default)]
+struct AcmpNode {
+    children: Vec<(u8, usize)>,
+    fail: usize,
+    /// A phrase ends here.
+    phrase_end: bool,
+    /// The nearest node on the failure chain where a phrase ends.
+    output: Option<usize>,
+    parent: usize,
+    letter: u8,
+}
+
+impl Acmp {
+    fn child(&self, node: usize, letter: u8) -> Option<usize> {
+        self.nodes
+            .get(node)?
+            .children
+            .iter()
+            .find(|(l, _)| *l == letter)
+            .map(|(_, c)| *c)
+    }
+
+    pub(crate) fn new<'a>(phrases: impl Iterator<Item = &'a [u8]>) -> Acmp {
+        let mut acmp = Acmp {
+            nodes: vec![AcmpNode::default()],
+        };
+        for phrase in phrases {
+            let mut node = 0;
+            for letter in phrase.iter().map(u8::to_ascii_lowercase) {
+                node = match acmp.child(node, letter) {
+                    Some(child) => child,
+                    None => {
+                        let child = acmp.nodes.len();
+                        acmp.nodes.push(AcmpNode {
+                            parent: node,
+                            letter,
+                            ..AcmpNode::default()
+                        });
+                        acmp.nodes[node].children.push((letter, child));
+                        child
+                    }
+                };
+            }
+            acmp.nodes[node].phrase_end = true;
+        }
+        // Breadth first, so that a parent's failure link is set before its children's.
+        let mut level: Vec<usize> = acmp.nodes[0].children.iter().map(|(_, c)| *c).collect();
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for &node in &level {
+                let AcmpNode { parent, letter, .. } = acmp.nodes[node];
+                acmp.nodes[node].fail = if parent == 0 {
+                    0
+                } else {
+                    acmp.child(acmp.nodes[parent].fail, letter).unwrap_or(0)
+                };
+                next.extend(acmp.nodes[node].children.iter().map(|(_, c)| *c));
+            }
+            level = next;
+        }
+        for node in 1..acmp.nodes.len() {
+            let mut on_chain = acmp.nodes[node].fail;
+            while on_chain != 0 {
+                if acmp.nodes[on_chain].phrase_end {
+                    acmp.nodes[node].output = Some(on_chain);
+                    break;
+                }
+                on_chain = acmp.nodes[on_chain].fail;
+            }
+        }
+        acmp
+    }
+
+    /// The first phrase found in `input` (its text, lower-case), scanning as libmodsecurity's
+    /// `acmp_process_quick` does.
+    pub(crate) fn find(&self, input: &[u8]) -> Option<Vec<u8>> {
+        let mut node = 0;
+        for letter in input.iter().map(u8::to_ascii_lowercase) {
+            let next = loop {
+                let next = self.child(node, letter);
+                if let Some(n) = next
+                    && self.nodes[n].phrase_end
+                {
+                    return Some(self.text(n));
+                }
+                if next.is_some() || node == 0 {
+                    break next;
+                }
+                node = self.nodes[node].fail;
+            };
+            if let Some(n) = next {
+                node = n;
+            }
+            if self.nodes[node].output.is_some() {
+                return Some(self.text(node));
+            }
+        }
+        None
+    }
+
+    /// The letters from the root to `node`.
+    fn text(&self, mut node: usize) -> Vec<u8> {
+        let mut text = Vec::new();
+        while node != 0 {
+            text.push(self.nodes[node].letter);
+            node = self.nodes[node].parent;
+        }
+        text.reverse();
+        text
     }
 }
 

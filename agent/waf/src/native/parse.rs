@@ -193,6 +193,11 @@ pub(crate) enum Selector {
     Key(String),
     /// Keys matching a regular expression (compiled caseless, as libmodsecurity does).
     Regex(Rx),
+    /// One `TX` key, interned (see [`Names`]).
+    Tx(u32),
+    /// `TX:/regex/`: the pattern, and the numbered names it matches (computed once all names
+    /// are known; run-time names are still matched by the pattern).
+    TxRegex(Rx, Vec<u32>),
 }
 
 /// One element of a rule's target list.
@@ -215,8 +220,10 @@ pub(crate) struct Macro {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MacroPart {
     Text(String),
-    /// `%{COLLECTION}` or `%{COLLECTION.key}`: collection name upper-cased, key as written.
+    /// `%{COLLECTION}` or `%{COLLECTION.key}`: collection name upper-cased, key lower-cased.
     Var(String, Option<String>),
+    /// `%{TX.key}`, the key interned (see [`Names`]).
+    Tx(u32),
 }
 
 impl Macro {
@@ -262,6 +269,8 @@ pub(crate) struct SetVar {
     pub name: Macro,
     /// The name lower-cased, when it has no macro.
     pub literal: Option<String>,
+    /// The interned `TX` name, when it has no macro.
+    pub slot: Option<u32>,
     pub op: SetOp,
 }
 
@@ -338,7 +347,8 @@ pub(crate) struct Link {
     pub multi_match: bool,
     pub setvars: Vec<SetVar>,
     pub ctls: Vec<Ctl>,
-    pub skip_after: Option<String>,
+    /// The interned marker name.
+    pub skip_after: Option<u32>,
     pub skip: Option<u32>,
     /// `log` (true) or `nolog` (false) if the rule says.
     pub log: Option<bool>,
@@ -377,7 +387,36 @@ impl Rule {
 #[derive(Debug)]
 pub(crate) enum Item {
     Rule(Rule),
-    Marker(String),
+    /// A `SecMarker`, by its interned name.
+    Marker(u32),
+}
+
+/// Names given numbers at load: `TX` keys (so the transaction keeps `TX` in a vector) and
+/// marker names.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    pub names: Vec<String>,
+    pub index: FxHashMap<String, u32>,
+}
+
+impl Names {
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.index.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.to_owned());
+        self.index.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
 }
 
 /// What `SecDefaultAction` sets for a phase.
@@ -401,8 +440,11 @@ pub(crate) struct Config {
     /// Phase 1 and phase 2 items in order; rules of later phases are kept out (the engine
     /// evaluates requests only) and counted.
     pub phases: [Vec<Item>; 2],
-    /// Per phase, where each marker stands (item indices, ascending).
-    pub markers: [FxHashMap<String, Vec<usize>>; 2],
+    /// Per phase and marker id, where the marker stands (item indices, ascending).
+    pub markers: [Vec<Vec<usize>>; 2],
+    pub marker_names: Names,
+    /// `TX` keys named in the rules; ids 0–9 are the capture groups `TX.0`..`TX.9`.
+    pub tx_names: Names,
     pub later_phase_rules: usize,
     pub defaults: [Defaults; 2],
     pub removed_ids: Vec<(u32, u32)>,
@@ -413,6 +455,9 @@ pub(crate) struct Config {
 impl Config {
     pub fn parse(text: &str) -> Result<Config, ParseError> {
         let mut config = Config::default();
+        for group in 0..10 {
+            config.tx_names.id(&group.to_string());
+        }
         let mut pending: Option<Rule> = None;
         config.read_text(text, "<rules>", None, &mut pending, 0)?;
         if let Some(rule) = pending {
@@ -421,19 +466,39 @@ impl Config {
                 "the last rule of a chain (`chain`) has no rule after it",
             );
         }
+        let marker_count = config.marker_names.names.len();
         for (phase, items) in config.phases.iter_mut().enumerate() {
+            config.markers[phase] = vec![Vec::new(); marker_count];
             for (index, item) in items.iter_mut().enumerate() {
                 match item {
-                    Item::Marker(name) => config.markers[phase]
-                        .entry(name.clone())
-                        .or_default()
-                        .push(index),
+                    Item::Marker(id) => {
+                        if let Some(positions) = config.markers[phase].get_mut(*id as usize) {
+                            positions.push(index);
+                        }
+                    }
                     Item::Rule(rule) => {
                         rule.removed = config
                             .removed_ids
                             .iter()
                             .any(|(a, b)| (*a..=*b).contains(&rule.id))
                             || config.removed_tags.iter().any(|t| rule.has_tag(t));
+                    }
+                }
+            }
+        }
+        // `TX:/regex/` targets: the numbered names each one selects, matched once here.
+        let tx_names = &config.tx_names;
+        for items in &mut config.phases {
+            for item in items {
+                let Item::Rule(rule) = item else { continue };
+                for target in rule.links.iter_mut().flat_map(|l| &mut l.targets) {
+                    if target.collection == Collection::Tx
+                        && let Selector::Regex(rx) = &target.selector
+                    {
+                        let ids = (0..tx_names.names.len() as u32)
+                            .filter(|id| rx.is_match(tx_names.name(*id).as_bytes()))
+                            .collect();
+                        target.selector = Selector::TxRegex(rx.clone(), ids);
                     }
                 }
             }
@@ -512,8 +577,9 @@ impl Config {
                 if let Some(rule) = pending.take() {
                     return err(&rule.origin, "a chained rule is followed by SecMarker");
                 }
+                let id = self.marker_names.id(arg(0)?);
                 for phase in &mut self.phases {
-                    phase.push(Item::Marker(arg(0)?.to_owned()));
+                    phase.push(Item::Marker(id));
                 }
                 Ok(())
             }
@@ -718,7 +784,7 @@ impl Config {
                 "multimatch" => link.multi_match = true,
                 "setvar" => link.setvars.push(parse_setvar(&value, origin)?),
                 "ctl" => link.ctls.push(parse_ctl(&value, origin)?),
-                "skipafter" => link.skip_after = Some(value),
+                "skipafter" => link.skip_after = Some(self.marker_names.id(&value)),
                 "skip" => link.skip = Some(parse_number(&value, origin)? as u32),
                 "log" => link.log = Some(true),
                 "nolog" => link.log = Some(false),
@@ -762,6 +828,7 @@ impl Config {
                 other => return err(origin, format!("unsupported action {other}")),
             }
         }
+        self.intern_tx(&mut link);
         match pending {
             Some(parent) => {
                 if id.is_some() || phase.is_some() {
@@ -793,6 +860,50 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Gives every literal `TX` name of `link` (targets, macros, setvar names) its number.
+    fn intern_tx(&mut self, link: &mut Link) {
+        let names = &mut self.tx_names;
+        let mut intern = |m: &mut Macro| {
+            for part in &mut m.parts {
+                if let MacroPart::Var(collection, Some(key)) = part
+                    && collection == "TX"
+                {
+                    *part = MacroPart::Tx(names.id(key));
+                }
+            }
+        };
+        for setvar in &mut link.setvars {
+            intern(&mut setvar.name);
+            match &mut setvar.op {
+                SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => intern(m),
+                SetOp::Unset => {}
+            }
+        }
+        if let Some(m) = &mut link.msg {
+            intern(m);
+        }
+        for (_, m) in &mut link.initcols {
+            intern(m);
+        }
+        if let Some(m) = link.operator.param_mut() {
+            intern(m);
+        }
+        for setvar in &mut link.setvars {
+            if setvar.collection == Collection::Tx
+                && let Some(name) = &setvar.literal
+            {
+                setvar.slot = Some(names.id(name));
+            }
+        }
+        for target in &mut link.targets {
+            if target.collection == Collection::Tx
+                && let Selector::Key(key) = &target.selector
+            {
+                target.selector = Selector::Tx(names.id(key));
+            }
+        }
     }
 
     fn push(&mut self, rule: Rule) {
@@ -875,6 +986,7 @@ fn parse_setvar(value: &str, origin: &Origin) -> Result<SetVar, ParseError> {
     Ok(SetVar {
         collection,
         literal: name.literal().map(|n| n.to_ascii_lowercase()),
+        slot: None,
         name,
         op,
     })
@@ -956,9 +1068,11 @@ fn parse_targets(text: &str, origin: &Origin) -> Result<Vec<Target>, ParseError>
             None => Selector::All,
             Some(key) if key.len() >= 2 && key.starts_with('/') && key.ends_with('/') => {
                 let pattern = &key[1..key.len() - 1];
-                Selector::Regex(Rx::new(compile_regex(pattern, true).map_err(|e| {
-                    ParseError(format!("{origin}: target {name}:{key}: {e}"))
-                })?))
+                Selector::Regex(Rx::new(
+                    compile_regex(pattern, true)
+                        .map_err(|e| ParseError(format!("{origin}: target {name}:{key}: {e}")))?,
+                    true,
+                ))
             }
             // `TX` is stored lower-case and looked up directly.
             Some(key) if collection == Collection::Tx => {
