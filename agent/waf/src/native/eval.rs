@@ -159,12 +159,46 @@ impl Persistent {
     }
 }
 
-/// A value the rules read: borrowed from the request, shared with the transaction's `TX`
-/// collection (cloning it is a reference count), or computed.
+/// A `TX` value: short ones (most are numbers) held inline, longer ones shared, so that
+/// reading one into a rule's values copies at most a few bytes or a reference count.
+#[derive(Debug, Clone)]
+pub(crate) enum TxValue {
+    Inline([u8; TX_INLINE], u8),
+    Shared(Rc<[u8]>),
+}
+
+const TX_INLINE: usize = 22;
+
+impl TxValue {
+    fn new(value: &[u8]) -> TxValue {
+        match u8::try_from(value.len()) {
+            Ok(len) if value.len() <= TX_INLINE => {
+                let mut inline = [0u8; TX_INLINE];
+                inline[..value.len()].copy_from_slice(value);
+                TxValue::Inline(inline, len)
+            }
+            _ => TxValue::Shared(Rc::from(value)),
+        }
+    }
+}
+
+impl std::ops::Deref for TxValue {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            TxValue::Inline(bytes, len) => &bytes[..usize::from(*len)],
+            TxValue::Shared(bytes) => bytes,
+        }
+    }
+}
+
+/// A value the rules read: borrowed from the request, copied from the transaction's `TX`
+/// collection, or computed.
 #[derive(Debug, Clone)]
 pub(crate) enum Bytes<'a> {
     Borrowed(&'a [u8]),
-    Shared(Rc<[u8]>),
+    Tx(TxValue),
     Owned(Vec<u8>),
 }
 
@@ -174,7 +208,7 @@ impl std::ops::Deref for Bytes<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             Bytes::Borrowed(b) => b,
-            Bytes::Shared(b) => b,
+            Bytes::Tx(b) => b,
             Bytes::Owned(b) => b,
         }
     }
@@ -267,8 +301,8 @@ impl Matched {
 /// generation, so nothing is freed or allocated per request but the values.
 #[derive(Debug, Default)]
 struct Tx {
-    slots: Vec<(u64, Option<Rc<[u8]>>)>,
-    dynamic: FxHashMap<String, (u64, Rc<[u8]>)>,
+    slots: Vec<(u64, Option<TxValue>)>,
+    dynamic: FxHashMap<String, (u64, TxValue)>,
     generation: u64,
 }
 
@@ -288,7 +322,7 @@ impl Tx {
         }
     }
 
-    fn slot(&self, id: u32) -> Option<&Rc<[u8]>> {
+    fn slot(&self, id: u32) -> Option<&TxValue> {
         self.slots
             .get(id as usize)
             .filter(|(g, _)| *g == self.generation)
@@ -297,12 +331,12 @@ impl Tx {
 
     fn set_slot(&mut self, id: u32, value: Option<&[u8]>) {
         if let Some(slot) = self.slots.get_mut(id as usize) {
-            *slot = (self.generation, value.map(Rc::from));
+            *slot = (self.generation, value.map(TxValue::new));
         }
     }
 
     /// `key` lower-case.
-    fn get(&self, names: &Names, key: &str) -> Option<&Rc<[u8]>> {
+    fn get(&self, names: &Names, key: &str) -> Option<&TxValue> {
         match names.get(key) {
             Some(id) => self.slot(id),
             None => self
@@ -320,7 +354,7 @@ impl Tx {
         }
         match value {
             Some(value) => {
-                let entry = (self.generation, Rc::from(value));
+                let entry = (self.generation, TxValue::new(value));
                 match self.dynamic.get_mut(key) {
                     Some(e) => *e = entry,
                     None => {
@@ -337,14 +371,14 @@ impl Tx {
     }
 
     /// The entries with run-time names (never numbered ones: [`Tx::set`] keeps those in slots).
-    fn dynamic(&self) -> impl Iterator<Item = (&str, &Rc<[u8]>)> {
+    fn dynamic(&self) -> impl Iterator<Item = (&str, &TxValue)> {
         self.dynamic
             .iter()
             .filter(|(_, (g, _))| *g == self.generation)
             .map(|(k, (_, v))| (k.as_str(), v))
     }
 
-    fn iter<'a>(&'a self, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a Rc<[u8]>)> {
+    fn iter<'a>(&'a self, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a TxValue)> {
         let numbered = self
             .slots
             .iter()
@@ -1021,7 +1055,7 @@ impl<'e> Eval<'e, '_> {
             [MacroPart::Text(t)] => return Bytes::Borrowed(t.as_bytes()),
             [MacroPart::Tx(id)] => {
                 return match self.state.tx.slot(*id) {
-                    Some(v) => Bytes::Shared(v.clone()),
+                    Some(v) => Bytes::Tx(v.clone()),
                     None => Bytes::Borrowed(b""),
                 };
             }
@@ -1197,7 +1231,7 @@ fn resolve<'s>(
                     out.push(Value {
                         collection,
                         key: Some(Bytes::Borrowed(name.as_bytes())),
-                        value: Bytes::Shared(v.clone()),
+                        value: Bytes::Tx(v.clone()),
                     });
                 }
             }
@@ -1208,7 +1242,7 @@ fn resolve<'s>(
                             out.push(Value {
                                 collection,
                                 key: Some(Bytes::Borrowed(names.name(*id).as_bytes())),
-                                value: Bytes::Shared(v.clone()),
+                                value: Bytes::Tx(v.clone()),
                             });
                         }
                     }
@@ -1217,7 +1251,7 @@ fn resolve<'s>(
                             out.push(Value {
                                 collection,
                                 key: Some(Bytes::Owned(k.as_bytes().to_vec())),
-                                value: Bytes::Shared(v.clone()),
+                                value: Bytes::Tx(v.clone()),
                             });
                         }
                     }
@@ -1230,7 +1264,7 @@ fn resolve<'s>(
                             out.push(Value {
                                 collection,
                                 key: Some(Bytes::Owned(k.as_bytes().to_vec())),
-                                value: Bytes::Shared(v.clone()),
+                                value: Bytes::Tx(v.clone()),
                             });
                         }
                     }
