@@ -28,7 +28,8 @@
 //! libmodsecurity instead.
 //!
 //! **Off the runtime.** A native evaluation of a request with at most [`INLINE_BODY_LIMIT`]
-//! bytes of body runs on the worker thread that carries it (tens of microseconds, less than a
+//! bytes of body and [`INLINE_HEAD_LIMIT`] of target and headers runs on the worker thread that
+//! carries it (tens of microseconds, less than a
 //! hand-off to another thread costs). Everything else — larger bodies, requests for
 //! libmodsecurity (hundreds of microseconds) — runs on tokio's blocking pool, at most one per
 //! CPU at a time (more would only add switching), behind a process-wide semaphore with a
@@ -77,8 +78,8 @@ fn settings(config: &Config) -> crs::Settings {
 }
 
 /// One rule set in both engines: the native one answers, libmodsecurity takes the requests the
-/// native engine hands back (multipart and XML bodies, persistent collections; see
-/// `fleetgate_agent_waf::native`).
+/// native engine hands back (multipart and XML bodies, `@rbl`, `@geoLookup`, `drop`,
+/// `redirect`; see `fleetgate_agent_waf::native`).
 #[derive(Debug)]
 pub struct Rules {
     native: native::Engine,
@@ -86,13 +87,15 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Evaluates `request` natively unless [`ENGINE_ENV`] says otherwise or the native engine
-    /// hands it back; then with libmodsecurity.
+    /// Evaluates `request` natively unless [`ENGINE_ENV`] says otherwise, the native engine
+    /// already handed it back (`native_tried`), or hands it back now; then with libmodsecurity.
     fn evaluate(
         &self,
         request: &Request<'_>,
+        native_tried: bool,
     ) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
         if native_enabled()
+            && !native_tried
             && let Ok(outcome) = self.native.evaluate(request)
         {
             return Ok(outcome);
@@ -244,11 +247,14 @@ struct Input {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// The native engine evaluated it already (on the worker thread) and handed it back.
+    native_tried: bool,
 }
 
 impl Input {
-    fn new(ctx: &RequestCtx) -> Self {
+    fn new(ctx: &RequestCtx, native_tried: bool) -> Self {
         Self {
+            native_tried,
             id: next_id(),
             client: std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port()),
             method: ctx.method.clone(),
@@ -263,14 +269,15 @@ impl Input {
 
     fn evaluate(&self, rules: &Rules) -> Result<Outcome, fleetgate_agent_waf::EvaluateError> {
         let headers = header_list(&self.headers, &self.uri);
-        rules.evaluate(&request(
+        let request = request(
             &self.id,
             self.client,
             &self.method,
             &self.uri,
             &headers,
             &self.body,
-        ))
+        );
+        rules.evaluate(&request, self.native_tried)
     }
 }
 
@@ -317,10 +324,23 @@ fn request<'a>(
     }
 }
 
-/// Requests with at most this much body are evaluated by the native engine on the worker
-/// thread that carries them: tens of microseconds, less than handing them to the blocking pool
-/// costs. Larger bodies (more arguments to inspect) go to the pool.
+/// Requests with at most this much body, and at most [`INLINE_HEAD_LIMIT`] bytes of target and
+/// headers, are evaluated by the native engine on the worker thread that carries them: tens of
+/// microseconds, less than handing them to the blocking pool costs. Larger ones (more to
+/// inspect, longer inputs for the patterns) go to the pool.
 pub const INLINE_BODY_LIMIT: usize = 4096;
+/// See [`INLINE_BODY_LIMIT`].
+pub const INLINE_HEAD_LIMIT: usize = 8192;
+
+/// The bytes of target and headers the rules read.
+fn head_size(ctx: &RequestCtx) -> usize {
+    let headers: usize = ctx
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    ctx.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) + headers
+}
 
 /// A compiled waf policy.
 #[derive(Debug)]
@@ -443,7 +463,11 @@ impl Plugin for Waf {
             BodyPrefix::NotRead => &[],
             BodyPrefix::Complete(b) | BodyPrefix::Partial(b) => b,
         };
-        if native_enabled() && body.len() <= INLINE_BODY_LIMIT {
+        let mut native_tried = false;
+        if native_enabled()
+            && body.len() <= INLINE_BODY_LIMIT
+            && head_size(ctx) <= INLINE_HEAD_LIMIT
+        {
             let id = next_id();
             let headers = header_list(&ctx.headers, &ctx.uri);
             let client = std::net::SocketAddr::new(ctx.peer_ip(), ctx.peer.port());
@@ -452,8 +476,9 @@ impl Plugin for Waf {
                 drop(headers);
                 return Step::Done(self.verdict(ctx, Ok(outcome)));
             }
+            native_tried = true;
         }
-        let input = Input::new(ctx);
+        let input = Input::new(ctx, native_tried);
         let engine = self.engine.clone();
         Step::Wait(Box::pin(async move {
             let result = POOL.evaluate(engine, input).await;

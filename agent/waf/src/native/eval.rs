@@ -7,8 +7,9 @@
 //!   first.
 //! - `MATCHED_VAR(S)` accumulate over consecutive matching rules and are cleared by the first rule
 //!   (or chain link) that matches nothing.
-//! - A rule is logged when its whole chain matched, unless it says `nolog` or intervened
-//!   (`deny`: reported as the intervention); a `multiMatch` rule is logged per match instead.
+//! - `Outcome::matches` mirrors libmodsecurity's server log: a rule is there when its whole
+//!   chain matched, unless it says `nolog` or intervened (`deny`: reported as the intervention
+//!   instead); a `multiMatch` rule once per match.
 //! - A disruptive action stops the phase and the request.
 
 use std::rc::Rc;
@@ -109,6 +110,10 @@ type Records = std::collections::HashMap<(Collection, String), Vec<(String, Vec<
 
 /// Records kept per engine, over both collections.
 pub(crate) const MAX_RECORDS: usize = 65_536;
+/// Variables kept per record, and the longest record key (keys come from `initcol` macros over
+/// request data): writes beyond either are dropped, where libmodsecurity has no bound.
+pub(crate) const MAX_RECORD_VARS: usize = 64;
+pub(crate) const MAX_RECORD_KEY: usize = 512;
 
 impl Persistent {
     fn read(
@@ -137,6 +142,9 @@ impl Persistent {
             .records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if record.len() > MAX_RECORD_KEY {
+            return;
+        }
         let key = (collection, record.to_owned());
         if !records.contains_key(&key) {
             if value.is_none() {
@@ -151,10 +159,14 @@ impl Persistent {
         let vars = records.entry(key).or_default();
         match value {
             None => vars.retain(|(k, _)| !k.eq_ignore_ascii_case(name)),
-            Some(value) => match vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-                Some((_, v)) => *v = value,
-                None => vars.push((name.to_ascii_lowercase(), value)),
-            },
+            Some(value) => {
+                let room = vars.len() < MAX_RECORD_VARS;
+                match vars.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                    Some((_, v)) => *v = value,
+                    None if room => vars.push((name.to_ascii_lowercase(), value)),
+                    None => {}
+                }
+            }
         }
     }
 }
@@ -245,6 +257,9 @@ struct State {
     /// The `ip` and `global` records `initcol` chose.
     ip_record: String,
     global_record: String,
+    /// Writes to `ip`/`global` this evaluation made: committed to the store only when the
+    /// evaluation completes, so that a request handed back to libmodsecurity changes nothing.
+    pending: Vec<(Collection, String, String, Option<Vec<u8>>)>,
     /// Reused transformation buffers.
     buffers: (Vec<u8>, Vec<u8>),
 }
@@ -497,11 +512,18 @@ pub(crate) fn evaluate(
     let mut state = take_state();
     state.tx.reset(config.tx_names.names.len());
     vars.tx_names = Some(&config.tx_names);
-    state.engine = config.engine.unwrap_or(EngineMode::Off);
+    // Without SecRuleEngine libmodsecurity runs the rules but no disruptive action.
+    state.engine = config.engine.unwrap_or(EngineMode::DetectionOnly);
     state.body_type = body_type;
     state.processor_name = processor_name;
-    state.body_access = config.body_access;
+    // Without SecRequestBodyAccess libmodsecurity still runs phase 2; only Off stops it.
+    state.body_access = config.body_access.unwrap_or(true);
     let result = run(config, request, &mut vars, &mut state);
+    if result.is_ok() {
+        for (collection, record, name, value) in state.pending.drain(..) {
+            store.write(collection, &record, &name, value);
+        }
+    }
     give_back(state);
     result
 }
@@ -537,6 +559,7 @@ fn take_state() -> State {
             save_message: true,
             ip_record: String::new(),
             global_record: String::new(),
+            pending: Vec::new(),
             buffers: (Vec::new(), Vec::new()),
         });
     state.matched_len = 0;
@@ -554,12 +577,17 @@ fn take_state() -> State {
     state.save_message = true;
     state.ip_record.clear();
     state.global_record.clear();
+    state.pending.clear();
     state
 }
 
 fn give_back(state: State) {
     STATE.with(|s| *s.borrow_mut() = Some(state));
 }
+
+/// Bytes of JSON argument names and values inspected per request at least (at most 4× the
+/// body if that is more); see the JSON body processing in [`run`].
+const JSON_ARGS_BUDGET: usize = 1 << 20;
 
 /// The phases and the body between them.
 fn run<'r>(
@@ -609,12 +637,30 @@ fn run<'r>(
         (Some(BodyProcessor::Xml), _) => return Err(Unsupported("XML request bodies")),
         (Some(BodyProcessor::Json), _) => {
             if !over {
-                match request::parse_json(body, &mut vars.args_json) {
-                    Err(e) if !body.is_empty() => {
+                // libmodsecurity names each member after all its containers, so a body can
+                // yield arguments quadratic in its size; past JSON_ARGS_BUDGET the body counts as
+                // one that does not parse (our deviation: libmodsecurity would build them all).
+                let budget = body.len().saturating_mul(4).max(JSON_ARGS_BUDGET);
+                match request::parse_json_budgeted(
+                    body,
+                    request::JSON_DEFAULT_DEPTH_LIMIT,
+                    usize::MAX,
+                    budget,
+                    &mut vars.args_json,
+                ) {
+                    Ok(()) => vars.reqbody_error = Some("0"),
+                    Err(request::JsonFailure::Parse(message)) => {
                         vars.reqbody_error = Some("1");
-                        vars.reqbody_error_msg = Some(format!("JSON parsing error: {e}"));
+                        vars.reqbody_error_msg = Some(message);
                     }
-                    _ => vars.reqbody_error = Some("0"),
+                    Err(request::JsonFailure::OverBudget) => {
+                        vars.args_json.clear();
+                        vars.reqbody_error = Some("1");
+                        vars.reqbody_error_msg = Some(
+                            "JSON parsing error: the body's arguments exceed the inspection budget"
+                                .into(),
+                        );
+                    }
                 }
             }
         }
@@ -681,11 +727,15 @@ fn run_phase(
         if rule.removed
             || (!state.removed_tags.is_empty()
                 && state.removed_tags.iter().any(|t| rule.has_tag(t)))
-            || in_ranges(&state.removed_ids, rule.id)
+            // ctl:ruleRemoveById is checked by rules with an operator only, not by SecAction.
+            || (!rule.links[0].unconditional && in_ranges(&state.removed_ids, rule.id))
         {
             continue;
         }
         state.save_message = true;
+        // A deny answers with its own rule's status (or the phase default), not one an earlier
+        // rule set (checked against libmodsecurity in tests/native_semantics.rs).
+        state.status = None;
         let mut cx = Eval {
             config,
             rule,
@@ -772,7 +822,7 @@ impl<'e> Eval<'e, '_> {
         let rule = self.rule;
         let link = &rule.links[index];
         let mut values = Values::new();
-        self.collect(link, &mut values)?;
+        self.collect(link, index == 0, &mut values)?;
         let mut matched = false;
         let (mut a, mut b) = std::mem::take(&mut self.state.buffers);
         let result = (|| {
@@ -856,6 +906,10 @@ impl<'e> Eval<'e, '_> {
         if let Some(log) = link.log {
             self.state.save_message = log;
         }
+        // The phase's default status, then the rule's own.
+        if let Some(status) = defaults.status {
+            self.state.status = Some(status);
+        }
         if let Some(status) = link.status {
             self.state.status = Some(status);
         }
@@ -874,10 +928,11 @@ impl<'e> Eval<'e, '_> {
                     .as_ref()
                     .map(|m| String::from_utf8_lossy(&self.expand_macro(m)).into_owned());
                 self.state.intervention = Some(Intervention {
+                    // deny turns an unset (200) status into 403; the reference wrapper
+                    // reports anything outside 300–599 as 403 too.
                     status: self
                         .state
                         .status
-                        .or(defaults.status)
                         .filter(|s| (300..600).contains(s))
                         .unwrap_or(403),
                     rule: RuleMatch {
@@ -940,13 +995,14 @@ impl<'e> Eval<'e, '_> {
                 };
                 value.map_or(0, |v| operator::atoll(v))
             } else {
-                self.vars.store.map_or(0, |store| {
-                    let record = self.state.record(collection);
-                    store
-                        .read(collection, record, &Selector::Key(name.to_string()))
-                        .first()
-                        .map_or(0, |(_, v)| operator::atoll(v))
-                })
+                persistent_read(
+                    self.vars,
+                    self.state,
+                    collection,
+                    &Selector::Key(name.to_string()),
+                )
+                .first()
+                .map_or(0, |(_, v)| operator::atoll(v))
             }
         };
         let value = match &setvar.op {
@@ -967,16 +1023,28 @@ impl<'e> Eval<'e, '_> {
                 Some(id) => self.state.tx.set_slot(id, value),
                 None => self.state.tx.set(names, &name, value),
             }
-        } else if let Some(store) = self.vars.store {
+        } else {
+            let record = self.state.record(collection).to_owned();
             let value = value.map(|v| v.as_bytes().to_vec());
-            store.write(collection, self.state.record(collection), &name, value);
+            self.state
+                .pending
+                .push((collection, record, name.into_owned(), value));
         }
     }
 
     /// The values a link inspects, exclusions and `ctl` target removals applied.
-    fn collect(&self, link: &'e Link, out: &mut Values<'e>) -> Result<(), Unsupported> {
-        let removals = !self.state.removed_targets_by_id.is_empty()
-            || !self.state.removed_targets_by_tag.is_empty();
+    /// `first`: the chain's first link. libmodsecurity matches `ctl:ruleRemoveTarget*` against
+    /// each link's own id and tags, and a chained link has neither, so only the first link
+    /// loses targets.
+    fn collect(
+        &self,
+        link: &'e Link,
+        first: bool,
+        out: &mut Values<'e>,
+    ) -> Result<(), Unsupported> {
+        let removals = first
+            && (!self.state.removed_targets_by_id.is_empty()
+                || !self.state.removed_targets_by_tag.is_empty());
         for target in &link.targets {
             if removals && self.target_removed(target) {
                 continue;
@@ -1109,6 +1177,31 @@ impl<'e> Eval<'e, '_> {
         }
         Bytes::Owned(out)
     }
+}
+
+/// The members of the current `ip`/`global` record that `selector` picks: the store's, with
+/// this evaluation's pending writes over them.
+fn persistent_read(
+    vars: &Vars<'_>,
+    state: &State,
+    collection: Collection,
+    selector: &Selector,
+) -> Vec<(String, Vec<u8>)> {
+    let record = state.record(collection);
+    let mut members = vars
+        .store
+        .map(|store| store.read(collection, record, selector))
+        .unwrap_or_default();
+    for (c, r, name, value) in &state.pending {
+        if *c != collection || r != record || !selects(selector, name.as_bytes()) {
+            continue;
+        }
+        members.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            members.push((name.clone(), value.clone()));
+        }
+    }
+    members
 }
 
 /// Appends the members of `collection` that `selector` picks.
@@ -1272,14 +1365,12 @@ fn resolve<'s>(
             }
         },
         Ip | Global => {
-            if let Some(store) = vars.store {
-                for (k, v) in store.read(collection, state.record(collection), selector) {
-                    out.push(Value {
-                        collection,
-                        key: Some(Bytes::Owned(k.into_bytes())),
-                        value: Bytes::Owned(v),
-                    });
-                }
+            for (k, v) in persistent_read(vars, state, collection, selector) {
+                out.push(Value {
+                    collection,
+                    key: Some(Bytes::Owned(k.into_bytes())),
+                    value: Bytes::Owned(v),
+                });
             }
         }
     }
@@ -1319,11 +1410,14 @@ impl Context for Eval<'_, '_> {
     }
 
     fn capture(&mut self, group: usize, value: &[u8]) {
-        // `TX.0`..`TX.9` are numbered 0–9 in every rule set.
-        if let Ok(id) = u32::try_from(group)
-            && id <= 9
-        {
-            self.state.tx.set_slot(id, Some(value));
+        // `TX.0`..`TX.9` are numbered 0–9 in every rule set; libmodsecurity stores higher
+        // groups too.
+        match u32::try_from(group) {
+            Ok(id) if id <= 9 => self.state.tx.set_slot(id, Some(value)),
+            _ => self
+                .state
+                .tx
+                .set(&self.config.tx_names, &group.to_string(), Some(value)),
         }
     }
 }

@@ -15,7 +15,12 @@ use super::parse::{Macro, compile_regex};
 pub(crate) enum Operator {
     Rx(Box<Rx>),
     /// `@rx` whose pattern contains a macro: compiled per evaluation.
-    RxMacro(Macro),
+    /// `@rx` with a macro: compiled when evaluated, the last pattern remembered (in the CRS the
+    /// expansion is the same for every request).
+    RxMacro(
+        Macro,
+        std::sync::Mutex<Option<(Vec<u8>, std::sync::Arc<Rx>)>>,
+    ),
     /// A complete Aho-Corasick automaton rejects quickly; libmodsecurity's own matcher decides.
     Pm(Box<AhoCorasick>, Box<Acmp>),
     BeginsWith(Macro),
@@ -46,7 +51,7 @@ impl Operator {
     /// The parameter, for operators whose parameter may hold macros.
     pub fn param_mut(&mut self) -> Option<&mut Macro> {
         match self {
-            Operator::RxMacro(m)
+            Operator::RxMacro(m, _)
             | Operator::BeginsWith(m)
             | Operator::EndsWith(m)
             | Operator::Contains(m)
@@ -80,20 +85,18 @@ impl Operator {
             "rx" => rx(param)?,
             "pm" => pm(param.split_whitespace().map(str::to_owned).collect(), param)?,
             "pmfromfile" | "pmf" => {
-                let mut phrases = Vec::new();
-                for file in param.split_whitespace() {
-                    let path = match dir {
-                        Some(dir) if !Path::new(file).is_absolute() => dir.join(file),
-                        _ => Path::new(file).to_owned(),
-                    };
-                    let text = std::fs::read(&path)
-                        .map_err(|e| format!("@pmFromFile: cannot read {}: {e}", path.display()))?;
-                    for line in text.split(|&b| b == b'\n') {
-                        if !is_comment(line) {
-                            phrases.push(String::from_utf8_lossy(line).into_owned());
-                        }
-                    }
-                }
+                // One file, as libmodsecurity opens it (the whole parameter is the path).
+                let path = match dir {
+                    Some(dir) if !Path::new(param).is_absolute() => dir.join(param),
+                    _ => Path::new(param).to_owned(),
+                };
+                let text = std::fs::read(&path)
+                    .map_err(|e| format!("@pmFromFile: cannot read {}: {e}", path.display()))?;
+                let phrases = text
+                    .split(|&b| b == b'\n')
+                    .filter(|line| !is_comment(line))
+                    .map(|line| String::from_utf8_lossy(line).into_owned())
+                    .collect();
                 pm(phrases, param)?
             }
             "beginswith" => Operator::BeginsWith(m()),
@@ -138,7 +141,7 @@ impl Operator {
 fn rx(pattern: &str) -> Result<Operator, String> {
     let m = Macro::parse(pattern);
     if m.literal().is_none() {
-        return Ok(Operator::RxMacro(m));
+        return Ok(Operator::RxMacro(m, std::sync::Mutex::new(None)));
     }
     Ok(Operator::Rx(Box::new(Rx::new(
         compile_regex(pattern, false)?,
@@ -147,13 +150,11 @@ fn rx(pattern: &str) -> Result<Operator, String> {
 }
 
 fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
-    if param.contains(['"', '|']) && !param.contains("pmFromFile") {
-        // libmodsecurity's quoted and |hex| phrase syntax: not used by the CRS.
-        if phrases.iter().any(|p| p.contains(['"', '|'])) {
-            return Err(format!(
-                "@pm: quoted or |hex| phrases are not supported: {param:?}"
-            ));
-        }
+    // libmodsecurity's quoted and |hex| phrase syntax: not used by the CRS.
+    if phrases.iter().any(|p| p.contains(['"', '|'])) {
+        return Err(format!(
+            "@pm: quoted or |hex| phrases are not supported: {param:?}"
+        ));
     }
     let automaton = AhoCorasickBuilder::new()
         .ascii_case_insensitive(true)
@@ -285,16 +286,13 @@ impl Operator {
     pub fn evaluate(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> Outcome {
         let matched = match self {
             Operator::Rx(rx) => rx.matches(input, capture, cx),
-            Operator::RxMacro(m) => {
-                let pattern = cx.expand(m);
+            Operator::RxMacro(m, last) => {
+                let pattern = cx.expand(m).to_vec();
                 if pattern.is_empty() {
                     true
                 } else {
-                    match std::str::from_utf8(&pattern)
-                        .ok()
-                        .and_then(|p| compile_regex(p, false).ok())
-                    {
-                        Some(re) => Rx::new(re, false).matches(input, capture, cx),
+                    match compiled(&pattern, last) {
+                        Some(rx) => rx.matches_uncached(input, capture, cx),
                         None => false,
                     }
                 }
@@ -414,6 +412,36 @@ impl Rx {
         })
     }
 
+    /// [`Rx::matches`] with match data of its own: for patterns compiled at evaluation, which
+    /// the per-thread cache would otherwise keep alive.
+    fn matches_uncached(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
+        let mut locations = self.re.capture_locations();
+        let hit = match self.re.captures_read(&mut locations, input) {
+            Ok(Some(_)) => true,
+            Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
+                let Some(interpreted) = self.interpreted() else {
+                    return false;
+                };
+                locations = interpreted.capture_locations();
+                matches!(
+                    interpreted.captures_read(&mut locations, input),
+                    Ok(Some(_))
+                )
+            }
+            _ => false,
+        };
+        if hit && capture {
+            for group in 0..locations.len() {
+                if let Some((start, end)) = locations.get(group)
+                    && let Some(text) = input.get(start..end)
+                {
+                    cx.capture(group, text);
+                }
+            }
+        }
+        hit
+    }
+
     /// Whether the pattern matches `input`.
     pub fn is_match(&self, input: &[u8]) -> bool {
         self.run(input, |_| {})
@@ -468,6 +496,26 @@ impl Rx {
             })
             .as_ref()
     }
+}
+
+/// The pattern `pattern` compiled, from `last` if it was the previous one. A pattern that does
+/// not compile matches nothing (libmodsecurity: `hasError`).
+fn compiled(
+    pattern: &[u8],
+    last: &std::sync::Mutex<Option<(Vec<u8>, std::sync::Arc<Rx>)>>,
+) -> Option<std::sync::Arc<Rx>> {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((previous, rx)) = &*last
+        && previous == pattern
+    {
+        return Some(rx.clone());
+    }
+    let re = compile_regex(std::str::from_utf8(pattern).ok()?, false).ok()?;
+    let rx = std::sync::Arc::new(Rx::new(re, false));
+    *last = Some((pattern.to_vec(), rx.clone()));
+    Some(rx)
 }
 
 /// PCRE2's "JIT stack limit reached".

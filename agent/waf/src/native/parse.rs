@@ -432,7 +432,8 @@ pub(crate) struct Defaults {
 #[derive(Debug, Default)]
 pub(crate) struct Config {
     pub engine: Option<EngineMode>,
-    pub body_access: bool,
+    /// `SecRequestBodyAccess`, if the text sets it.
+    pub body_access: Option<bool>,
     pub body_limit: Option<u64>,
     pub no_files_limit: Option<u64>,
     /// `SecRequestBodyLimitAction ProcessPartial`.
@@ -631,7 +632,7 @@ impl Config {
                 Ok(())
             }
             "secrequestbodyaccess" => {
-                self.body_access = on_off(arg(0)?)?;
+                self.body_access = Some(on_off(arg(0)?)?);
                 Ok(())
             }
             "secrequestbodylimit" => {

@@ -379,6 +379,7 @@ pub const JSON_DEFAULT_DEPTH_LIMIT: u64 = 10_000;
 /// `ARGS` from a JSON body (ModSecurity's JSON processor, selected by
 /// `ctl:requestBodyProcessor=JSON`), appended to `out` in document order, with the default
 /// depth limit and no argument limit. See [`parse_json_limited`].
+#[cfg(test)]
 pub fn parse_json(body: &[u8], out: &mut Vec<Pair>) -> Result<(), String> {
     parse_json_limited(body, JSON_DEFAULT_DEPTH_LIMIT, usize::MAX, out)
 }
@@ -410,6 +411,7 @@ pub fn parse_json(body: &[u8], out: &mut Vec<Pair>) -> Result<(), String> {
 /// `room` is how many more arguments `SecArgumentsLimit` allows: the first argument over it
 /// cancels the parse (error `"JSON parsing error: parse error: client cancelled parse via
 /// callback return value\n"`).
+#[cfg(test)]
 pub fn parse_json_limited(
     body: &[u8],
     max_depth: u64,
