@@ -1373,4 +1373,87 @@ mod tests {
         let e = Config::parse("SecRule ARGS \"@rx a\" \"id:1,chain\"").unwrap_err();
         assert!(e.0.contains("has no rule after it"), "{}", e.0);
     }
+
+    /// Pieces of SecLang, valid and not, that a generated rule text is made of.
+    const PIECES: &[&str] = &[
+        "SecRule ",
+        "SecAction ",
+        "SecMarker ",
+        "SecDefaultAction ",
+        "SecRuleEngine On",
+        "SecRuleRemoveById ",
+        "Include ",
+        "ARGS",
+        "REQUEST_HEADERS:Host",
+        "!ARGS:/^x/",
+        "&TX:a",
+        "TX:/a|b/",
+        "|",
+        ":",
+        "\"",
+        "'",
+        "\\",
+        "\n",
+        " ",
+        "@rx ",
+        "@pm a b",
+        "@eq ",
+        "@within %{tx.a}",
+        "@pmFromFile x.data",
+        "@rbl x",
+        "!@streq ",
+        "(",
+        ")",
+        "[",
+        "%{",
+        "}",
+        "id:1",
+        "id:",
+        ",",
+        "phase:2",
+        "phase:9",
+        "chain",
+        "t:none",
+        "t:lowercase",
+        "t:nope",
+        "setvar:tx.a=+1",
+        "setvar:'ip.b=%{MATCHED_VAR}'",
+        "setvar:!tx.a",
+        "ctl:ruleRemoveTargetById=1;ARGS:x",
+        "ctl:ruleEngine=Off",
+        "ctl:x",
+        "skipAfter:END",
+        "initcol:ip=%{REMOTE_ADDR}",
+        "msg:'a, b'",
+        "deny",
+        "status:999",
+        "allow:phase",
+        "1",
+        "99999999999999999999",
+        "\u{0}",
+        "é",
+    ];
+
+    proptest::proptest! {
+        /// Rule text is operator input: whatever it is, the parser answers with a rule set or
+        /// an error naming where, and never panics.
+        #[test]
+        fn any_rule_text_loads_or_is_refused_without_panicking(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(PIECES), 0..12),
+                0..6,
+            ),
+            noise in ".{0,40}",
+        ) {
+            let mut text: String = lines
+                .iter()
+                .map(|line| line.concat())
+                .collect::<Vec<_>>()
+                .join("\n");
+            text.push_str(&noise);
+            if let Err(e) = Config::parse(&text) {
+                proptest::prop_assert!(e.0.starts_with("<rules>:"), "{}", e.0);
+            }
+        }
+    }
 }
