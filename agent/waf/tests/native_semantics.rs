@@ -4,38 +4,19 @@
 //!
 //! Needs libmodsecurity3 (installed by .ci/run).
 
-use fleetgate_agent_waf::{Engine, Outcome, Request, native};
+use fleetgate_agent_waf::{Request, native};
 
-/// Sorted rule ids, and the intervention's status and rule.
-type Summary = (Vec<u32>, Option<(u16, Option<u32>)>);
+mod support;
+use support::{Summary, engines, request, summary};
 
-fn summary(outcome: &Outcome) -> Summary {
-    let mut ids = outcome.rule_ids();
-    ids.sort_unstable();
-    (
-        ids,
-        outcome.intervention.as_ref().map(|i| (i.status, i.rule.id)),
-    )
-}
-
-fn request<'a>(uri: &'a str, headers: &'a [(&'a [u8], &'a [u8])]) -> Request<'a> {
-    Request {
-        id: "semantics",
-        client: ([192, 0, 2, 30], 40000).into(),
-        server: ([0, 0, 0, 0], 0).into(),
-        method: "GET",
-        uri,
-        http_version: "1.1",
-        headers,
-        body: b"",
-    }
+fn get<'a>(uri: &'a str, headers: &'a [(&'a [u8], &'a [u8])]) -> Request<'a> {
+    request("GET", uri, "1.1", headers, b"")
 }
 
 /// Runs `requests` through both engines loaded with `rules`, in order (state such as the `ip`
 /// collection carries over), and returns the common outcomes; panics on a difference.
 fn both(rules: &str, requests: &[Request<'_>]) -> Vec<Summary> {
-    let reference = Engine::load(rules).expect("libmodsecurity loads the rules");
-    let native = native::Engine::load(rules).expect("the native engine loads the rules");
+    let (reference, native) = engines(rules);
     requests
         .iter()
         .map(|request| {
@@ -65,7 +46,7 @@ SecRule ARGS:x "@streq go" "id:1,phase:1,pass,nolog,ctl:ruleRemoveById=2-3"
 SecAction "id:2,phase:1,pass,nolog,setvar:tx.a=1"
 SecRule TX:a "@eq 1" "id:4,phase:1,deny,status:403,log,msg:'the SecAction ran'"
 "#;
-    let got = both(rules, &[request("/?x=go", &[(b"Host", b"h")])]);
+    let got = both(rules, &[get("/?x=go", &[(b"Host", b"h")])]);
     assert_eq!(got[0].1, Some((403, Some(4))), "the SecAction still ran");
 }
 
@@ -77,7 +58,7 @@ SecRule REQUEST_METHOD "@streq GET" "id:5,phase:1,deny,status:403,log,msg:'chain
     SecRule REQUEST_HEADERS:X-A "@streq bad" "t:none"
 "#;
     let headers: [(&[u8], &[u8]); 2] = [(b"Host", b"h"), (b"X-A", b"bad")];
-    let got = both(rules, &[request("/?x=go", &headers)]);
+    let got = both(rules, &[get("/?x=go", &headers)]);
     assert_eq!(got[0].1, Some((403, Some(5))));
 }
 
@@ -88,10 +69,7 @@ SecRule ARGS:a "@streq 1" "id:1,phase:1,pass,nolog,status:401"
 SecRule ARGS:b "@streq 1" "id:2,phase:1,deny,log"
 "#;
     let host: [(&[u8], &[u8]); 1] = [(b"Host", b"h")];
-    let got = both(
-        rules,
-        &[request("/?a=1&b=1", &host), request("/?b=1", &host)],
-    );
+    let got = both(rules, &[get("/?a=1&b=1", &host), get("/?b=1", &host)]);
     // libmodsecurity's status is the denying rule's (or its phase default's): 403 both times.
     assert_eq!(got[0].1, Some((403, Some(2))));
     assert_eq!(got[1].1, Some((403, Some(2))));
@@ -103,7 +81,7 @@ fn without_sec_rule_engine_rules_match_but_nothing_is_denied() {
 SecRule ARGS:a "@streq 1" "id:2,phase:2,pass,log,msg:'phase 2 runs'"
 "#;
     let host: [(&[u8], &[u8]); 1] = [(b"Host", b"h")];
-    let got = both(rules, &[request("/?a=1", &host)]);
+    let got = both(rules, &[get("/?a=1", &host)]);
     assert_eq!(got[0].1, None);
 }
 
@@ -123,10 +101,10 @@ SecRule IP:hits "@eq 3" "id:2,phase:1,pass,log,msg:'third visit'"
     let got = both(
         rules,
         &[
-            request("/", &host),
-            request("/", &host),
-            request("/", &host),
-            request("/", &host),
+            get("/", &host),
+            get("/", &host),
+            get("/", &host),
+            get("/", &host),
         ],
     );
     assert_eq!(got[2].0, vec![2], "the third request sees hits = 3");
@@ -136,7 +114,7 @@ SecRule IP:hits "@eq 3" "id:2,phase:1,pass,log,msg:'third visit'"
         "{rules}SecRule ARGS:dns \"@rbl example.invalid\" \"id:3,phase:1,pass,log\"\n"
     ))
     .expect("loads");
-    let evaluate = |uri| native.evaluate(&request(uri, &host));
+    let evaluate = |uri| native.evaluate(&get(uri, &host));
     assert!(evaluate("/").is_ok());
     assert!(evaluate("/?dns=1").is_err(), "@rbl is handed back");
     assert!(evaluate("/").is_ok());

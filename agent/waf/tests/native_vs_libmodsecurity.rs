@@ -5,17 +5,10 @@
 //!
 //! Needs libmodsecurity3 and modsecurity-crs (installed by .ci/run).
 
-use fleetgate_agent_waf::{Engine, Outcome, Request, crs, native};
+use fleetgate_agent_waf::native;
 
-/// The rule text the agent's `waf` policy loads, at `paranoia`.
-fn rules(paranoia: u8) -> String {
-    crs::Settings {
-        paranoia,
-        body_limit: 131_072,
-        disabled: Vec::new(),
-    }
-    .rules_text()
-}
+mod support;
+use support::{crs_text, engines, header_refs, request, summary};
 
 /// One test request.
 #[derive(Debug, Clone)]
@@ -328,37 +321,15 @@ fn generated(n: usize) -> Vec<Case> {
     out
 }
 
-fn summary(outcome: &Outcome) -> (Vec<u32>, Option<(u16, Option<u32>)>) {
-    let mut ids = outcome.rule_ids();
-    ids.sort_unstable();
-    let intervention = outcome.intervention.as_ref().map(|i| (i.status, i.rule.id));
-    (ids, intervention)
-}
-
 fn compare(paranoia: u8) {
-    let text = rules(paranoia);
-    let reference = Engine::load(&text).expect("libmodsecurity loads the CRS");
-    let native = native::Engine::load(&text).expect("the native engine loads the CRS");
+    let (reference, native) = engines(&crs_text(paranoia));
     let mut differences = Vec::new();
     let mut handed_back: Vec<(usize, native::Unsupported)> = Vec::new();
     let mut blocked = 0;
     let cases = corpus();
     for (n, case) in cases.iter().enumerate() {
-        let headers: Vec<(&[u8], &[u8])> = case
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
-            .collect();
-        let request = Request {
-            id: "differential",
-            client: ([192, 0, 2, 10], 40000).into(),
-            server: ([0, 0, 0, 0], 0).into(),
-            method: &case.method,
-            uri: &case.uri,
-            http_version: case.version,
-            headers: &headers,
-            body: &case.body,
-        };
+        let headers = header_refs(&case.headers);
+        let request = request(&case.method, &case.uri, case.version, &headers, &case.body);
         let expected = reference
             .evaluate(&request)
             .expect("libmodsecurity evaluates");

@@ -299,13 +299,9 @@ struct Matched {
 }
 
 impl Matched {
-    /// `COLLECTION:key`, as libmodsecurity names a matched variable.
     fn name(&self) -> Vec<u8> {
-        let collection = self.collection.map_or("", Collection::name);
-        match &self.key {
-            None => collection.as_bytes().to_vec(),
-            Some(key) => [collection.as_bytes(), b":", key].concat(),
-        }
+        self.collection
+            .map_or_else(Vec::new, |c| variable_name(c, self.key.as_deref()))
     }
 }
 
@@ -457,16 +453,16 @@ struct Value<'a> {
 }
 
 impl Value<'_> {
-    /// `COLLECTION:key`, as libmodsecurity names a matched variable.
-    fn name(&self) -> String {
-        match &self.key {
-            None => self.collection.name().to_owned(),
-            Some(key) => format!(
-                "{}:{}",
-                self.collection.name(),
-                String::from_utf8_lossy(key)
-            ),
-        }
+    fn name(&self) -> Vec<u8> {
+        variable_name(self.collection, self.key.as_deref())
+    }
+}
+
+/// `COLLECTION:key` (or `COLLECTION` for a scalar), as libmodsecurity names a variable.
+fn variable_name(collection: Collection, key: Option<&[u8]>) -> Vec<u8> {
+    match key {
+        None => collection.name().as_bytes().to_vec(),
+        Some(key) => [collection.name().as_bytes(), b":", key].concat(),
     }
 }
 
@@ -1057,21 +1053,14 @@ impl<'e> Eval<'e, '_> {
                 &target.selector,
                 out,
             );
-            if !target.exclusions.is_empty() {
+            // `!COLLECTION:key` exclusions, then `ctl:ruleRemoveTarget*` removals.
+            if !target.exclusions.is_empty() || removals {
                 let mut i = start;
                 while i < out.len() {
                     let key: &[u8] = out[i].key.as_deref().unwrap_or(b"");
-                    if target.exclusions.iter().any(|e| selects(e, key)) {
-                        out.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            if removals {
-                let mut i = start;
-                while i < out.len() {
-                    if self.value_removed(&out[i].name()) {
+                    let excluded = target.exclusions.iter().any(|e| selects(e, key))
+                        || (removals && self.value_removed(&out[i].name()));
+                    if excluded {
                         out.remove(i);
                     } else {
                         i += 1;
@@ -1092,27 +1081,27 @@ impl<'e> Eval<'e, '_> {
     }
 
     fn target_removed(&self, target: &Target) -> bool {
-        let name = match &target.selector {
-            Selector::All => target.collection.name().to_owned(),
-            Selector::Key(k) => format!("{}:{k}", target.collection.name()),
-            Selector::Tx(id) => format!("TX:{}", self.config.tx_names.name(*id)),
+        let key = match &target.selector {
+            Selector::All => None,
+            Selector::Key(k) => Some(k.as_str()),
+            Selector::Tx(id) => Some(self.config.tx_names.name(*id)),
             Selector::Regex(_) | Selector::TxRegex(..) => return false,
         };
-        self.value_removed(&name)
+        self.value_removed(&variable_name(target.collection, key.map(str::as_bytes)))
     }
 
     /// Whether `ctl:ruleRemoveTarget*` took `name` (`COLLECTION` or `COLLECTION:key`, compared
     /// as written, as libmodsecurity does) from this rule.
-    fn value_removed(&self, name: &str) -> bool {
+    fn value_removed(&self, name: &[u8]) -> bool {
         self.state
             .removed_targets_by_id
             .iter()
-            .any(|(id, t)| *id == self.rule.id && t == name)
+            .any(|(id, t)| *id == self.rule.id && t.as_bytes() == name)
             || self
                 .state
                 .removed_targets_by_tag
                 .iter()
-                .any(|(tag, t)| self.rule.has_tag(tag) && t == name)
+                .any(|(tag, t)| self.rule.has_tag(tag) && t.as_bytes() == name)
     }
 
     /// Expands `%{...}` macros: the first value of each named variable (`TX` directly, others
@@ -1138,37 +1127,19 @@ impl<'e> Eval<'e, '_> {
                         out.extend_from_slice(v);
                     }
                 }
-                MacroPart::Var(collection, key) => {
-                    if collection == "RULE" {
-                        match key.as_deref() {
-                            Some("id") => {
-                                out.extend_from_slice(self.rule.id.to_string().as_bytes())
-                            }
-                            Some("msg") => {
-                                if let Some(msg) = &self.rule.links[0].msg {
-                                    out.extend_from_slice(&self.expand_macro(msg));
-                                }
-                            }
-                            _ => {}
+                MacroPart::Rule(key) => match key.as_deref() {
+                    Some("id") => out.extend_from_slice(self.rule.id.to_string().as_bytes()),
+                    Some("msg") => {
+                        if let Some(msg) = &self.rule.links[0].msg {
+                            out.extend_from_slice(&self.expand_macro(msg));
                         }
-                        continue;
                     }
-                    if collection == "TX" {
-                        let names = &self.config.tx_names;
-                        if let Some(v) = key.as_deref().and_then(|k| self.state.tx.get(names, k)) {
-                            out.extend_from_slice(v);
-                        }
-                        continue;
-                    }
-                    let Some(c) = Collection::parse(collection) else {
-                        continue;
-                    };
-                    let selector = match key {
-                        Some(k) => Selector::Key(k.clone()),
-                        None => Selector::All,
-                    };
+                    _ => {}
+                },
+                MacroPart::Unknown => {}
+                MacroPart::Var(c, selector) => {
                     let mut values = Values::new();
-                    resolve(self.vars, self.state, c, &selector, &mut values);
+                    resolve(self.vars, self.state, *c, selector, &mut values);
                     if let Some(first) = values.first() {
                         out.extend_from_slice(&first.value);
                     }

@@ -397,17 +397,10 @@ impl Rx {
     }
 
     /// Whether the pattern matches `input`; with `capture`, the groups go to `TX.0`..`TX.9`.
-    /// A match error (the match limit) counts as no match, as in libmodsecurity.
     fn matches(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
         self.run(input, |locations| {
             if capture {
-                for group in 0..locations.len() {
-                    if let Some((start, end)) = locations.get(group)
-                        && let Some(text) = input.get(start..end)
-                    {
-                        cx.capture(group, text);
-                    }
-                }
+                capture_groups(locations, input, cx);
             }
         })
     }
@@ -415,31 +408,11 @@ impl Rx {
     /// [`Rx::matches`] with match data of its own: for patterns compiled at evaluation, which
     /// the per-thread cache would otherwise keep alive.
     fn matches_uncached(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
-        let mut locations = self.re.capture_locations();
-        let hit = match self.re.captures_read(&mut locations, input) {
-            Ok(Some(_)) => true,
-            Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
-                let Some(interpreted) = self.interpreted() else {
-                    return false;
-                };
-                locations = interpreted.capture_locations();
-                matches!(
-                    interpreted.captures_read(&mut locations, input),
-                    Ok(Some(_))
-                )
+        self.search(&mut self.re.capture_locations(), input, |locations| {
+            if capture {
+                capture_groups(locations, input, cx);
             }
-            _ => false,
-        };
-        if hit && capture {
-            for group in 0..locations.len() {
-                if let Some((start, end)) = locations.get(group)
-                    && let Some(text) = input.get(start..end)
-                {
-                    cx.capture(group, text);
-                }
-            }
-        }
-        hit
+        })
     }
 
     /// Whether the pattern matches `input`.
@@ -447,7 +420,7 @@ impl Rx {
         self.run(input, |_| {})
     }
 
-    /// Runs the pattern with this thread's match data; `found` sees the groups of a match.
+    /// [`Rx::search`] with this thread's match data for the pattern.
     fn run(&self, input: &[u8], found: impl FnOnce(&pcre2::bytes::CaptureLocations)) -> bool {
         MATCH_DATA.with(|cache| {
             let mut cache = cache.borrow_mut();
@@ -457,30 +430,40 @@ impl Rx {
             let locations = cache
                 .entry(self.id)
                 .or_insert_with(|| self.re.capture_locations());
-            match self.re.captures_read(locations, input) {
-                Ok(Some(_)) => {
-                    found(locations);
-                    true
-                }
-                Ok(None) => false,
-                Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
-                    let Some(interpreted) = self.interpreted() else {
-                        return false;
-                    };
-                    let mut locations = interpreted.capture_locations();
-                    let hit = matches!(
-                        interpreted.captures_read(&mut locations, input),
-                        Ok(Some(_))
-                    );
-                    if hit {
-                        found(&locations);
-                    }
-                    hit
-                }
-                // Any other error (the match limit) counts as no match, as in libmodsecurity.
-                Err(_) => false,
-            }
+            self.search(locations, input, found)
         })
+    }
+
+    /// Runs the pattern, as libmodsecurity does: JIT-compiled, and through PCRE2's interpreter
+    /// when the JIT stack runs out; any other error (the match limit) counts as no match.
+    /// `found` sees the groups of a match.
+    fn search(
+        &self,
+        locations: &mut pcre2::bytes::CaptureLocations,
+        input: &[u8],
+        found: impl FnOnce(&pcre2::bytes::CaptureLocations),
+    ) -> bool {
+        match self.re.captures_read(locations, input) {
+            Ok(Some(_)) => {
+                found(locations);
+                true
+            }
+            Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
+                let Some(interpreted) = self.interpreted() else {
+                    return false;
+                };
+                let mut locations = interpreted.capture_locations();
+                let hit = matches!(
+                    interpreted.captures_read(&mut locations, input),
+                    Ok(Some(_))
+                );
+                if hit {
+                    found(&locations);
+                }
+                hit
+            }
+            _ => false,
+        }
     }
 
     fn interpreted(&self) -> Option<&pcre2::bytes::Regex> {
@@ -495,6 +478,17 @@ impl Rx {
                     .ok()
             })
             .as_ref()
+    }
+}
+
+/// Stores the groups of a match as `TX.0`, `TX.1`, ...
+fn capture_groups(locations: &pcre2::bytes::CaptureLocations, input: &[u8], cx: &mut impl Context) {
+    for group in 0..locations.len() {
+        if let Some((start, end)) = locations.get(group)
+            && let Some(text) = input.get(start..end)
+        {
+            cx.capture(group, text);
+        }
     }
 }
 

@@ -83,105 +83,68 @@ pub(crate) enum Collection {
     Geo,
 }
 
+/// Every collection with the name rules spell it by (and ModSecurity prints before a key).
+const COLLECTIONS: [(&str, Collection); 43] = [
+    ("ARGS", Collection::Args),
+    ("ARGS_GET", Collection::ArgsGet),
+    ("ARGS_POST", Collection::ArgsPost),
+    ("ARGS_NAMES", Collection::ArgsNames),
+    ("ARGS_GET_NAMES", Collection::ArgsGetNames),
+    ("ARGS_POST_NAMES", Collection::ArgsPostNames),
+    ("ARGS_COMBINED_SIZE", Collection::ArgsCombinedSize),
+    ("REQUEST_HEADERS", Collection::RequestHeaders),
+    ("REQUEST_HEADERS_NAMES", Collection::RequestHeadersNames),
+    ("REQUEST_COOKIES", Collection::RequestCookies),
+    ("REQUEST_COOKIES_NAMES", Collection::RequestCookiesNames),
+    ("REQUEST_URI", Collection::RequestUri),
+    ("REQUEST_URI_RAW", Collection::RequestUriRaw),
+    ("REQUEST_FILENAME", Collection::RequestFilename),
+    ("REQUEST_BASENAME", Collection::RequestBasename),
+    ("REQUEST_LINE", Collection::RequestLine),
+    ("REQUEST_METHOD", Collection::RequestMethod),
+    ("REQUEST_PROTOCOL", Collection::RequestProtocol),
+    ("QUERY_STRING", Collection::QueryString),
+    ("REQUEST_BODY", Collection::RequestBody),
+    ("REQUEST_BODY_LENGTH", Collection::RequestBodyLength),
+    ("REQBODY_PROCESSOR", Collection::ReqbodyProcessor),
+    ("REQBODY_ERROR", Collection::ReqbodyError),
+    ("REQBODY_ERROR_MSG", Collection::ReqbodyErrorMsg),
+    ("INBOUND_DATA_ERROR", Collection::InboundDataError),
+    ("MULTIPART_STRICT_ERROR", Collection::MultipartStrictError),
+    ("MULTIPART_PART_HEADERS", Collection::MultipartPartHeaders),
+    ("FILES", Collection::Files),
+    ("FILES_NAMES", Collection::FilesNames),
+    ("FILES_COMBINED_SIZE", Collection::FilesCombinedSize),
+    ("XML", Collection::Xml),
+    ("REMOTE_ADDR", Collection::RemoteAddr),
+    ("REMOTE_PORT", Collection::RemotePort),
+    ("UNIQUE_ID", Collection::UniqueId),
+    ("DURATION", Collection::Duration),
+    ("MATCHED_VAR", Collection::MatchedVar),
+    ("MATCHED_VAR_NAME", Collection::MatchedVarName),
+    ("MATCHED_VARS", Collection::MatchedVars),
+    ("MATCHED_VARS_NAMES", Collection::MatchedVarsNames),
+    ("TX", Collection::Tx),
+    ("IP", Collection::Ip),
+    ("GLOBAL", Collection::Global),
+    ("GEO", Collection::Geo),
+];
+
 impl Collection {
+    /// The collection called `name`, without regard to case.
     pub(crate) fn parse(name: &str) -> Option<Collection> {
-        use Collection::*;
-        Some(match name.to_ascii_uppercase().as_str() {
-            "ARGS" => Args,
-            "ARGS_GET" => ArgsGet,
-            "ARGS_POST" => ArgsPost,
-            "ARGS_NAMES" => ArgsNames,
-            "ARGS_GET_NAMES" => ArgsGetNames,
-            "ARGS_POST_NAMES" => ArgsPostNames,
-            "ARGS_COMBINED_SIZE" => ArgsCombinedSize,
-            "REQUEST_HEADERS" => RequestHeaders,
-            "REQUEST_HEADERS_NAMES" => RequestHeadersNames,
-            "REQUEST_COOKIES" => RequestCookies,
-            "REQUEST_COOKIES_NAMES" => RequestCookiesNames,
-            "REQUEST_URI" => RequestUri,
-            "REQUEST_URI_RAW" => RequestUriRaw,
-            "REQUEST_FILENAME" => RequestFilename,
-            "REQUEST_BASENAME" => RequestBasename,
-            "REQUEST_LINE" => RequestLine,
-            "REQUEST_METHOD" => RequestMethod,
-            "REQUEST_PROTOCOL" => RequestProtocol,
-            "QUERY_STRING" => QueryString,
-            "REQUEST_BODY" => RequestBody,
-            "REQUEST_BODY_LENGTH" => RequestBodyLength,
-            "REQBODY_PROCESSOR" => ReqbodyProcessor,
-            "REQBODY_ERROR" => ReqbodyError,
-            "REQBODY_ERROR_MSG" => ReqbodyErrorMsg,
-            "INBOUND_DATA_ERROR" => InboundDataError,
-            "MULTIPART_STRICT_ERROR" => MultipartStrictError,
-            "MULTIPART_PART_HEADERS" => MultipartPartHeaders,
-            "FILES" => Files,
-            "FILES_NAMES" => FilesNames,
-            "FILES_COMBINED_SIZE" => FilesCombinedSize,
-            "XML" => Xml,
-            "REMOTE_ADDR" => RemoteAddr,
-            "REMOTE_PORT" => RemotePort,
-            "UNIQUE_ID" => UniqueId,
-            "DURATION" => Duration,
-            "MATCHED_VAR" => MatchedVar,
-            "MATCHED_VAR_NAME" => MatchedVarName,
-            "MATCHED_VARS" => MatchedVars,
-            "MATCHED_VARS_NAMES" => MatchedVarsNames,
-            "TX" => Tx,
-            "IP" => Ip,
-            "GLOBAL" => Global,
-            "GEO" => Geo,
-            _ => return None,
-        })
+        COLLECTIONS
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|&(_, c)| c)
     }
 
     /// The name ModSecurity prints before a key (`ARGS:id`).
     pub fn name(self) -> &'static str {
-        use Collection::*;
-        match self {
-            Args => "ARGS",
-            ArgsGet => "ARGS_GET",
-            ArgsPost => "ARGS_POST",
-            ArgsNames => "ARGS_NAMES",
-            ArgsGetNames => "ARGS_GET_NAMES",
-            ArgsPostNames => "ARGS_POST_NAMES",
-            ArgsCombinedSize => "ARGS_COMBINED_SIZE",
-            RequestHeaders => "REQUEST_HEADERS",
-            RequestHeadersNames => "REQUEST_HEADERS_NAMES",
-            RequestCookies => "REQUEST_COOKIES",
-            RequestCookiesNames => "REQUEST_COOKIES_NAMES",
-            RequestUri => "REQUEST_URI",
-            RequestUriRaw => "REQUEST_URI_RAW",
-            RequestFilename => "REQUEST_FILENAME",
-            RequestBasename => "REQUEST_BASENAME",
-            RequestLine => "REQUEST_LINE",
-            RequestMethod => "REQUEST_METHOD",
-            RequestProtocol => "REQUEST_PROTOCOL",
-            QueryString => "QUERY_STRING",
-            RequestBody => "REQUEST_BODY",
-            RequestBodyLength => "REQUEST_BODY_LENGTH",
-            ReqbodyProcessor => "REQBODY_PROCESSOR",
-            ReqbodyError => "REQBODY_ERROR",
-            ReqbodyErrorMsg => "REQBODY_ERROR_MSG",
-            InboundDataError => "INBOUND_DATA_ERROR",
-            MultipartStrictError => "MULTIPART_STRICT_ERROR",
-            MultipartPartHeaders => "MULTIPART_PART_HEADERS",
-            Files => "FILES",
-            FilesNames => "FILES_NAMES",
-            FilesCombinedSize => "FILES_COMBINED_SIZE",
-            Xml => "XML",
-            RemoteAddr => "REMOTE_ADDR",
-            RemotePort => "REMOTE_PORT",
-            UniqueId => "UNIQUE_ID",
-            Duration => "DURATION",
-            MatchedVar => "MATCHED_VAR",
-            MatchedVarName => "MATCHED_VAR_NAME",
-            MatchedVars => "MATCHED_VARS",
-            MatchedVarsNames => "MATCHED_VARS_NAMES",
-            Tx => "TX",
-            Ip => "IP",
-            Global => "GLOBAL",
-            Geo => "GEO",
-        }
+        COLLECTIONS
+            .iter()
+            .find(|&&(_, c)| c == self)
+            .map_or("", |&(name, _)| name)
     }
 }
 
@@ -212,18 +175,23 @@ pub(crate) struct Target {
 }
 
 /// A string that may contain `%{...}` macros, split at parse time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Macro {
     pub parts: Vec<MacroPart>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum MacroPart {
     Text(String),
-    /// `%{COLLECTION}` or `%{COLLECTION.key}`: collection name upper-cased, key lower-cased.
-    Var(String, Option<String>),
+    /// `%{COLLECTION}` or `%{COLLECTION.key}`: the first member the selector (key lower-cased)
+    /// picks, resolved as a rule target.
+    Var(Collection, Selector),
     /// `%{TX.key}`, the key interned (see [`Names`]).
     Tx(u32),
+    /// `%{RULE.key}`: a property of the rule being evaluated (`id`, `msg`), key lower-cased.
+    Rule(Option<String>),
+    /// A name that is no variable: expands to nothing.
+    Unknown,
 }
 
 impl Macro {
@@ -243,7 +211,15 @@ impl Macro {
                 Some((c, k)) => (c, Some(k.to_ascii_lowercase())),
                 None => (inner, None),
             };
-            parts.push(MacroPart::Var(collection.to_ascii_uppercase(), key));
+            let part = if collection.eq_ignore_ascii_case("RULE") {
+                MacroPart::Rule(key)
+            } else {
+                match Collection::parse(collection) {
+                    Some(c) => MacroPart::Var(c, key.map_or(Selector::All, Selector::Key)),
+                    None => MacroPart::Unknown,
+                }
+            };
+            parts.push(part);
             rest = &rest[start + len + 1..];
         }
         if !rest.is_empty() {
@@ -439,14 +415,13 @@ pub(crate) struct Config {
     /// `SecRequestBodyLimitAction ProcessPartial`.
     pub partial_bodies: bool,
     /// Phase 1 and phase 2 items in order; rules of later phases are kept out (the engine
-    /// evaluates requests only) and counted.
+    /// evaluates requests only; `rule_count` still counts them).
     pub phases: [Vec<Item>; 2],
     /// Per phase and marker id, where the marker stands (item indices, ascending).
     pub markers: [Vec<Vec<usize>>; 2],
     pub marker_names: Names,
     /// `TX` keys named in the rules; ids 0–9 are the capture groups `TX.0`..`TX.9`.
     pub tx_names: Names,
-    pub later_phase_rules: usize,
     pub defaults: [Defaults; 2],
     pub removed_ids: Vec<(u32, u32)>,
     pub removed_tags: Vec<String>,
@@ -868,9 +843,7 @@ impl Config {
         let names = &mut self.tx_names;
         let mut intern = |m: &mut Macro| {
             for part in &mut m.parts {
-                if let MacroPart::Var(collection, Some(key)) = part
-                    && collection == "TX"
-                {
+                if let MacroPart::Var(Collection::Tx, Selector::Key(key)) = part {
                     *part = MacroPart::Tx(names.id(key));
                 }
             }
@@ -911,7 +884,8 @@ impl Config {
         self.rule_count += 1;
         match rule.phase {
             1 | 2 => self.phases[usize::from(rule.phase - 1)].push(Item::Rule(rule)),
-            _ => self.later_phase_rules += 1,
+            // Response and logging phases: counted, not evaluated (requests only).
+            _ => {}
         }
     }
 }
@@ -1351,15 +1325,21 @@ mod tests {
 
     #[test]
     fn macros_split_into_text_and_variables() {
-        let m = Macro::parse("+%{tx.critical_anomaly_score} x %{MATCHED_VAR}");
-        assert_eq!(
-            m.parts,
-            vec![
-                MacroPart::Text("+".into()),
-                MacroPart::Var("TX".into(), Some("critical_anomaly_score".into())),
-                MacroPart::Text(" x ".into()),
-                MacroPart::Var("MATCHED_VAR".into(), None),
-            ]
+        let m = Macro::parse("+%{tx.Critical_Anomaly_Score} x %{MATCHED_VAR}%{rule.ID}%{nope}");
+        assert!(
+            matches!(
+                m.parts.as_slice(),
+                [
+                    MacroPart::Text(plus),
+                    MacroPart::Var(Collection::Tx, Selector::Key(key)),
+                    MacroPart::Text(x),
+                    MacroPart::Var(Collection::MatchedVar, Selector::All),
+                    MacroPart::Rule(Some(id)),
+                    MacroPart::Unknown,
+                ] if plus == "+" && key == "critical_anomaly_score" && x == " x " && id == "id"
+            ),
+            "{:?}",
+            m.parts
         );
     }
 

@@ -771,6 +771,19 @@ impl JsonParser<'_, '_> {
         }
     }
 
+    /// The next token where the grammar needs one: the end of the body is premature, and a
+    /// lexical error is reported as yajl reports it.
+    fn token(&mut self) -> Result<Tok, JsonError> {
+        match self.lexer.lex() {
+            Tok::Eof => Err(parse_error("premature EOF")),
+            Tok::Error(text) => Err(JsonError {
+                kind: "lexical",
+                text,
+            }),
+            tok => Ok(tok),
+        }
+    }
+
     fn run(&mut self) -> Result<(), JsonError> {
         loop {
             let state = self.current();
@@ -786,14 +799,7 @@ impl JsonParser<'_, '_> {
                 }
                 State::Start | State::MapNeedVal | State::ArrayNeedVal | State::ArrayStart => {
                     let mut push = None;
-                    match self.lexer.lex() {
-                        Tok::Eof => return Err(parse_error("premature EOF")),
-                        Tok::Error(text) => {
-                            return Err(JsonError {
-                                kind: "lexical",
-                                text,
-                            });
-                        }
+                    match self.token()? {
                         Tok::Str(start, end, escapes) => {
                             let value = self.text(start, end, escapes);
                             self.sink.value(value)?;
@@ -824,7 +830,8 @@ impl JsonParser<'_, '_> {
                             self.states.pop();
                             continue;
                         }
-                        Tok::CloseArray | Tok::CloseObject | Tok::Colon | Tok::Comma => {
+                        // A closing bracket, colon or comma (`token` took the end and errors).
+                        _ => {
                             return Err(parse_error("unallowed token at this point in JSON text"));
                         }
                     }
@@ -837,14 +844,7 @@ impl JsonParser<'_, '_> {
                         self.states.push(next);
                     }
                 }
-                State::MapStart | State::MapNeedKey => match self.lexer.lex() {
-                    Tok::Eof => return Err(parse_error("premature EOF")),
-                    Tok::Error(text) => {
-                        return Err(JsonError {
-                            kind: "lexical",
-                            text,
-                        });
-                    }
+                State::MapStart | State::MapNeedKey => match self.token()? {
                     Tok::Str(start, end, escapes) => {
                         self.sink.current_key = self.text(start, end, escapes);
                         self.set(State::MapSep);
@@ -855,53 +855,32 @@ impl JsonParser<'_, '_> {
                     }
                     _ => return Err(parse_error("invalid object key (must be a string)")),
                 },
-                State::MapSep => match self.lexer.lex() {
+                State::MapSep => match self.token()? {
                     Tok::Colon => self.set(State::MapNeedVal),
-                    Tok::Eof => return Err(parse_error("premature EOF")),
-                    Tok::Error(text) => {
-                        return Err(JsonError {
-                            kind: "lexical",
-                            text,
-                        });
-                    }
                     _ => {
                         return Err(parse_error(
                             "object key and value must be separated by a colon (':')",
                         ));
                     }
                 },
-                State::MapGotVal => match self.lexer.lex() {
+                State::MapGotVal => match self.token()? {
                     Tok::CloseObject => {
                         self.sink.close();
                         self.states.pop();
                     }
                     Tok::Comma => self.set(State::MapNeedKey),
-                    Tok::Eof => return Err(parse_error("premature EOF")),
-                    Tok::Error(text) => {
-                        return Err(JsonError {
-                            kind: "lexical",
-                            text,
-                        });
-                    }
                     _ => {
                         return Err(parse_error(
                             "after key and value, inside map, I expect ',' or '}'",
                         ));
                     }
                 },
-                State::ArrayGotVal => match self.lexer.lex() {
+                State::ArrayGotVal => match self.token()? {
                     Tok::CloseArray => {
                         self.sink.close();
                         self.states.pop();
                     }
                     Tok::Comma => self.set(State::ArrayNeedVal),
-                    Tok::Eof => return Err(parse_error("premature EOF")),
-                    Tok::Error(text) => {
-                        return Err(JsonError {
-                            kind: "lexical",
-                            text,
-                        });
-                    }
                     _ => return Err(parse_error("after array element, I expect ',' or ']'")),
                 },
             }

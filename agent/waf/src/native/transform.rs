@@ -56,7 +56,7 @@ pub enum Transform {
 
 impl Transform {
     /// Every transformation, in declaration order.
-    #[allow(dead_code)] // for tests and tools
+    #[cfg(test)]
     pub const ALL: [Transform; 35] = [
         Transform::Lowercase,
         Transform::Uppercase,
@@ -146,7 +146,7 @@ impl Transform {
     }
 
     /// The canonical name, as ModSecurity's documentation spells it.
-    #[allow(dead_code)] // for diagnostics, tests and tools
+    #[cfg(test)]
     pub fn name(self) -> &'static str {
         match self {
             Transform::Lowercase => "lowercase",
