@@ -4,6 +4,7 @@
 //! cargo run --release -p fleetgate-agent-waf --example crs_cost -- [HOST] [N] [CRS FILE...]
 //! T=2 cargo run ...   # evaluations on two threads at once
 //! ENGINE=native cargo run ...   # the native engine instead of libmodsecurity
+//! ENGINE=native FOLD=0 cargo run ...   # ... evaluating every rule per request (no folding)
 //! ```
 //! Loads the agent's engine settings, Debian's `crs-setup.conf` at paranoia level 1 and either
 //! every `REQUEST-*.conf` or only the named files, then evaluates `GET /` (Host HOST,
@@ -36,7 +37,10 @@ fn main() {
         settings.rules_text_with(&names)
     };
     let use_native = std::env::var("ENGINE").is_ok_and(|e| e == "native");
-    let loaded = if use_native {
+    let unfolded = std::env::var("FOLD").is_ok_and(|f| f == "0");
+    let loaded = if use_native && unfolded {
+        native::Engine::load_unfolded(&rules).map(|e| Either::Native(Box::new(e)))
+    } else if use_native {
         native::Engine::load(&rules).map(|e| Either::Native(Box::new(e)))
     } else {
         Engine::load(&rules).map(Either::Modsec)
@@ -110,10 +114,10 @@ impl Either {
         }
     }
 
-    fn rule_count(&self) -> usize {
+    fn rule_count(&self) -> String {
         match self {
-            Either::Modsec(e) => e.rule_count(),
-            Either::Native(e) => e.rule_count(),
+            Either::Modsec(e) => e.rule_count().to_string(),
+            Either::Native(e) => format!("{} ({} folded)", e.rule_count(), e.folded_rules()),
         }
     }
 }

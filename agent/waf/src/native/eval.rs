@@ -17,6 +17,8 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
+pub(crate) mod fold;
+
 use super::Unsupported;
 use super::operator::{self, Context};
 use super::parse::{
@@ -315,6 +317,8 @@ struct Tx {
     slots: Vec<(u64, Option<TxValue>)>,
     dynamic: FxHashMap<String, (u64, TxValue)>,
     generation: u64,
+    /// When folding rules at load: every numbered name written, in order.
+    written: Option<Vec<u32>>,
 }
 
 /// More run-time `TX` names than this (rules can build names from request data) and the map is
@@ -341,6 +345,9 @@ impl Tx {
     }
 
     fn set_slot(&mut self, id: u32, value: Option<&[u8]>) {
+        if let Some(written) = &mut self.written {
+            written.push(id);
+        }
         if let Some(slot) = self.slots.get_mut(id as usize) {
             *slot = (self.generation, value.map(TxValue::new));
         }
@@ -404,18 +411,65 @@ impl Tx {
 }
 
 impl State {
+    fn new() -> State {
+        State {
+            tx: Tx::default(),
+            matched: Vec::new(),
+            matched_len: 0,
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets_by_id: Vec::new(),
+            removed_targets_by_tag: Vec::new(),
+            engine: EngineMode::Off,
+            body_type: None,
+            processor: None,
+            processor_name: None,
+            body_access: false,
+            marker: None,
+            skip: 0,
+            allowed: false,
+            status: None,
+            intervention: None,
+            matches: Vec::new(),
+            save_message: true,
+            ip_record: String::new(),
+            global_record: String::new(),
+            pending: Vec::new(),
+            buffers: (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Whether the blocks of folded rules apply: nothing the analysis assumed has changed (see
+    /// `fold`'s "When a block does not apply").
+    fn folding(&self) -> bool {
+        self.skip == 0
+            && self.removed_ids.is_empty()
+            && self.removed_tags.is_empty()
+            && self.removed_targets_by_id.is_empty()
+            && self.removed_targets_by_tag.is_empty()
+    }
+
     fn matched_clear(&mut self) {
         self.matched_len = 0;
     }
 
     fn matched_push(&mut self, value: &Value<'_>, input: &[u8]) {
+        self.matched_push_parts(Some(value.collection), value.key.as_deref(), input);
+    }
+
+    fn matched_push_parts(
+        &mut self,
+        collection: Option<Collection>,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) {
         if self.matched_len == self.matched.len() {
             self.matched.push(Matched::default());
         }
         let entry = &mut self.matched[self.matched_len];
         self.matched_len += 1;
-        entry.collection = Some(value.collection);
-        match (&value.key, &mut entry.key) {
+        entry.collection = collection;
+        match (key, &mut entry.key) {
             (None, key) => *key = None,
             (Some(k), Some(buf)) => {
                 buf.clear();
@@ -424,7 +478,7 @@ impl State {
             (Some(k), key) => *key = Some(k.to_vec()),
         }
         entry.value.clear();
-        entry.value.extend_from_slice(input);
+        entry.value.extend_from_slice(value);
     }
 
     fn matched(&self) -> &[Matched] {
@@ -533,31 +587,7 @@ thread_local! {
 fn take_state() -> State {
     let mut state = STATE
         .with(|s| s.borrow_mut().take())
-        .unwrap_or_else(|| State {
-            tx: Tx::default(),
-            matched: Vec::new(),
-            matched_len: 0,
-            removed_ids: Vec::new(),
-            removed_tags: Vec::new(),
-            removed_targets_by_id: Vec::new(),
-            removed_targets_by_tag: Vec::new(),
-            engine: EngineMode::Off,
-            body_type: None,
-            processor: None,
-            processor_name: None,
-            body_access: false,
-            marker: None,
-            skip: 0,
-            allowed: false,
-            status: None,
-            intervention: None,
-            matches: Vec::new(),
-            save_message: true,
-            ip_record: String::new(),
-            global_record: String::new(),
-            pending: Vec::new(),
-            buffers: (Vec::new(), Vec::new()),
-        });
+        .unwrap_or_else(State::new);
     state.matched_len = 0;
     state.removed_ids.clear();
     state.removed_tags.clear();
@@ -706,6 +736,12 @@ fn run_phase(
         None => 0,
     };
     while let Some(item) = items.get(i) {
+        if let Some(block) = config.folds.at(phase, i)
+            && state.folding()
+        {
+            i = block.apply(state);
+            continue;
+        }
         i += 1;
         let rule = match item {
             Item::Marker(id) => {
@@ -728,30 +764,42 @@ fn run_phase(
         {
             continue;
         }
-        state.save_message = true;
-        // A deny answers with its own rule's status (or the phase default), not one an earlier
-        // rule set (checked against libmodsecurity in tests/native_semantics.rs).
-        state.status = None;
-        let mut cx = Eval {
-            config,
-            rule,
-            phase,
-            vars,
-            state,
-        };
-        if rule.links[0].unconditional {
-            cx.unconditional()?;
-        } else if cx.link(0)? && cx.state.save_message {
-            let disrupted = cx.state.intervention.is_some();
-            if !disrupted && !rule.links[0].multi_match {
-                cx.log();
-            }
-        }
+        evaluate_rule(config, phase, rule, vars, state)?;
         if state.intervention.is_some() || state.allowed {
             break;
         }
         if let Some(id) = state.marker {
             i = next_marker(config, phase, id, i);
+        }
+    }
+    Ok(())
+}
+
+/// One rule, its chain and actions, and its log entry.
+fn evaluate_rule(
+    config: &Config,
+    phase: usize,
+    rule: &Rule,
+    vars: &Vars<'_>,
+    state: &mut State,
+) -> Result<(), Unsupported> {
+    state.save_message = true;
+    // A deny answers with its own rule's status (or the phase default), not one an earlier
+    // rule set (checked against libmodsecurity in tests/native_semantics.rs).
+    state.status = None;
+    let mut cx = Eval {
+        config,
+        rule,
+        phase,
+        vars,
+        state,
+    };
+    if rule.links[0].unconditional {
+        cx.unconditional()?;
+    } else if cx.link(0)? && cx.state.save_message {
+        let disrupted = cx.state.intervention.is_some();
+        if !disrupted && !rule.links[0].multi_match {
+            cx.log();
         }
     }
     Ok(())

@@ -60,11 +60,26 @@ impl Engine {
     /// `@detectSQLi` and `@detectXSS`.
     pub fn load(text: &str) -> Result<Engine, LoadError> {
         crate::engine::ensure_loaded()?;
-        let config = parse::Config::parse(text).map_err(|e| LoadError::Rules(e.0))?;
+        let mut config = parse::Config::parse(text).map_err(|e| LoadError::Rules(e.0))?;
+        config.folds = eval::fold::fold(&config);
         Ok(Engine {
             config,
             store: eval::Persistent::default(),
         })
+    }
+
+    /// The same rule set without the rules folded at load (see `eval::fold`): every rule is
+    /// evaluated per request. For tests and measurements that compare the two.
+    #[doc(hidden)]
+    pub fn load_unfolded(text: &str) -> Result<Engine, LoadError> {
+        let mut engine = Engine::load(text)?;
+        engine.config.folds = Default::default();
+        Ok(engine)
+    }
+
+    /// How many rules were folded: evaluated at load, their outcome replayed per request.
+    pub fn folded_rules(&self) -> usize {
+        self.config.folds.folded_rules()
     }
 
     /// How many rules (chains count once) the text defined, in any phase.

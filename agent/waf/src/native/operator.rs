@@ -47,10 +47,10 @@ pub(crate) enum Operator {
     Unsupported(&'static str),
 }
 
-impl Operator {
-    /// The parameter, for operators whose parameter may hold macros.
-    pub fn param_mut(&mut self) -> Option<&mut Macro> {
-        match self {
+/// The macro parameter of an operator (`&Operator` or `&mut Operator`), if it has one.
+macro_rules! param_of {
+    ($operator:expr) => {
+        match $operator {
             Operator::RxMacro(m, _)
             | Operator::BeginsWith(m)
             | Operator::EndsWith(m)
@@ -65,6 +65,18 @@ impl Operator {
             | Operator::Lt(m) => Some(m),
             _ => None,
         }
+    };
+}
+
+impl Operator {
+    /// The parameter, for operators whose parameter may hold macros.
+    pub fn param(&self) -> Option<&Macro> {
+        param_of!(self)
+    }
+
+    /// [`Operator::param`], to change.
+    pub fn param_mut(&mut self) -> Option<&mut Macro> {
+        param_of!(self)
     }
 
     /// Parses `[!]@name param` (no `@`: an implicit `@rx`). `dir` resolves data files.

@@ -426,6 +426,8 @@ pub(crate) struct Config {
     pub removed_ids: Vec<(u32, u32)>,
     pub removed_tags: Vec<String>,
     pub rule_count: usize,
+    /// The rules evaluated at load (see `eval::fold`); set by the engine after parsing.
+    pub folds: super::eval::fold::Folds,
 }
 
 impl Config {

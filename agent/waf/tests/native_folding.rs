@@ -1,0 +1,210 @@
+//! Rules folded at load (evaluated once, their outcome replayed per request) must leave every
+//! verdict as it was. Small rule sets where the analysis could go wrong, then generated rule
+//! programs of `TX` arithmetic, request-dependent jumps and run-time rule removal, each run
+//! through libmodsecurity, the native engine and the native engine without folding.
+//!
+//! Needs libmodsecurity3 (installed by .ci/run).
+
+use fleetgate_agent_waf::{Engine, Request, native};
+use proptest::prelude::*;
+
+mod support;
+use support::{Summary, crs_text, request, summary};
+
+fn get(uri: &str) -> Request<'_> {
+    const HOST: [(&[u8], &[u8]); 1] = [(b"Host", b"h")];
+    request("GET", uri, "1.1", &HOST, b"")
+}
+
+/// The three engines' common outcome for each URI; panics on any difference.
+fn all_three(rules: &str, uris: &[&str]) -> (Vec<Summary>, usize) {
+    let reference = Engine::load(rules).expect("libmodsecurity loads the rules");
+    let folded = native::Engine::load(rules).expect("the native engine loads the rules");
+    let unfolded = native::Engine::load_unfolded(rules).expect("... and without folding");
+    let outcomes = uris
+        .iter()
+        .map(|uri| {
+            let request = get(uri);
+            let expected = summary(&reference.evaluate(&request).expect("libmodsecurity"));
+            let plain = summary(&unfolded.evaluate(&request).expect("native, unfolded"));
+            let got = summary(&folded.evaluate(&request).expect("native, folded"));
+            assert_eq!(
+                plain, expected,
+                "unfolded vs libmodsecurity for {uri}\n{rules}"
+            );
+            assert_eq!(got, expected, "folded vs libmodsecurity for {uri}\n{rules}");
+            got
+        })
+        .collect();
+    (outcomes, folded.folded_rules())
+}
+
+#[test]
+fn configuration_defaults_are_folded_and_requests_compare_against_them() {
+    let rules = r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.limit=5"
+SecRule &TX:limit "@eq 0" "id:2,phase:1,pass,nolog,setvar:tx.limit=10"
+SecRule &TX:other "@eq 0" "id:3,phase:1,pass,nolog,setvar:tx.other=%{tx.limit}"
+SecRule ARGS:x "@gt %{tx.other}" "id:4,phase:1,deny,status:403,log,msg:'over'"
+"#;
+    let (got, folded) = all_three(rules, &["/?x=7", "/?x=3"]);
+    assert_eq!(folded, 3, "the three configuration rules are folded");
+    assert_eq!(got[0].1, Some((403, Some(4))), "7 is over the limit of 5");
+    assert_eq!(got[1].1, None, "3 is not");
+}
+
+#[test]
+fn a_value_a_request_dependent_jump_may_skip_is_not_folded() {
+    // Rule 2 sets tx.level unless rule 1 jumps over it: at the marker tx.level is unknown, so
+    // rule 3 must be evaluated per request.
+    let rules = r#"SecRuleEngine On
+SecRule ARGS:skip "@streq 1" "id:1,phase:1,pass,nolog,skipAfter:M"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.level=2"
+SecMarker M
+SecRule TX:level "@eq 2" "id:3,phase:1,deny,status:403,log,msg:'level 2'"
+"#;
+    let (got, folded) = all_three(rules, &["/?skip=1", "/?skip=0"]);
+    assert_eq!(folded, 1, "only the SecAction is folded");
+    assert_eq!(got[0].1, None, "the jump skipped the setvar");
+    assert_eq!(got[1].1, Some((403, Some(3))));
+}
+
+#[test]
+fn a_rule_removed_at_run_time_is_evaluated_as_removed() {
+    // Rules 2 and 3 fold (tx.seed is known); a request that removes rule 3 must not get the
+    // folded outcome, which assumed rule 3 ran.
+    let rules = r#"SecRuleEngine On
+SecRule ARGS:off "@streq 1" "id:1,phase:1,pass,nolog,ctl:ruleRemoveById=3"
+SecAction "id:2,phase:1,pass,nolog,setvar:tx.seed=1"
+SecRule TX:seed "@eq 1" "id:3,phase:1,pass,nolog,setvar:tx.block=1"
+SecRule TX:block "@eq 1" "id:4,phase:1,deny,status:403,log,msg:'blocked'"
+"#;
+    let (got, folded) = all_three(rules, &["/?off=1", "/?off=0"]);
+    assert!(folded >= 2, "rules 2 and 3 are folded ({folded})");
+    assert_eq!(
+        got[0].1, None,
+        "rule 3 was removed, so tx.block stays unset"
+    );
+    assert_eq!(got[1].1, Some((403, Some(4))));
+}
+
+#[test]
+fn matched_var_after_folded_rules_is_theirs() {
+    let rules = r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.a=alpha"
+SecRule TX:a "@streq alpha" "id:2,phase:1,pass,nolog"
+SecRule MATCHED_VAR "@streq alpha" "id:3,phase:1,deny,status:403,log,msg:'saw %{MATCHED_VAR_NAME}'"
+"#;
+    let (got, folded) = all_three(rules, &["/"]);
+    assert_eq!(folded, 2);
+    assert_eq!(got[0].1, Some((403, Some(3))));
+}
+
+#[test]
+fn a_folded_jump_into_the_next_phase_resumes_there() {
+    // Markers stand in every phase. Rule 2's marker comes before it in the text, so phase 1
+    // has no END after rule 2: the jump skips the rest of phase 1 and phase 2 starts at END.
+    let rules = r#"SecRuleEngine On
+SecRequestBodyAccess On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.pl=1"
+SecRule ARGS:x "@streq a" "id:4,phase:2,deny,status:403,log,msg:'before the marker'"
+SecMarker END
+SecRule TX:pl "@lt 2" "id:2,phase:1,pass,nolog,skipAfter:END"
+SecRule ARGS:x "@streq a" "id:3,phase:1,deny,status:403,log,msg:'skipped in phase 1'"
+SecRule ARGS:x "@streq a" "id:5,phase:2,deny,status:403,log,msg:'after the marker'"
+"#;
+    let (got, folded) = all_three(rules, &["/?x=a"]);
+    assert_eq!(folded, 2);
+    assert_eq!(got[0].1, Some((403, Some(5))));
+}
+
+#[test]
+fn the_crs_paranoia_gates_and_defaults_are_folded() {
+    let rules = crs_text(1);
+    let engine = native::Engine::load(&rules).expect("the CRS loads");
+    // 901's defaults and every file's paranoia gates: 79 at paranoia level 1 when written.
+    assert!(
+        engine.folded_rules() >= 60,
+        "only {} rules folded",
+        engine.folded_rules()
+    );
+}
+
+/// A generated rule program: `TX` names v0–v3 set, compared, incremented and unset by rules
+/// that read the configuration only or the request's arguments a0–a2, with jumps to markers
+/// M0–M2 and run-time rule removal; observers at the end log what `TX` holds.
+fn program() -> impl Strategy<Value = String> {
+    let var = 0..4u8;
+    let value = 0..4u8;
+    let effect = prop_oneof![
+        (var.clone(), value.clone()).prop_map(|(k, v)| format!("setvar:tx.v{k}={v}")),
+        (var.clone(), value.clone()).prop_map(|(k, v)| format!("setvar:tx.v{k}=+{v}")),
+        var.clone().prop_map(|k| format!("setvar:!tx.v{k}")),
+        (0..3u8).prop_map(|m| format!("skipAfter:M{m}")),
+        (var.clone(), 0..3u8).prop_map(|(k, m)| format!("setvar:tx.v{k}=+1,skipAfter:M{m}")),
+    ];
+    let line = prop_oneof![
+        3 => (1..3u8, var.clone(), value.clone())
+            .prop_map(|(p, k, v)| format!("SecAction \"id:ID,phase:{p},pass,nolog,setvar:tx.v{k}={v}\"")),
+        4 => (1..3u8, var.clone(), value.clone(), effect.clone())
+            .prop_map(|(p, k, v, e)| format!("SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
+        2 => (1..3u8, var.clone(), effect.clone())
+            .prop_map(|(p, k, e)| format!("SecRule &TX:v{k} \"@eq 0\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
+        2 => (1..3u8, var.clone(), var.clone(), effect.clone())
+            .prop_map(|(p, k, j, e)| format!("SecRule TX:v{k} \"@lt %{{tx.v{j}}}\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
+        3 => (1..3u8, 0..3u8, value.clone(), effect.clone())
+            .prop_map(|(p, a, v, e)| format!("SecRule ARGS:a{a} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
+        2 => (0..3u8).prop_map(|m| format!("SecMarker M{m}")),
+        1 => (1..3u8, 0..3u8, value.clone(), 100..130u32)
+            .prop_map(|(p, a, v, id)| format!("SecRule ARGS:a{a} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,ctl:ruleRemoveById={id}\"")),
+        1 => (1..3u8, var.clone(), value.clone())
+            .prop_map(|(p, k, v)| format!("SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,log,msg:'seen'\"")),
+        1 => (1..3u8, value.clone())
+            .prop_map(|(p, v)| format!("SecRule MATCHED_VAR \"@streq {v}\" \"id:ID,phase:{p},pass,log,msg:'matched'\"")),
+        1 => (1..3u8, var.clone(), value.clone(), var.clone(), var, value)
+            .prop_map(|(p, k, v, j, s, w)| format!(
+                "SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,chain\"\n    SecRule TX:v{j} \"@lt 3\" \"setvar:tx.v{s}=+{w}\""
+            )),
+    ];
+    proptest::collection::vec(line, 1..30).prop_map(|lines| {
+        let mut text = String::from("SecRuleEngine On\nSecRequestBodyAccess On\n");
+        for (n, line) in lines.iter().enumerate() {
+            text.push_str(&line.replace("ID", &(100 + n).to_string()));
+            text.push('\n');
+        }
+        // Every marker exists, then observers report each name's final value.
+        for m in 0..3 {
+            text.push_str(&format!("SecMarker M{m}\n"));
+        }
+        for k in 0..4 {
+            text.push_str(&format!(
+                "SecRule &TX:v{k} \"@eq 0\" \"id:{},phase:2,pass,log,msg:'unset'\"\n",
+                900 + k * 10
+            ));
+            for v in 0..9 {
+                text.push_str(&format!(
+                    "SecRule TX:v{k} \"@eq {v}\" \"id:{},phase:2,pass,log,msg:'value'\"\n",
+                    901 + k * 10 + v
+                ));
+            }
+        }
+        text
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn folding_never_changes_a_verdict(
+        rules in program(),
+        queries in proptest::collection::vec((0..4u8, 0..4u8, 0..4u8), 1..4),
+    ) {
+        let uris: Vec<String> = queries
+            .iter()
+            .map(|(a, b, c)| format!("/?a0={a}&a1={b}&a2={c}"))
+            .collect();
+        let uris: Vec<&str> = uris.iter().map(String::as_str).collect();
+        all_three(&rules, &uris);
+    }
+}
