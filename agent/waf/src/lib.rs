@@ -5,7 +5,8 @@
 //! reports what matched and whether a rule intervened. An `Engine` is `Send + Sync`: one rule
 //! set serves every thread, each evaluation has its own transaction.
 //!
-//! This crate owns every `unsafe` block of the workspace, all in `engine.rs`. It knows nothing
+//! This crate owns every `unsafe` block of the workspace: `engine.rs` (libmodsecurity) and
+//! `pcre.rs` (PCRE2, for the native engine). It knows nothing
 //! of HTTP libraries, async runtimes or the CRS: the policy crate builds the rule text, decides
 //! what a match means, and keeps evaluation off the async runtime (it is CPU work of hundreds
 //! of microseconds per request).
@@ -16,6 +17,8 @@ pub mod crs;
 #[allow(unsafe_code)]
 mod engine;
 pub mod native;
+#[allow(unsafe_code)]
+mod pcre;
 
 use std::net::SocketAddr;
 

@@ -10,6 +10,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::eval::Bytes;
 use super::parse::{Macro, compile_regex};
+use crate::pcre::{Found, Pattern};
 
 #[derive(Debug)]
 pub(crate) enum Operator {
@@ -155,10 +156,9 @@ fn rx(pattern: &str) -> Result<Operator, String> {
     if m.literal().is_none() {
         return Ok(Operator::RxMacro(m, std::sync::Mutex::new(None)));
     }
-    Ok(Operator::Rx(Box::new(Rx::new(
-        compile_regex(pattern, false)?,
-        false,
-    ))))
+    Ok(Operator::Rx(Box::new(Rx::new(compile_regex(
+        pattern, false,
+    )?))))
 }
 
 fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
@@ -304,7 +304,7 @@ impl Operator {
                     true
                 } else {
                     match compiled(&pattern, last) {
-                        Some(rx) => rx.matches_uncached(input, capture, cx),
+                        Some(rx) => rx.matches(input, capture, cx),
                         None => false,
                     }
                 }
@@ -374,76 +374,33 @@ impl Operator {
     }
 }
 
-/// A compiled `@rx` pattern with an identity for the per-thread match data cache.
+/// A compiled `@rx` pattern (or target-selector regex), shared by the rule sets' clones.
 #[derive(Debug, Clone)]
 pub(crate) struct Rx {
-    id: u64,
-    re: pcre2::bytes::Regex,
-    /// The pattern compiled without JIT, made on first need: libmodsecurity runs a pattern
-    /// through PCRE2's interpreter when the JIT stack runs out, and so must we.
-    interpreted: std::sync::OnceLock<Option<pcre2::bytes::Regex>>,
-    caseless: bool,
+    pattern: std::sync::Arc<Pattern>,
 }
-
-/// Per thread, the PCRE2 match data of each pattern it ran. The pcre2 crate's own pool hands
-/// every thread but the first a mutex-guarded slow path; this keeps one match block per
-/// pattern per thread instead. Patterns of unloaded rule sets are forgotten when the cache
-/// grows past [`MATCH_DATA_KEPT`].
-type MatchDataCache = rustc_hash::FxHashMap<u64, pcre2::bytes::CaptureLocations>;
-
-thread_local! {
-    static MATCH_DATA: std::cell::RefCell<MatchDataCache> = std::cell::RefCell::default();
-}
-
-const MATCH_DATA_KEPT: usize = 16_384;
 
 impl Rx {
-    pub fn new(re: pcre2::bytes::Regex, caseless: bool) -> Rx {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    pub fn new(pattern: Pattern) -> Rx {
         Rx {
-            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            re,
-            interpreted: std::sync::OnceLock::new(),
-            caseless,
+            pattern: std::sync::Arc::new(pattern),
         }
     }
 
     /// Whether the pattern matches `input`; with `capture`, the groups go to `TX.0`..`TX.9`.
     fn matches(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
-        self.run(input, |locations| {
+        self.search(input, |groups| {
             if capture {
-                capture_groups(locations, input, cx);
-            }
-        })
-    }
-
-    /// [`Rx::matches`] with match data of its own: for patterns compiled at evaluation, which
-    /// the per-thread cache would otherwise keep alive.
-    fn matches_uncached(&self, input: &[u8], capture: bool, cx: &mut impl Context) -> bool {
-        self.search(&mut self.re.capture_locations(), input, |locations| {
-            if capture {
-                capture_groups(locations, input, cx);
+                for (group, start, end) in groups {
+                    cx.capture(group, &input[start..end]);
+                }
             }
         })
     }
 
     /// Whether the pattern matches `input`.
     pub fn is_match(&self, input: &[u8]) -> bool {
-        self.run(input, |_| {})
-    }
-
-    /// [`Rx::search`] with this thread's match data for the pattern.
-    fn run(&self, input: &[u8], found: impl FnOnce(&pcre2::bytes::CaptureLocations)) -> bool {
-        MATCH_DATA.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if cache.len() >= MATCH_DATA_KEPT && !cache.contains_key(&self.id) {
-                cache.clear();
-            }
-            let locations = cache
-                .entry(self.id)
-                .or_insert_with(|| self.re.capture_locations());
-            self.search(locations, input, found)
-        })
+        self.search(input, |_| {})
     }
 
     /// Runs the pattern, as libmodsecurity does: JIT-compiled, and through PCRE2's interpreter
@@ -451,55 +408,20 @@ impl Rx {
     /// `found` sees the groups of a match.
     fn search(
         &self,
-        locations: &mut pcre2::bytes::CaptureLocations,
         input: &[u8],
-        found: impl FnOnce(&pcre2::bytes::CaptureLocations),
+        found: impl FnOnce(&mut dyn Iterator<Item = (usize, usize, usize)>),
     ) -> bool {
-        match self.re.captures_read(locations, input) {
-            Ok(Some(_)) => {
-                found(locations);
-                true
+        // `found` is needed by whichever run matches: hand it over through an Option.
+        let mut found = Some(found);
+        let mut report = |groups: &mut dyn Iterator<Item = (usize, usize, usize)>| {
+            if let Some(found) = found.take() {
+                found(groups);
             }
-            Err(e) if e.code() == PCRE2_ERROR_JIT_STACKLIMIT => {
-                let Some(interpreted) = self.interpreted() else {
-                    return false;
-                };
-                let mut locations = interpreted.capture_locations();
-                let hit = matches!(
-                    interpreted.captures_read(&mut locations, input),
-                    Ok(Some(_))
-                );
-                if hit {
-                    found(&locations);
-                }
-                hit
-            }
-            _ => false,
-        }
-    }
-
-    fn interpreted(&self) -> Option<&pcre2::bytes::Regex> {
-        self.interpreted
-            .get_or_init(|| {
-                pcre2::bytes::RegexBuilder::new()
-                    .dotall(true)
-                    .multi_line(true)
-                    .caseless(self.caseless)
-                    .jit_if_available(false)
-                    .build(self.re.as_str())
-                    .ok()
-            })
-            .as_ref()
-    }
-}
-
-/// Stores the groups of a match as `TX.0`, `TX.1`, ...
-fn capture_groups(locations: &pcre2::bytes::CaptureLocations, input: &[u8], cx: &mut impl Context) {
-    for group in 0..locations.len() {
-        if let Some((start, end)) = locations.get(group)
-            && let Some(text) = input.get(start..end)
-        {
-            cx.capture(group, text);
+        };
+        match self.pattern.find(input, false, &mut report) {
+            Found::Match => true,
+            Found::JitStackLimit => self.pattern.find(input, true, &mut report) == Found::Match,
+            Found::NoMatch | Found::Error(_) => false,
         }
     }
 }
@@ -519,13 +441,10 @@ fn compiled(
         return Some(rx.clone());
     }
     let re = compile_regex(std::str::from_utf8(pattern).ok()?, false).ok()?;
-    let rx = std::sync::Arc::new(Rx::new(re, false));
+    let rx = std::sync::Arc::new(Rx::new(re));
     *last = Some((pattern.to_vec(), rx.clone()));
     Some(rx)
 }
-
-/// PCRE2's "JIT stack limit reached".
-const PCRE2_ERROR_JIT_STACKLIMIT: i32 = -46;
 
 /// libmodsecurity 3.0.9's `@pm` matcher (`acmp`), which is not a complete Aho-Corasick
 /// automaton: a node's failure link is its parent's failure node's child for the same letter,

@@ -1045,11 +1045,9 @@ fn parse_targets(text: &str, origin: &Origin) -> Result<Vec<Target>, ParseError>
             None => Selector::All,
             Some(key) if key.len() >= 2 && key.starts_with('/') && key.ends_with('/') => {
                 let pattern = &key[1..key.len() - 1];
-                Selector::Regex(Rx::new(
-                    compile_regex(pattern, true)
-                        .map_err(|e| ParseError(format!("{origin}: target {name}:{key}: {e}")))?,
-                    true,
-                ))
+                Selector::Regex(Rx::new(compile_regex(pattern, true).map_err(|e| {
+                    ParseError(format!("{origin}: target {name}:{key}: {e}"))
+                })?))
             }
             // `TX` is stored lower-case and looked up directly.
             Some(key) if collection == Collection::Tx => {
@@ -1117,14 +1115,9 @@ fn split_targets(text: &str) -> Vec<String> {
 
 /// Compiles a pattern as libmodsecurity does: PCRE2 with DOTALL and MULTILINE, caseless on
 /// request, JIT-compiled. An empty pattern means `.*`.
-pub(crate) fn compile_regex(pattern: &str, caseless: bool) -> Result<pcre2::bytes::Regex, String> {
+pub(crate) fn compile_regex(pattern: &str, caseless: bool) -> Result<crate::pcre::Pattern, String> {
     let pattern = if pattern.is_empty() { ".*" } else { pattern };
-    pcre2::bytes::RegexBuilder::new()
-        .dotall(true)
-        .multi_line(true)
-        .caseless(caseless)
-        .jit_if_available(true)
-        .build(pattern)
+    crate::pcre::Pattern::compile(pattern, caseless)
         .map_err(|e| format!("regular expression {pattern:?} does not compile: {e}"))
 }
 
