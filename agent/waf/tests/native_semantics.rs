@@ -125,3 +125,18 @@ SecRule IP:hits "@eq 3" "id:2,phase:1,pass,log,msg:'third visit'"
         "the handed-back request did not count: this is the third visit"
     );
 }
+
+#[test]
+fn a_rule_over_empty_collections_clears_matched_vars_and_a_count_of_one_is_zero() {
+    // Rule 2 reads only ARGS, which this request has none of: it tests nothing, matches
+    // nothing, and so empties MATCHED_VARS (rule 3 must not see the Host rule 1 matched).
+    // Rule 4 counts ARGS: an empty collection still gives the value 0 to test.
+    let rules = r#"SecRuleEngine On
+SecRule REQUEST_HEADERS:Host "@rx ." "id:1,phase:1,pass,nolog"
+SecRule ARGS|ARGS_NAMES|REQUEST_COOKIES "@rx ." "id:2,phase:1,pass,nolog"
+SecRule MATCHED_VARS "@rx ." "id:3,phase:1,deny,status:403,log,msg:'stale MATCHED_VARS'"
+SecRule &ARGS "@eq 0" "id:4,phase:1,deny,status:403,log,msg:'no arguments'"
+"#;
+    let got = both(rules, &[get("/", &[(b"Host", b"h")])]);
+    assert_eq!(got[0].1, Some((403, Some(4))));
+}

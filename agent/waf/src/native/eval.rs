@@ -56,6 +56,9 @@ pub(crate) struct Vars<'r> {
     pub store: Option<&'r Persistent>,
     /// The rule set's numbered `TX` names.
     pub tx_names: Option<&'r Names>,
+    /// Collections known to be empty for this request ([`Collection::bit`]s): a link that reads
+    /// only these has no value to test.
+    pub empty: u64,
 }
 
 /// Per collection, the order rules see its members in.
@@ -94,6 +97,43 @@ impl Vars<'_> {
             self.order.headers = order(&self.headers);
             self.order.cookies = order(&self.cookies);
         }
+        self.empty = self.empty_collections();
+    }
+
+    /// The collections `resolve` yields nothing from for this request.
+    fn empty_collections(&self) -> u64 {
+        use Collection::*;
+        let mut empty = 0;
+        let mut mark = |collections: &[Collection], is_empty: bool| {
+            if is_empty {
+                empty |= collections.iter().fold(0, |m, c| m | c.bit());
+            }
+        };
+        mark(&[Args, ArgsNames, ArgsCombinedSize], self.args.is_empty());
+        mark(&[ArgsGet, ArgsGetNames], self.args_get.is_empty());
+        mark(&[ArgsPost, ArgsPostNames], self.args_post.is_empty());
+        mark(
+            &[RequestHeaders, RequestHeadersNames],
+            self.headers.is_empty(),
+        );
+        mark(
+            &[RequestCookies, RequestCookiesNames],
+            self.cookies.is_empty(),
+        );
+        mark(&[RequestBody, RequestBodyLength], self.body.is_none());
+        // Never filled here (see `resolve`).
+        let never = [
+            MultipartStrictError,
+            MultipartPartHeaders,
+            Files,
+            FilesNames,
+            FilesCombinedSize,
+            Xml,
+            Geo,
+            Duration,
+        ];
+        mark(&never, true);
+        empty
     }
 }
 
@@ -865,6 +905,11 @@ impl<'e> Eval<'e, '_> {
     fn link(&mut self, index: usize) -> Result<bool, Unsupported> {
         let rule = self.rule;
         let link = &rule.links[index];
+        if link.reads & !self.vars.empty == 0 {
+            // Nothing to test: the link matches nothing, as if evaluated.
+            self.state.matched_clear();
+            return Ok(false);
+        }
         let mut values = Values::new();
         self.collect(link, index == 0, &mut values)?;
         let mut matched = false;

@@ -131,6 +131,11 @@ const COLLECTIONS: [(&str, Collection); 43] = [
 ];
 
 impl Collection {
+    /// Its bit in a set of collections (there are fewer than 64).
+    pub(crate) fn bit(self) -> u64 {
+        1 << (self as u32)
+    }
+
     /// The collection called `name`, without regard to case.
     pub(crate) fn parse(name: &str) -> Option<Collection> {
         COLLECTIONS
@@ -338,6 +343,9 @@ pub(crate) struct Link {
     pub unsupported: Option<&'static str>,
     /// `SecAction`: no operator, its actions always run.
     pub unconditional: bool,
+    /// The collections its targets read, one bit each ([`Collection::bit`]); every bit when a
+    /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
+    pub reads: u64,
 }
 
 /// A rule: its id, phase and chain links.
@@ -489,6 +497,11 @@ impl Config {
             for item in items {
                 if let Item::Rule(rule) = item {
                     for link in &mut rule.links {
+                        link.reads = if link.targets.iter().any(|t| t.count) {
+                            u64::MAX
+                        } else {
+                            link.targets.iter().fold(0, |m, t| m | t.collection.bit())
+                        };
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
                             all.append(&mut link.transforms);
@@ -736,6 +749,7 @@ impl Config {
             initcols: Vec::new(),
             unsupported: None,
             unconditional: rule.is_none(),
+            reads: 0,
         };
         let mut id = None;
         let mut phase = None;

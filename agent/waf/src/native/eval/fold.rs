@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use super::{
     Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule, next_marker,
 };
-use crate::native::parse::{Collection, Macro, Selector};
+use crate::native::parse::{Collection, Macro, Names, Selector};
 
 /// Per phase and item index, the block that starts at that (folded) rule.
 #[derive(Debug, Default)]
@@ -168,7 +168,7 @@ pub(crate) fn fold(config: &Config) -> Folds {
                     }
                 }
                 None => {
-                    let after = opaque_effect(rule, state);
+                    let after = opaque_effect(rule, &config.tx_names, state);
                     for link in &rule.links {
                         if let Some(id) = link.skip_after {
                             jump(&mut arriving, id, i + 1, after.clone());
@@ -316,7 +316,7 @@ fn reads(rule: &Rule) -> Option<Vec<u32>> {
 }
 
 /// `state` after an opaque rule: whatever it may write is unknown.
-fn opaque_effect(rule: &Rule, mut state: Abstract) -> Abstract {
+fn opaque_effect(rule: &Rule, names: &Names, mut state: Abstract) -> Abstract {
     for link in &rule.links {
         if link.capture {
             for known in state.iter_mut().take(10) {
@@ -329,12 +329,36 @@ fn opaque_effect(rule: &Rule, mut state: Abstract) -> Abstract {
             }
             match setvar.slot {
                 Some(id) => state[id as usize] = Known::Unknown,
-                // A name built at run time may be any numbered name.
-                None => state.fill(Known::Unknown),
+                // A name built at run time (`tx.header_name_%{tx.0}`): any numbered name its
+                // literal parts allow.
+                None => {
+                    for (id, known) in state.iter_mut().enumerate() {
+                        if may_expand_to(&setvar.name.parts, names.name(id as u32)) {
+                            *known = Known::Unknown;
+                        }
+                    }
+                }
             }
         }
     }
     state
+}
+
+/// Whether a name built from `parts` (its macros expanding to anything, the whole lower-cased
+/// as `setvar` does) can be `name` (lower-case).
+fn may_expand_to(parts: &[MacroPart], name: &str) -> bool {
+    match parts.split_first() {
+        None => name.is_empty(),
+        Some((MacroPart::Text(text), rest)) => {
+            let text = text.to_ascii_lowercase();
+            name.strip_prefix(text.as_str())
+                .is_some_and(|rest_of_name| may_expand_to(rest, rest_of_name))
+        }
+        // A macro: any split of what is left.
+        Some((_, rest)) => (0..=name.len())
+            .filter(|at| name.is_char_boundary(*at))
+            .any(|at| may_expand_to(rest, &name[at..])),
+    }
 }
 
 /// Evaluates the folded rules a request runs through from item `start` on the known values.
