@@ -358,6 +358,9 @@ pub(crate) struct Rule {
     pub phase: u8,
     pub links: Vec<Link>,
     pub origin: Origin,
+    /// Its first link's [`Link::reads`], kept here to spare a pointer chase per rule; every
+    /// bit for a `SecAction`, which runs without reading anything.
+    pub reads: u64,
 }
 
 impl Rule {
@@ -491,7 +494,7 @@ impl Config {
         }
         // Each link's transformations as they run: the phase's default ones first, unless the
         // link says `t:none` (the defaults are those in force at the end of the text, as in
-        // libmodsecurity, which reads them at evaluation).
+        // libmodsecurity, which reads them at evaluation). And what each link and rule reads.
         for (phase, items) in config.phases.iter_mut().enumerate() {
             let defaults = &config.defaults[phase].transforms;
             for item in items {
@@ -508,6 +511,10 @@ impl Config {
                             link.transforms = all;
                         }
                     }
+                    rule.reads = match rule.links.first() {
+                        Some(first) if !first.unconditional => first.reads,
+                        _ => u64::MAX,
+                    };
                 }
             }
         }
@@ -839,6 +846,7 @@ impl Config {
                 };
                 let rule = Rule {
                     removed: false,
+                    reads: 0,
                     id,
                     phase: phase.unwrap_or(2),
                     links: vec![link],
