@@ -6,6 +6,8 @@
 # not; the kernel's share (sockets) is not counted.
 #
 #   bench/instructions.sh CONFIG.yaml [N1 N2]     # default 200 1200; needs nginx and valgrind
+#   HEADERS=hmac.headers bench/instructions.sh ...  # extra request headers, one "name: value"
+#                                                   # per line (plugins.sh writes these too)
 #
 # CONFIG forwards `/` to 127.0.0.1:18180, where this script starts the benchmark origin
 # (bench/plugins.sh writes such configs, e.g. off.yaml and waf.yaml, into its run directory).
@@ -33,11 +35,17 @@ count() {
     curl -s -o /dev/null http://127.0.0.1:18195/ && break
     sleep 0.5
   done
-  python3 - "$n" <<'PY'
+  python3 - "$n" "${HEADERS:-}" <<'PY'
 import http.client, sys
+headers = {"Host": "127.0.0.1:18195"}
+if sys.argv[2]:
+    for line in open(sys.argv[2]):
+        if line.strip():
+            name, value = line.split(":", 1)
+            headers[name.strip()] = value.strip()
 conn = http.client.HTTPConnection("127.0.0.1", 18195)
 for _ in range(int(sys.argv[1]) - 1):  # the readiness probe above was one
-    conn.request("GET", "/", headers={"Host": "127.0.0.1:18195"})
+    conn.request("GET", "/", headers=headers)
     response = conn.getresponse()
     response.read()
     if response.status != 200:
