@@ -16,23 +16,31 @@ fn get(uri: &str) -> Request<'_> {
     request("GET", uri, "1.1", &HOST, b"")
 }
 
-/// The three engines' common outcome for each URI; panics on any difference.
+/// The three engines' common outcome for a `GET` of each URI; panics on any difference.
 fn all_three(rules: &str, uris: &[&str]) -> (Vec<Summary>, usize) {
+    let requests: Vec<Request<'_>> = uris.iter().map(|uri| get(uri)).collect();
+    all_three_requests(rules, &requests)
+}
+
+/// The three engines' common outcome for each request; panics on any difference.
+fn all_three_requests(rules: &str, requests: &[Request<'_>]) -> (Vec<Summary>, usize) {
     let reference = Engine::load(rules).expect("libmodsecurity loads the rules");
     let folded = native::Engine::load(rules).expect("the native engine loads the rules");
     let unfolded = native::Engine::load_unfolded(rules).expect("... and without folding");
-    let outcomes = uris
+    let outcomes = requests
         .iter()
-        .map(|uri| {
-            let request = get(uri);
-            let expected = summary(&reference.evaluate(&request).expect("libmodsecurity"));
-            let plain = summary(&unfolded.evaluate(&request).expect("native, unfolded"));
-            let got = summary(&folded.evaluate(&request).expect("native, folded"));
+        .map(|request| {
+            let expected = summary(&reference.evaluate(request).expect("libmodsecurity"));
+            let plain = summary(&unfolded.evaluate(request).expect("native, unfolded"));
+            let got = summary(&folded.evaluate(request).expect("native, folded"));
             assert_eq!(
                 plain, expected,
-                "unfolded vs libmodsecurity for {uri}\n{rules}"
+                "unfolded vs libmodsecurity: {request:?}\n{rules}"
             );
-            assert_eq!(got, expected, "folded vs libmodsecurity for {uri}\n{rules}");
+            assert_eq!(
+                got, expected,
+                "folded vs libmodsecurity: {request:?}\n{rules}"
+            );
             got
         })
         .collect();
@@ -142,6 +150,49 @@ SecRule TX:limit "@eq 9" "id:5,phase:1,deny,status:403,log,msg:'limit overwritte
     );
     assert_eq!(got[1].1, None);
     assert_eq!(got[2].1, None);
+}
+
+#[test]
+fn a_rule_with_a_ctl_is_never_folded() {
+    // Rule 1 reads nothing, but its ctl changes how the rest of the request is evaluated: a
+    // block has nothing to replay it with.
+    let engine_on = r#"SecRuleEngine DetectionOnly
+SecAction "id:1,phase:1,pass,nolog,ctl:ruleEngine=On"
+SecRule ARGS:x "@streq a" "id:2,phase:1,deny,status:403,log,msg:'denied once the engine is on'"
+"#;
+    let (got, folded) = all_three(engine_on, &["/?x=a"]);
+    assert_eq!(folded, 0);
+    assert_eq!(got[0].1, Some((403, Some(2))));
+
+    let body_on = r#"SecRuleEngine On
+SecRequestBodyAccess Off
+SecAction "id:1,phase:1,pass,nolog,ctl:requestBodyAccess=On"
+SecRule ARGS_POST:x "@streq a" "id:2,phase:2,deny,status:403,log,msg:'seen in the body'"
+"#;
+    let headers: [(&[u8], &[u8]); 2] = [
+        (b"Host", b"h"),
+        (b"Content-Type", b"application/x-www-form-urlencoded"),
+    ];
+    let post = request("POST", "/", "1.1", &headers, b"x=a");
+    let (got, folded) = all_three_requests(body_on, &[post]);
+    assert_eq!(folded, 0);
+    assert_eq!(got[0].1, Some((403, Some(2))));
+}
+
+#[test]
+fn capture_groups_past_nine_make_their_tx_names_unknown() {
+    // Rule 2 stores group 10 as TX.10, which the text also names: rule 3 must compare per
+    // request.
+    let rules = r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.10=none"
+SecRule ARGS:x "@rx ^(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)$" "id:2,phase:1,pass,nolog,capture"
+SecRule TX:10 "@streq j" "id:3,phase:1,pass,nolog,setvar:tx.hit=1"
+SecRule TX:hit "@eq 1" "id:4,phase:1,deny,status:403,log,msg:'group 10 seen'"
+"#;
+    let (got, folded) = all_three(rules, &["/?x=abcdefghij", "/?x=other"]);
+    assert_eq!(folded, 1, "only the SecAction");
+    assert_eq!(got[0].1, Some((403, Some(4))));
+    assert_eq!(got[1].1, None);
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use super::{
     Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule, next_marker,
 };
-use crate::native::parse::{Collection, Macro, Names, Selector};
+use crate::native::parse::{Collection, Ctl, Macro, Names, Selector};
 
 /// Per phase and item index, the block that starts at that (folded) rule.
 #[derive(Debug, Default)]
@@ -283,7 +283,10 @@ fn reads(rule: &Rule) -> Option<Vec<u32>> {
         Some(())
     };
     for link in &rule.links {
-        if !link.initcols.is_empty() || link.unsupported.is_some() {
+        // A `ctl` changes how the rest of the request is evaluated (the engine mode, body
+        // access, rule removal): nothing a block could replay.
+        let ctl = link.ctls.iter().any(|c| !matches!(c, Ctl::Ignored));
+        if ctl || !link.initcols.is_empty() || link.unsupported.is_some() {
             return None;
         }
         for target in &link.targets {
@@ -319,8 +322,12 @@ fn reads(rule: &Rule) -> Option<Vec<u32>> {
 fn opaque_effect(rule: &Rule, names: &Names, mut state: Abstract) -> Abstract {
     for link in &rule.links {
         if link.capture {
-            for known in state.iter_mut().take(10) {
-                *known = Known::Unknown;
+            // Groups are stored as `TX.0`, `TX.1`, ... with no upper bound: every numbered
+            // name that is a group number.
+            for (id, known) in state.iter_mut().enumerate() {
+                if is_group_number(names.name(id as u32)) {
+                    *known = Known::Unknown;
+                }
             }
         }
         for setvar in &link.setvars {
@@ -345,20 +352,53 @@ fn opaque_effect(rule: &Rule, names: &Names, mut state: Abstract) -> Abstract {
 }
 
 /// Whether a name built from `parts` (its macros expanding to anything, the whole lower-cased
-/// as `setvar` does) can be `name` (lower-case).
+/// as `setvar` does) can be `name` (lower-case): glob matching, a macro being `*`, in time
+/// linear in the product of the lengths (adjacent macros are one `*`; on a mismatch only the
+/// last `*` takes one more byte, which is enough for `*` patterns).
 fn may_expand_to(parts: &[MacroPart], name: &str) -> bool {
-    match parts.split_first() {
-        None => name.is_empty(),
-        Some((MacroPart::Text(text), rest)) => {
-            let text = text.to_ascii_lowercase();
-            name.strip_prefix(text.as_str())
-                .is_some_and(|rest_of_name| may_expand_to(rest, rest_of_name))
+    // The pattern as bytes, `None` for a `*`.
+    let mut pattern: Vec<Option<u8>> = Vec::new();
+    for part in parts {
+        match part {
+            MacroPart::Text(text) => {
+                pattern.extend(text.bytes().map(|b| Some(b.to_ascii_lowercase())));
+            }
+            _ if pattern.last() == Some(&None) => {}
+            _ => pattern.push(None),
         }
-        // A macro: any split of what is left.
-        Some((_, rest)) => (0..=name.len())
-            .filter(|at| name.is_char_boundary(*at))
-            .any(|at| may_expand_to(rest, &name[at..])),
     }
+    let name = name.as_bytes();
+    let (mut p, mut n) = (0, 0);
+    // The last `*` seen and the name position it was tried at.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(Some(b)) if *b == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            Some(None) => {
+                star = Some((p, n));
+                p += 1;
+            }
+            _ => match star {
+                Some((at, from)) => {
+                    p = at + 1;
+                    n = from + 1;
+                    star = Some((at, from + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(Option::is_none)
+}
+
+/// Whether a `TX` name is one a capture group is stored under (`0`, `1`, ... `10`, ...).
+fn is_group_number(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && (name == "0" || !name.starts_with('0'))
 }
 
 /// Evaluates the folded rules a request runs through from item `start` on the known values.
@@ -431,4 +471,57 @@ fn block(
         next: i,
         marker: state.marker,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MacroPart, is_group_number, may_expand_to};
+
+    fn parts(pattern: &str) -> Vec<MacroPart> {
+        pattern
+            .split('*')
+            .enumerate()
+            .flat_map(|(i, text)| {
+                let text = (!text.is_empty()).then(|| MacroPart::Text(text.to_owned()));
+                (i > 0)
+                    .then_some(MacroPart::Unknown)
+                    .into_iter()
+                    .chain(text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_name_built_at_run_time_matches_what_its_literal_parts_allow() {
+        assert!(may_expand_to(
+            &parts("header_name_*"),
+            "header_name_x-forwarded"
+        ));
+        assert!(
+            may_expand_to(&parts("Header_Name_*"), "header_name_"),
+            "lower-cased"
+        );
+        assert!(!may_expand_to(&parts("header_name_*"), "anomaly_score"));
+        assert!(may_expand_to(&parts("*"), "anything"));
+        assert!(may_expand_to(&parts("a*b*c"), "axxbyybc"));
+        assert!(!may_expand_to(&parts("a*b*c"), "axxbyyb"));
+        assert!(may_expand_to(&parts("exact"), "exact"));
+        assert!(!may_expand_to(&parts("exact"), "exactly"));
+        // Many macros in a row against a long name that does not match: linear, not
+        // exponential (this took minutes with backtracking over every split).
+        let many = "*".repeat(24) + "z";
+        assert!(!may_expand_to(&parts(&many), &"a".repeat(60)));
+        let spaced: String = (0..24).map(|_| "*a").collect::<String>() + "z";
+        assert!(!may_expand_to(&parts(&spaced), &"a".repeat(60)));
+    }
+
+    #[test]
+    fn group_numbers_are_canonical_decimals() {
+        for name in ["0", "1", "9", "10", "123"] {
+            assert!(is_group_number(name), "{name}");
+        }
+        for name in ["", "01", "1a", "limit", "-1"] {
+            assert!(!is_group_number(name), "{name}");
+        }
+    }
 }
