@@ -957,8 +957,22 @@ impl<'e> Eval<'e, '_> {
         let result = (|| {
             for value in &values {
                 if link.multi_match {
-                    for stage in stages(&link.transforms, &value.value) {
-                        matched |= self.test(link, index, value, &stage)?;
+                    // The value itself, then every transformation stage that changed it,
+                    // alternating between the two buffers (`b_holds`: the last stage is in b).
+                    matched |= self.test(link, index, value, &value.value)?;
+                    let mut b_holds = None;
+                    for t in &link.transforms {
+                        let changed = match b_holds {
+                            None => t.apply(&value.value, &mut a),
+                            Some(false) => t.apply(&a, &mut b),
+                            Some(true) => t.apply(&b, &mut a),
+                        };
+                        if changed {
+                            let in_b = b_holds == Some(false);
+                            b_holds = Some(in_b);
+                            let stage = if in_b { &b } else { &a };
+                            matched |= self.test(link, index, value, stage)?;
+                        }
                     }
                 } else {
                     let last = transform(&link.transforms, &value.value, &mut a, &mut b);
@@ -1562,19 +1576,6 @@ fn transform<'v>(
         1 => a,
         _ => b,
     }
-}
-
-/// With `multiMatch`: the original value and every transformation stage that changed it.
-fn stages(transforms: &[Transform], value: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![value.to_vec()];
-    let mut scratch = Vec::new();
-    for t in transforms {
-        let current = out.last().map(Vec::as_slice).unwrap_or(value);
-        if t.apply(current, &mut scratch) {
-            out.push(std::mem::take(&mut scratch));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
