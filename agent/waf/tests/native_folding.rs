@@ -220,6 +220,7 @@ fn program() -> impl Strategy<Value = String> {
         var.clone().prop_map(|k| format!("setvar:!tx.v{k}")),
         (0..3u8).prop_map(|m| format!("skipAfter:M{m}")),
         (var.clone(), 0..3u8).prop_map(|(k, m)| format!("setvar:tx.v{k}=+1,skipAfter:M{m}")),
+        prop_oneof![Just("On"), Just("DetectionOnly")].prop_map(|m| format!("ctl:ruleEngine={m}")),
     ];
     let line = prop_oneof![
         3 => (1..3u8, var.clone(), value.clone())
@@ -239,6 +240,11 @@ fn program() -> impl Strategy<Value = String> {
             .prop_map(|(p, k, v)| format!("SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,log,msg:'seen'\"")),
         1 => (1..3u8, value.clone())
             .prop_map(|(p, v)| format!("SecRule MATCHED_VAR \"@streq {v}\" \"id:ID,phase:{p},pass,log,msg:'matched'\"")),
+        // Capture groups land in TX.0, TX.1: numbered names other rules read.
+        1 => (1..3u8, 0..3u8, var.clone())
+            .prop_map(|(p, a, k)| format!("SecRule ARGS:a{a} \"@rx ^(\\d)$\" \"id:ID,phase:{p},pass,nolog,capture,setvar:tx.v{k}=%{{tx.1}}\"")),
+        1 => (1..3u8, value.clone(), effect.clone())
+            .prop_map(|(p, v, e)| format!("SecRule TX:1 \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
         1 => (1..3u8, var.clone(), value.clone(), var.clone(), var, value)
             .prop_map(|(p, k, v, j, s, w)| format!(
                 "SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,chain\"\n    SecRule TX:v{j} \"@lt 3\" \"setvar:tx.v{s}=+{w}\""
@@ -254,6 +260,10 @@ fn program() -> impl Strategy<Value = String> {
         for m in 0..3 {
             text.push_str(&format!("SecMarker M{m}\n"));
         }
+        // A deny that only an engine left On carries out (the program may switch it).
+        text.push_str(
+            "SecRule TX:v0 \"@eq 3\" \"id:899,phase:2,deny,status:403,log,msg:'v0 is 3'\"\n",
+        );
         for k in 0..4 {
             text.push_str(&format!(
                 "SecRule &TX:v{k} \"@eq 0\" \"id:{},phase:2,pass,log,msg:'unset'\"\n",
