@@ -28,7 +28,7 @@
 use std::collections::HashSet;
 
 use super::{
-    Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule, next_marker,
+    Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule, next_marker, step,
 };
 use crate::native::parse::{Collection, Ctl, Macro, Names, Selector};
 
@@ -208,10 +208,7 @@ fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Optio
         return None;
     }
     let mut state = scratch(config, known);
-    let vars = Vars {
-        tx_names: Some(&config.tx_names),
-        ..Vars::default()
-    };
+    let vars = load_vars(config);
     evaluate_rule(config, phase, rule, &vars, &mut state).ok()?;
     if !replayable(&state) {
         return None;
@@ -245,6 +242,14 @@ fn scratch(config: &Config, known: &Abstract) -> State {
     state.body_access = true;
     state.matched_push_parts(None, None, b"");
     state
+}
+
+/// The request variables at load: none but the `TX` names (folded rules read nothing else).
+fn load_vars(config: &Config) -> Vars<'_> {
+    Vars {
+        tx_names: Some(&config.tx_names),
+        ..Vars::default()
+    }
 }
 
 /// Whether an evaluation changed nothing but `TX`, `MATCHED_VARS` and the pending marker.
@@ -411,36 +416,16 @@ fn block(
 ) -> Option<Block> {
     let items = &config.phases[phase];
     let mut state = scratch(config, known);
-    let vars = Vars {
-        tx_names: Some(&config.tx_names),
-        ..Vars::default()
-    };
+    let vars = load_vars(config);
     let mut i = start;
+    // Through markers and removed rules, up to the next rule that was not folded.
     while let Some(item) = items.get(i) {
-        let rule = match item {
-            Item::Marker(id) => {
-                if state.marker == Some(*id) {
-                    state.marker = None;
-                }
-                i += 1;
-                continue;
-            }
-            Item::Rule(rule) if rule.removed => {
-                i += 1;
-                continue;
-            }
-            Item::Rule(rule) => rule,
-        };
-        if !folded[i] {
+        if matches!(item, Item::Rule(rule) if !rule.removed && !folded[i]) {
             break;
         }
-        evaluate_rule(config, phase, rule, &vars, &mut state).ok()?;
+        i = step(config, phase, i, &vars, &mut state).ok()?;
         if !replayable(&state) {
             return None;
-        }
-        i += 1;
-        if let Some(id) = state.marker {
-            i = next_marker(config, phase, id, i);
         }
     }
     let written = state.tx.written.take().unwrap_or_default();
