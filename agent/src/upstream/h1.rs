@@ -110,11 +110,123 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A response head: status, version and header fields.
+/// A response head: status, version, header fields and what its framing fields say.
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The end-to-end fields: the hop-by-hop ones (RFC 9110 7.6.1), those `Connection` names
+    /// and, beside `Transfer-Encoding`, `Content-Length` describe this connection only and
+    /// are left out (which spares building and then stripping them). A 101 keeps every
+    /// field: its tunnel needs `Connection` and `Upgrade`.
     headers: HeaderMap,
+    framing: FramingFields,
+}
+
+/// What a response head's framing fields say, read off the raw fields (RFC 9112 6.3).
+#[derive(Debug)]
+struct FramingFields {
+    /// `Connection` lists `close`; lists `keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// Whether `Transfer-Encoding` is present, and its final coding when every value is text.
+    transfer_encoding: bool,
+    final_coding_chunked: bool,
+    /// Whether `Content-Length` is present, and its value, or what is wrong with it.
+    has_content_length: bool,
+    content_length: Result<Option<u64>, String>,
+    /// `Connection` names a field other than the hop-by-hop ones.
+    lists_other_fields: bool,
+}
+
+impl FramingFields {
+    fn of(fields: &[httparse::Header<'_>]) -> Self {
+        let mut framing = FramingFields {
+            close: false,
+            keep_alive: false,
+            transfer_encoding: false,
+            final_coding_chunked: false,
+            has_content_length: false,
+            content_length: Ok(None),
+            lists_other_fields: false,
+        };
+        let mut codings_text = true;
+        let mut final_coding = None;
+        for field in fields {
+            let name = field.name;
+            if name.eq_ignore_ascii_case("connection") {
+                for token in crate::headers::field_items(field.value) {
+                    if token.eq_ignore_ascii_case("close") {
+                        framing.close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        framing.keep_alive = true;
+                    } else if !is_hop_by_hop(token) {
+                        framing.lists_other_fields = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                framing.transfer_encoding = true;
+                match crate::headers::field_text(field.value) {
+                    Some(_) => {
+                        if let Some(last) = crate::headers::field_items(field.value).next_back() {
+                            final_coding = Some(last);
+                        }
+                    }
+                    None => codings_text = false,
+                }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                framing.has_content_length = true;
+                if let Ok(known) = &framing.content_length {
+                    framing.content_length = content_length(*known, field.value);
+                }
+            }
+        }
+        framing.final_coding_chunked =
+            codings_text && final_coding.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        framing
+    }
+
+    /// Whether a field of a (non-101) response is left out of its map.
+    fn leaves_out(&self, name: &str, fields: &[httparse::Header<'_>]) -> bool {
+        is_hop_by_hop(name)
+            || (self.transfer_encoding && name.eq_ignore_ascii_case("content-length"))
+            || (self.lists_other_fields
+                && fields
+                    .iter()
+                    .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+                    .flat_map(|f| crate::headers::field_items(f.value))
+                    .any(|token| token.eq_ignore_ascii_case(name)))
+    }
+}
+
+/// Whether a raw field name is one of `headers::HOP_BY_HOP`, in any case.
+fn is_hop_by_hop(name: &str) -> bool {
+    crate::headers::HOP_BY_HOP
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Folds one `Content-Length` value into the length the earlier ones gave: each of its
+/// comma-separated parts must be digits and all must agree.
+fn content_length(known: Option<u64>, value: &[u8]) -> Result<Option<u64>, String> {
+    let mut length = known;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        let parsed = std::str::from_utf8(part)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "invalid Content-Length {:?} in the response",
+                    String::from_utf8_lossy(value)
+                )
+            })?;
+        if length.is_some_and(|l| l != parsed) {
+            return Err("conflicting Content-Length values in the response".into());
+        }
+        length = Some(parsed);
+    }
+    Ok(length)
 }
 
 /// How an exchange failed.
@@ -269,7 +381,8 @@ impl Conn {
         let Head {
             status,
             version,
-            mut headers,
+            headers,
+            framing,
         } = head;
         let (reading, keep_alive) = if status == StatusCode::SWITCHING_PROTOCOLS {
             // RFC 9110 15.2.2: only a request that asked may be switched.
@@ -280,7 +393,7 @@ impl Conn {
             }
             (Reading::Switched, false)
         } else {
-            response_framing(method, status, version, &mut headers).map_err(Failure::Failed)?
+            response_framing(method, status, version, framing).map_err(Failure::Failed)?
         };
         // An early answer that refuses the request (a 413, a 401) ends the body there, as
         // nginx does; any other keeps the body going alongside the response (an upstream that
@@ -523,13 +636,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
     } else {
         Version::HTTP_11
     };
-    let spans = Spans::of(buf, response.headers);
+    let fields = &*response.headers;
+    let framing = FramingFields::of(fields);
+    let spans = if status == StatusCode::SWITCHING_PROTOCOLS {
+        Spans::of(buf, fields.iter())
+    } else {
+        Spans::of(
+            buf,
+            fields
+                .iter()
+                .filter(|field| !framing.leaves_out(field.name, fields)),
+        )
+    };
     let block = buf.split_to(len).freeze();
     let headers = spans.header_map(&block)?;
     Ok(Some(Head {
         status,
         version,
         headers,
+        framing,
     }))
 }
 
@@ -542,11 +667,13 @@ struct Spans {
 }
 
 impl Spans {
-    fn of(base: &[u8], fields: &[httparse::Header<'_>]) -> Self {
+    fn of<'h, 'b: 'h>(base: &[u8], fields: impl Iterator<Item = &'h httparse::Header<'b>>) -> Self {
         let start = base.as_ptr() as usize;
         let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u16;
         let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let mut len = 0;
         for (span, field) in spans.iter_mut().zip(fields) {
+            len += 1;
             let name = offset(field.name.as_bytes());
             let value = offset(field.value);
             *span = (
@@ -556,10 +683,7 @@ impl Spans {
                 value + field.value.len() as u16,
             );
         }
-        Self {
-            spans,
-            len: fields.len().min(MAX_HEADERS),
-        }
+        Self { spans, len }
     }
 
     fn header_map(&self, block: &Bytes) -> Result<HeaderMap, BoxError> {
@@ -584,12 +708,12 @@ fn response_framing(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &mut HeaderMap,
+    framing: FramingFields,
 ) -> Result<(Reading, bool), BoxError> {
     let mut keep_alive = if version == Version::HTTP_10 {
-        crate::headers::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("keep-alive"))
+        framing.keep_alive
     } else {
-        !crate::headers::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("close"))
+        !framing.close
     };
     if *method == Method::HEAD
         || status.is_informational()
@@ -598,51 +722,21 @@ fn response_framing(
     {
         return Ok((Reading::Done, keep_alive));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if framing.transfer_encoding {
         // Transfer-Encoding overrides Content-Length; a response with both is suspect, and
         // its connection is not reused.
         // So is Transfer-Encoding in an HTTP/1.0 response (RFC 9112 6.1).
-        if headers.remove(header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
+        if framing.has_content_length || version == Version::HTTP_10 {
             keep_alive = false;
         }
-        let values = headers.get_all(header::TRANSFER_ENCODING);
-        // A value that is not text cannot be read as ending in chunked: read to the close.
-        let last = if values.iter().all(|v| v.to_str().is_ok()) {
-            values
-                .iter()
-                .flat_map(crate::headers::list_items)
-                .next_back()
+        // A coding that is not text cannot be read as ending in chunked: read to the close.
+        return Ok(if framing.final_coding_chunked {
+            (Reading::Chunked(Chunk::Size), keep_alive)
         } else {
-            None
-        };
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                (Reading::Chunked(Chunk::Size), keep_alive)
-            }
-            _ => (Reading::UntilClose, false),
+            (Reading::UntilClose, false)
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let parsed = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "invalid Content-Length {:?} in the response",
-                        String::from_utf8_lossy(value.as_bytes())
-                    )
-                })?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err("conflicting Content-Length values in the response".into());
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(match length {
+    Ok(match framing.content_length? {
         Some(0) => (Reading::Done, keep_alive),
         Some(length) => (Reading::Length(length), keep_alive),
         None => (Reading::UntilClose, false),
@@ -771,7 +865,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decode
                 let mut fields = [httparse::EMPTY_HEADER; 32];
                 match httparse::parse_headers(buf, &mut fields) {
                     Ok(httparse::Status::Complete((len, fields))) if len <= MAX_TRAILERS => {
-                        let spans = Spans::of(buf, fields);
+                        let spans = Spans::of(buf, fields.iter());
                         let block = buf.split_to(len).freeze();
                         *state = Chunk::End;
                         return Ok(Some(Decoded::Trailers(spans.header_map(&block)?)));
@@ -1152,6 +1246,55 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn fields_that_describe_the_connection_are_not_in_the_response() {
+        let (conn, upstream) = upstream(answering(
+            b"HTTP/1.1 200 OK\r\nServer: origin\r\nConnection: keep-alive, X-Hop\r\n\
+              Keep-Alive: timeout=5\r\nX-Hop: 1\r\nUpgrade: h2c\r\nTrailer: x-sum\r\n\
+              Proxy-Authenticate: Basic\r\nx-hop-not: kept\r\nContent-Length: 2\r\n\r\nok",
+        ))
+        .await;
+        let mut response = send(conn, Method::GET, crate::error::empty())
+            .await
+            .unwrap();
+        let mut names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "server", "x-hop-not"]);
+        assert_eq!(read_body(response.body_mut()).await.unwrap().0, b"ok");
+        assert!(
+            response.body().reusable(),
+            "keep-alive was read before it was left out"
+        );
+        upstream.join().unwrap();
+    }
+
+    #[test]
+    fn framing_fields_read_off_the_raw_head_as_the_map_would_say_them() {
+        let framing = |head: &str| {
+            let mut buf = BytesMut::from(head);
+            parse_head(&mut buf).unwrap().unwrap().framing
+        };
+        let f = framing("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 7, 7\r\n\r\n");
+        assert!(f.close && !f.keep_alive && !f.transfer_encoding);
+        assert_eq!(f.content_length, Ok(Some(7)));
+        let f = framing(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: , chunked \r\n\r\n",
+        );
+        assert!(f.transfer_encoding && f.final_coding_chunked && !f.has_content_length);
+        let f = framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        assert!(f.transfer_encoding && !f.final_coding_chunked);
+        let f = framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
+        assert!(f.content_length.unwrap_err().contains("conflicting"));
+        let f =
+            framing("HTTP/1.0 200 OK\r\nConnection: x-a, Keep-Alive\r\nContent-Length: +1\r\n\r\n");
+        assert!(f.keep_alive && f.lists_other_fields);
+        assert!(
+            f.content_length
+                .unwrap_err()
+                .contains("invalid Content-Length \"+1\"")
+        );
+    }
+
+    #[tokio::test]
     async fn transfer_encoding_overrides_content_length_and_retires_the_connection() {
         let (conn, upstream) = upstream(answering(
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -1421,6 +1564,9 @@ pub(super) mod tests {
         let authority: Authority = "upstream.test".parse().unwrap();
         let response = conn.exchange(&parts, &authority, body).await.unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        // The tunnel's fields stay on a 101 (the proxy sends them on to the client).
+        assert_eq!(response.headers()["upgrade"], "echo");
+        assert_eq!(response.headers()["connection"], "upgrade");
         let mut upgraded = response.into_body().into_upgraded().unwrap();
         let mut early = [0u8; 5];
         tokio::io::AsyncReadExt::read_exact(&mut upgraded, &mut early)
