@@ -112,39 +112,123 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (keeping values a previous proxy set for proto and host).
-pub fn add_forwarded(
+/// The fields the proxy adds to a forwarded request: `X-Forwarded-For`, `-Proto`, `-Host`,
+/// `X-Request-Id` and a `Host` other than the client's. They travel beside the client's header
+/// map instead of being inserted into it: the server sizes that map to the client's fields, so
+/// the first insert past them rebuilds it (about a twentieth of a proxied request's
+/// instructions went to these inserts). The HTTP/1.1 client writes them after the map's
+/// fields; a client that only encodes a map (HTTP/2) has them merged in first. The map holds
+/// no field of the same name as one of them (the client's are taken out when replaced).
+#[derive(Debug, Clone, Default)]
+pub struct Added {
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+}
+
+impl Added {
+    /// Nothing added: requests the proxy makes itself (health checks).
+    pub const NONE: Added = Added {
+        forwarded_for: None,
+        forwarded_proto: None,
+        forwarded_host: None,
+        request_id: None,
+        host: None,
+    };
+
+    /// The added fields, `Host` first.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        [
+            (&header::HOST, &self.host),
+            (&X_FORWARDED_FOR, &self.forwarded_for),
+            (&X_FORWARDED_PROTO, &self.forwarded_proto),
+            (&X_FORWARDED_HOST, &self.forwarded_host),
+            (&X_REQUEST_ID, &self.request_id),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    /// Whether a `Host` is among them.
+    pub fn has_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Puts the added fields into `headers` (for route header edits, which may change them,
+    /// and for clients that encode a map).
+    pub fn merge_into(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            (header::HOST, self.host.take()),
+            (X_FORWARDED_FOR.clone(), self.forwarded_for.take()),
+            (X_FORWARDED_PROTO.clone(), self.forwarded_proto.take()),
+            (X_FORWARDED_HOST.clone(), self.forwarded_host.take()),
+            (X_REQUEST_ID.clone(), self.request_id.take()),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+    }
+
+    /// Sends `host` as the request's `Host` (the client's, or a rewrite).
+    pub fn set_host(&mut self, headers: &mut HeaderMap, host: HeaderValue) {
+        let mut sent = headers.get_all(header::HOST).iter();
+        match (sent.next(), sent.next()) {
+            (Some(only), None) if *only == host => {}
+            (None, _) => self.host = Some(host),
+            _ => {
+                headers.remove(header::HOST);
+                self.host = Some(host);
+            }
+        }
+    }
+}
+
+/// What the proxy adds to a request it forwards (see [`Added`]): the client's address
+/// appended to `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` unless a previous
+/// proxy set them, and the request id unless the client sent that very id.
+pub fn forwarding(
     headers: &mut HeaderMap,
     client_ip: std::net::IpAddr,
     tls: bool,
     host: Option<&HeaderValue>,
-) {
-    let prior = headers
-        .get(&X_FORWARDED_FOR)
+    request_id: &HeaderValue,
+) -> Added {
+    let mut added = Added::NONE;
+    let prior = headers.get(&X_FORWARDED_FOR);
+    let prior_list = prior
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    let mut list = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(prior) = prior {
+    let mut list = Vec::with_capacity(prior_list.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(prior) = prior_list {
         list.extend_from_slice(prior.as_bytes());
         list.extend_from_slice(b", ");
     }
     push_ip(&mut list, client_ip);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(list)) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if prior.is_some() {
+        headers.remove(&X_FORWARDED_FOR);
     }
+    added.forwarded_for = HeaderValue::from_maybe_shared(Bytes::from(list)).ok();
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
+        added.forwarded_proto = Some(HeaderValue::from_static(if tls { "https" } else { "http" }));
     }
     if let Some(host) = host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        added.forwarded_host = Some(host.clone());
     }
+    match headers.get(&X_REQUEST_ID) {
+        Some(sent) if sent == request_id => {}
+        Some(_) => {
+            headers.remove(&X_REQUEST_ID);
+            added.request_id = Some(request_id.clone());
+        }
+        None => added.request_id = Some(request_id.clone()),
+    }
+    added
 }
 
 /// Writes an address as `Display` does; an IPv4 address without the formatting machinery,
@@ -231,6 +315,52 @@ mod tests {
         h
     }
 
+    fn id() -> HeaderValue {
+        HeaderValue::from_static("0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn added_fields_stay_beside_the_map_and_replace_what_the_client_sent() {
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "bad id with spaces"),
+        ]);
+        let mut added = forwarding(&mut h, "10.0.0.1".parse().unwrap(), false, None, &id());
+        added.set_host(&mut h, HeaderValue::from_static("a.example"));
+        // The client's forwarded-for list and its unusable request id left the map; the
+        // previous proxy's proto and the client's own Host stayed in it.
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "x-forwarded-proto"]);
+        let fields: Vec<(&str, &str)> = added
+            .fields()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+                ("x-request-id", "0123456789abcdef0123456789abcdef"),
+            ]
+        );
+        assert!(!added.has_host());
+
+        // A rewritten Host replaces the client's, and every client id that is the request's
+        // own stays where it is.
+        let mut h = map(&[
+            ("host", "a.example"),
+            ("x-request-id", "0123456789abcdef0123456789abcdef"),
+        ]);
+        let mut added = forwarding(&mut h, "10.0.0.1".parse().unwrap(), true, None, &id());
+        added.set_host(&mut h, HeaderValue::from_static("internal.blue"));
+        assert!(h.get("host").is_none() && added.has_host());
+        added.merge_into(&mut h);
+        assert_eq!(h.get("host").unwrap(), "internal.blue");
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+
     #[test]
     fn a_sane_client_request_id_is_kept_and_anything_else_replaced_by_128_random_bits() {
         let kept = request_id(&map(&[("x-request-id", "order-42/retry-1")]));
@@ -314,7 +444,7 @@ mod tests {
     fn a_long_forwarded_for_list_keeps_every_hop_and_gets_the_client() {
         let prior = vec!["198.51.100.77"; 40].join(", ");
         let mut h = map(&[("x-forwarded-for", &prior)]);
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, None);
+        forwarding(&mut h, "10.0.0.1".parse().unwrap(), false, None, &id()).merge_into(&mut h);
         assert_eq!(
             h.get("x-forwarded-for").unwrap().to_str().unwrap(),
             format!("{prior}, 10.0.0.1")
@@ -344,12 +474,14 @@ mod tests {
     #[test]
     fn forwarded_headers_append_the_client() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
-        add_forwarded(
+        forwarding(
             &mut h,
             "10.0.0.1".parse().unwrap(),
             true,
             Some(&HeaderValue::from_static("api.example.com")),
-        );
+            &id(),
+        )
+        .merge_into(&mut h);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");

@@ -432,13 +432,13 @@ async fn forward_request(
     headers::strip_hop_by_hop(&mut upstream_headers, upgrade);
     // The host the client asked for (the normalized one when it sent neither form).
     let client_host = client_host.or_else(|| HeaderValue::from_str(host).ok());
-    headers::add_forwarded(
+    let mut added = headers::forwarding(
         &mut upstream_headers,
         conn.peer.ip(),
         conn.tls,
         client_host.as_ref(),
+        request_id,
     );
-    upstream_headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     let host_header = match route
         .spec
         .filters
@@ -450,9 +450,14 @@ async fn forward_request(
         None => client_host,
     };
     if let Some(value) = host_header {
-        upstream_headers.insert(header::HOST, value);
+        added.set_host(&mut upstream_headers, value);
     }
-    headers::apply_edits(&mut upstream_headers, &route.spec.filters.request_headers);
+    let edits = &route.spec.filters.request_headers;
+    if !edits.is_empty() {
+        // The route's edits apply to everything sent, the added fields included.
+        added.merge_into(&mut upstream_headers);
+        headers::apply_edits(&mut upstream_headers, edits);
+    }
 
     let retries = forward.retries.as_ref();
     let wants_replay = retries.is_some() || forward.mirror.is_some();
@@ -480,6 +485,7 @@ async fn forward_request(
             &parts.method,
             &upstream_target,
             &upstream_headers,
+            added.clone(),
             body.take(),
         );
     }
@@ -520,7 +526,9 @@ async fn forward_request(
             body.take(),
             service,
         );
-        let sent = service.client.send(&endpoint.authority, request);
+        let sent = service
+            .client
+            .send_with(&endpoint.authority, request, &added);
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, sent).await {
                 Ok(result) => result.map_err(|e| classify(service, &endpoint, e)),
@@ -752,6 +760,7 @@ fn send_mirror(
     method: &Method,
     path: &PathAndQuery,
     headers: &http::HeaderMap,
+    added: headers::Added,
     body: UpstreamBody,
 ) {
     let Some(endpoint) = target.pick(&Default::default(), None) else {
@@ -761,7 +770,10 @@ fn send_mirror(
     tokio::spawn(async move {
         // The mirror's answer is ignored; only a bounded wait so a stuck mirror cannot pile up tasks.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            if let Ok(response) = target.client.send(&endpoint.authority, request).await {
+            let sent = target
+                .client
+                .send_with(&endpoint.authority, request, &added);
+            if let Ok(response) = sent.await {
                 let _ = response.into_body().collect().await;
             }
         })

@@ -353,7 +353,7 @@ spec:
     rewrite: {path_prefix: /v2, host: internal.blue}
     request_headers:
       add: {x-added: gateway}
-      set: {x-set-me: gateway}
+      set: {x-set-me: gateway, x-forwarded-proto: https}
       remove: [x-remove-me]
     response_headers:
       add: {x-extra: one}
@@ -453,6 +453,20 @@ async fn rewrites_and_header_edits_are_what_backend_and_client_see() {
     assert_eq!(
         reply.seen_header("x-added").as_deref(),
         Some("client, gateway")
+    );
+    info!("--- edits apply to the fields the gateway adds too: one X-Forwarded-Proto, the route's");
+    assert_eq!(
+        reply.seen_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        reply.seen_header("x-forwarded-host").as_deref(),
+        Some("rewrite.test"),
+        "X-Forwarded-Host is the host the client asked for, not the rewrite"
+    );
+    assert_eq!(
+        reply.seen_header("x-request-id").as_deref(),
+        reply.header("x-request-id")
     );
 
     info!("--- response header edits: the backend's header removed, others set and added");

@@ -17,6 +17,7 @@ use super::pool::{ClientError, Http1Pool, PooledBody, chain};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::BoxError;
+use crate::headers::Added;
 
 /// The body type sent upstream: the client's streamed body, or an empty one.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -36,10 +37,26 @@ impl HttpClient {
         authority: &Authority,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
+        self.send_with(authority, request, &Added::NONE).await
+    }
+
+    /// [`send`](Self::send) with the fields the proxy adds beside the request's own.
+    pub async fn send_with(
+        &self,
+        authority: &Authority,
+        request: Request<UpstreamBody>,
+        added: &Added,
+    ) -> Result<Response<PooledBody>, ClientError> {
         match self {
-            HttpClient::Http1(pool) => pool.send(authority, request).await,
+            HttpClient::Http1(pool) => pool.send(authority, request, added).await,
             HttpClient::Http2(client) => {
                 let (mut parts, body) = request.into_parts();
+                // hyper's HTTP/2 encoder reads the map alone. `:authority` stands for Host.
+                for (name, value) in added.fields() {
+                    if name != http::header::HOST {
+                        parts.headers.insert(name.clone(), value.clone());
+                    }
+                }
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
                 uri.scheme = Some(Scheme::HTTP);
                 uri.authority = Some(authority.clone());

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::clients::UpstreamBody;
 use super::connector::UpstreamStream;
 use crate::BoxError;
+use crate::headers::Added;
 
 /// The largest response head accepted; a bigger one is a 502.
 const MAX_HEAD: usize = 64 * 1024;
@@ -63,6 +64,7 @@ enum RequestFraming {
 /// authority (RFC 9112 3.2 requires one).
 fn encode_request(
     parts: &http::request::Parts,
+    added: &Added,
     body: &UpstreamBody,
     authority: &Authority,
     out: &mut Vec<u8>,
@@ -76,7 +78,7 @@ fn encode_request(
         _ => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
+    if !added.has_host() && !parts.headers.contains_key(header::HOST) {
         push_field(out, b"host", authority.as_str().as_bytes());
     }
     let framing = if body.is_end_stream() {
@@ -98,6 +100,9 @@ fn encode_request(
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+    }
+    for (name, value) in added.fields() {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     framing
@@ -299,12 +304,13 @@ impl Conn {
     pub(super) async fn exchange(
         mut self,
         parts: &http::request::Parts,
+        added: &Added,
         authority: &Authority,
         body: UpstreamBody,
     ) -> Result<http::Response<ResponseBody>, Failure> {
         let mut head = std::mem::take(&mut self.write);
         head.clear();
-        let framing = encode_request(parts, &body, authority, &mut head);
+        let framing = encode_request(parts, added, &body, authority, &mut head);
         let written = self.write_all(&head).await;
         self.write = head;
         if let Err(error) = written {
@@ -1136,7 +1142,7 @@ pub(super) mod tests {
             .unwrap()
             .into_parts();
         let authority: Authority = "upstream.test".parse().unwrap();
-        conn.exchange(&parts, &authority, body).await
+        conn.exchange(&parts, &Added::NONE, &authority, body).await
     }
 
     /// The body's bytes and trailers, or the error that ended it.
@@ -1387,6 +1393,43 @@ pub(super) mod tests {
         upstream.join().unwrap();
     }
 
+    #[test]
+    fn the_added_fields_follow_the_requests_own_and_a_host_among_them_is_the_only_one() {
+        let authority: Authority = "10.0.0.9:8080".parse().unwrap();
+        let encode = |request: http::Request<UpstreamBody>, added: &Added| {
+            let (parts, body) = request.into_parts();
+            let mut out = Vec::new();
+            encode_request(&parts, added, &body, &authority, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let request = || {
+            http::Request::get("/a?b=1")
+                .header("accept", "*/*")
+                .body(crate::error::empty())
+                .unwrap()
+        };
+        // Nothing added and no Host: the endpoint's authority is the Host.
+        assert_eq!(
+            encode(request(), &Added::NONE),
+            "GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.9:8080\r\naccept: */*\r\n\r\n"
+        );
+        let mut headers = http::HeaderMap::new();
+        let mut added = crate::headers::forwarding(
+            &mut headers,
+            "192.0.2.1".parse().unwrap(),
+            false,
+            Some(&HeaderValue::from_static("shop.test")),
+            &HeaderValue::from_static("id-1"),
+        );
+        added.set_host(&mut headers, HeaderValue::from_static("shop.test"));
+        assert_eq!(
+            encode(request(), &added),
+            "GET /a?b=1 HTTP/1.1\r\naccept: */*\r\nhost: shop.test\r\n\
+             x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.test\r\nx-request-id: id-1\r\n\r\n"
+        );
+    }
+
     #[tokio::test]
     async fn request_bodies_go_out_sized_or_chunked() {
         let (conn, peer) = upstream(|mut socket| {
@@ -1562,7 +1605,10 @@ pub(super) mod tests {
             .unwrap()
             .into_parts();
         let authority: Authority = "upstream.test".parse().unwrap();
-        let response = conn.exchange(&parts, &authority, body).await.unwrap();
+        let response = conn
+            .exchange(&parts, &Added::NONE, &authority, body)
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         // The tunnel's fields stay on a 101 (the proxy sends them on to the client).
         assert_eq!(response.headers()["upgrade"], "echo");

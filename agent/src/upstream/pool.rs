@@ -32,6 +32,7 @@ use super::clients::UpstreamBody;
 use super::connector::UpstreamConnector;
 use super::h1::{self, Conn, Failure, Upgraded};
 use crate::BoxError;
+use crate::headers::Added;
 
 /// Idle connections kept per authority; more are closed as they come back. Far above what one
 /// agent keeps busy towards one endpoint, it bounds the sockets a burst can leave open.
@@ -125,11 +126,12 @@ impl Http1Pool {
     }
 
     /// Sends `request` (origin-form URI: path and query) to `authority` on a pooled or new
-    /// connection.
+    /// connection, with `added` written after the request's own fields (see [`Added`]).
     pub async fn send(
         &self,
         authority: &Authority,
         request: Request<UpstreamBody>,
+        added: &Added,
     ) -> Result<Response<PooledBody>, ClientError> {
         let (parts, mut body) = request.into_parts();
         let bodiless = body.is_end_stream();
@@ -140,7 +142,7 @@ impl Http1Pool {
                 // otherwise make every request's future larger.
                 None => (Box::pin(self.connect(authority)).await?, None),
             };
-            match conn.exchange(&parts, authority, body).await {
+            match conn.exchange(&parts, added, authority, body).await {
                 Ok(response) => return Ok(self.pooled(authority, response)),
                 // The head could not be written on a pooled connection: nobody saw the
                 // request, so another connection may carry it.
@@ -157,7 +159,7 @@ impl Http1Pool {
                     tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
                     let fresh = Box::pin(self.connect(authority)).await?;
                     let response = fresh
-                        .exchange(&parts, authority, crate::error::empty())
+                        .exchange(&parts, added, authority, crate::error::empty())
                         .await
                         .map_err(|f| ClientError::Request(f.into_error()))?;
                     return Ok(self.pooled(authority, response));
@@ -460,7 +462,7 @@ mod tests {
         });
 
         let pool = pool();
-        let response = pool.send(&authority, get()).await.unwrap();
+        let response = pool.send(&authority, get(), &Added::NONE).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "one");
         assert_one_is_idle(&pool);
@@ -470,7 +472,7 @@ mod tests {
         // checkout, so the pool still holds the connection as open when the request takes it.
         close_tx.send(()).unwrap();
         closed_rx.recv().unwrap();
-        let outcome = match pool.send(&authority, second).await {
+        let outcome = match pool.send(&authority, second, &Added::NONE).await {
             Ok(response) => Ok(response.into_body().collect().await.unwrap().to_bytes()),
             Err(e) => Err(e),
         };
@@ -535,12 +537,18 @@ mod tests {
             .body(crate::error::empty())
             .unwrap();
         assert_eq!(
-            pool.send(&authority, bare).await.unwrap().status(),
+            pool.send(&authority, bare, &Added::NONE)
+                .await
+                .unwrap()
+                .status(),
             StatusCode::NO_CONTENT
         );
         assert_one_is_idle(&pool);
         assert_eq!(
-            pool.send(&authority, get()).await.unwrap().status(),
+            pool.send(&authority, get(), &Added::NONE)
+                .await
+                .unwrap()
+                .status(),
             StatusCode::NO_CONTENT
         );
         let heads = upstream.join().unwrap();
@@ -561,7 +569,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
-        let error = pool().send(&authority, get()).await.unwrap_err();
+        let error = pool()
+            .send(&authority, get(), &Added::NONE)
+            .await
+            .unwrap_err();
         assert!(error.is_connect(), "{error}");
         assert!(error.reason().contains("refused"), "{error}");
     }

@@ -286,3 +286,10 @@ pub struct HeaderEdits {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
 }
+
+impl HeaderEdits {
+    /// Whether there is nothing to edit.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+}
