@@ -346,6 +346,9 @@ pub(crate) struct Link {
     /// The collections its targets read, one bit each ([`Collection::bit`]); every bit when a
     /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
     pub reads: u64,
+    /// Its transformation list, interned: links with the same list share the number (`0`: no
+    /// transformation). Transformed values are remembered per request by it.
+    pub chain: u32,
 }
 
 /// A rule: its id, phase and chain links.
@@ -515,6 +518,20 @@ impl Config {
                         Some(first) if !first.unconditional => first.reads,
                         _ => u64::MAX,
                     };
+                }
+            }
+        }
+        // Every distinct transformation list gets a number (in both phases: a request's
+        // values go through the same lists in either).
+        let mut chains: FxHashMap<Vec<Transform>, u32> = FxHashMap::default();
+        for items in &mut config.phases {
+            for item in items {
+                let Item::Rule(rule) = item else { continue };
+                for link in &mut rule.links {
+                    if !link.transforms.is_empty() {
+                        let next = chains.len() as u32 + 1;
+                        link.chain = *chains.entry(link.transforms.clone()).or_insert(next);
+                    }
                 }
             }
         }
@@ -757,6 +774,7 @@ impl Config {
             unsupported: None,
             unconditional: rule.is_none(),
             reads: 0,
+            chain: 0,
         };
         let mut id = None;
         let mut phase = None;
