@@ -24,6 +24,27 @@ use std::net::SocketAddr;
 
 pub use engine::Engine;
 
+/// Appends an address as `Display` writes it; an IPv4 address without the formatting
+/// machinery, which costs a few thousand instructions per request. Serves the native engine's
+/// `REMOTE_ADDR` and the agent's `X-Forwarded-For`.
+pub fn push_address(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Most rule matches one evaluation records. The CRS logs a handful per attack; the bound keeps
 /// a hostile request from growing the list without limit.
 pub const MAX_MATCHES: usize = 64;
@@ -137,6 +158,27 @@ pub enum EvaluateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.0.2.10",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.1.2.3",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().expect("an address");
+            let mut out = Vec::new();
+            push_address(&mut out, parsed);
+            assert_eq!(out, ip.as_bytes());
+        }
+    }
 
     #[test]
     fn log_fields_are_parsed_and_absent_ones_are_none() {

@@ -349,18 +349,30 @@ impl TransformMemo {
         (chain, hasher.finish())
     }
 
-    /// The remembered output for `input` (the input itself if the list left it unchanged).
-    fn get<'m>(&'m self, chain: u32, input: &'m [u8]) -> Option<&'m [u8]> {
-        let found = self.found.get(&Self::key(chain, input))?;
-        if self.bytes[found.input.clone()] != *input {
-            return None;
+    /// `input` through the transformation list `chain` (= `transforms`): remembered, or
+    /// computed in the two buffers and remembered.
+    fn transformed<'v>(
+        &'v mut self,
+        chain: u32,
+        transforms: &[Transform],
+        input: &'v [u8],
+        a: &'v mut Vec<u8>,
+        b: &'v mut Vec<u8>,
+    ) -> &'v [u8] {
+        match self.find(chain, input) {
+            Some(output) => output.map_or(input, |o| &self.bytes[o]),
+            None => {
+                let last = transform(transforms, input, a, b);
+                self.put(chain, input, last, !std::ptr::eq(last, input));
+                last
+            }
         }
-        Some(
-            found
-                .output
-                .as_ref()
-                .map_or(input, |o| &self.bytes[o.clone()]),
-        )
+    }
+
+    /// Where the remembered output for `input` is: `Some(None)` when the list left it unchanged.
+    fn find(&self, chain: u32, input: &[u8]) -> Option<Option<Range<usize>>> {
+        let found = self.found.get(&Self::key(chain, input))?;
+        (self.bytes[found.input.clone()] == *input).then(|| found.output.clone())
     }
 
     /// Remembers `output` for `input`, unless the memo is full or another input with the same
@@ -651,7 +663,11 @@ pub(crate) fn evaluate(
         headers: request.headers.to_vec(),
         method: request.method.as_bytes(),
         unique_id: request.id.as_bytes(),
-        remote_addr: address_text(request.client.ip()),
+        remote_addr: {
+            let mut addr = Vec::with_capacity(15);
+            crate::push_address(&mut addr, request.client.ip());
+            addr
+        },
         remote_port: itoa::Buffer::new()
             .format(request.client.port())
             .as_bytes()
@@ -700,25 +716,6 @@ pub(crate) fn evaluate(
     }
     give_back(state);
     result
-}
-
-/// `REMOTE_ADDR`: an IPv4 address written directly (`Display` costs a few thousand
-/// instructions per request), IPv6 through `Display`.
-fn address_text(ip: std::net::IpAddr) -> Vec<u8> {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut out = Vec::with_capacity(15);
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-            out
-        }
-        std::net::IpAddr::V6(v6) => v6.to_string().into_bytes(),
-    }
 }
 
 thread_local! {
@@ -1059,21 +1056,14 @@ impl<'e> Eval<'e, '_> {
                             matched |= self.test(link, index, value, stage)?;
                         }
                     }
-                } else if link.chain == 0 {
-                    matched |= self.test(link, index, value, &value.value)?;
-                } else if value.value.len() < TransformMemo::MIN_INPUT {
-                    let last = transform(&link.transforms, &value.value, &mut a, &mut b);
-                    matched |= self.test(link, index, value, last)?;
                 } else {
-                    let memo = memo.get_or_insert_with(|| std::mem::take(&mut self.state.memo));
-                    if let Some(last) = memo.get(link.chain, &value.value) {
-                        matched |= self.test(link, index, value, last)?;
+                    let last = if link.chain == 0 || value.value.len() < TransformMemo::MIN_INPUT {
+                        transform(&link.transforms, &value.value, &mut a, &mut b)
                     } else {
-                        let last = transform(&link.transforms, &value.value, &mut a, &mut b);
-                        let changed = !std::ptr::eq(last, &value.value[..]);
-                        memo.put(link.chain, &value.value, last, changed);
-                        matched |= self.test(link, index, value, last)?;
-                    }
+                        memo.get_or_insert_with(|| std::mem::take(&mut self.state.memo))
+                            .transformed(link.chain, &link.transforms, &value.value, &mut a, &mut b)
+                    };
+                    matched |= self.test(link, index, value, last)?;
                 }
             }
             Ok(())
@@ -1680,60 +1670,70 @@ fn transform<'v>(
 
 #[cfg(test)]
 mod tests {
-    use super::{TransformMemo, address_text};
+    use super::super::transform::Transform;
+    use super::TransformMemo;
+
+    /// `input` through `transforms` (list number `chain`) with fresh buffers, and whether
+    /// the buffers were written (a remembered value leaves them untouched).
+    fn through(
+        memo: &mut TransformMemo,
+        chain: u32,
+        transforms: &[Transform],
+        input: &[u8],
+    ) -> (Vec<u8>, bool) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let out = memo
+            .transformed(chain, transforms, input, &mut a, &mut b)
+            .to_vec();
+        (out, !a.is_empty() || !b.is_empty())
+    }
 
     #[test]
-    fn the_memo_answers_by_content_and_chain_and_says_when_nothing_changed() {
+    fn the_memo_answers_by_content_and_list_and_says_when_nothing_changed() {
+        let lower = [Transform::Lowercase];
         let mut memo = TransformMemo::default();
         let input = b"Mozilla/5.0 (X11; Linux x86_64)".to_vec();
-        assert_eq!(memo.get(1, &input), None);
-        memo.put(1, &input, b"mozilla/5.0 (x11; linux x86_64)", true);
-        memo.put(2, &input, &input, false);
-        // The same bytes at another address are found; another list is another entry.
+        assert_eq!(
+            through(&mut memo, 1, &lower, &input),
+            (b"mozilla/5.0 (x11; linux x86_64)".to_vec(), true)
+        );
+        // The same bytes at another address are found without transforming again.
         let copy = input.clone();
         assert_eq!(
-            memo.get(1, &copy),
-            Some(&b"mozilla/5.0 (x11; linux x86_64)"[..])
+            through(&mut memo, 1, &lower, &copy),
+            (b"mozilla/5.0 (x11; linux x86_64)".to_vec(), false)
         );
-        assert_eq!(memo.get(2, &copy), Some(&copy[..]));
+        // A list that leaves the value as it is: remembered as "unchanged", the input itself.
+        let unchanged = b"already lower-case text".to_vec();
+        through(&mut memo, 1, &lower, &unchanged);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let out = memo.transformed(1, &lower, &unchanged, &mut a, &mut b);
         assert!(
-            std::ptr::eq(memo.get(2, &copy).unwrap(), &copy[..]),
+            std::ptr::eq(out, &unchanged[..]),
             "unchanged: the input itself"
         );
-        assert_eq!(memo.get(3, &copy), None);
-        // Different bytes are never taken for the remembered ones.
-        assert_eq!(memo.get(1, b"Mozilla/5.0 (X11; Linux x86_65)"), None);
+        // Another list number is another entry, and different bytes are never taken for the
+        // remembered ones.
+        assert!(through(&mut memo, 2, &lower, &copy).1);
+        assert!(through(&mut memo, 1, &lower, b"Mozilla/5.0 (X11; Linux x86_65)").1);
         memo.clear();
-        assert_eq!(memo.get(1, &copy), None);
+        assert!(through(&mut memo, 1, &lower, &copy).1);
     }
 
     #[test]
     fn the_memo_stops_growing_at_its_bound() {
+        let lower = [Transform::Lowercase];
         let mut memo = TransformMemo::default();
-        let big = vec![b'a'; TransformMemo::MAX_BYTES / 2];
-        memo.put(1, &big, &big, false);
-        memo.put(2, &big, b"changed", true);
-        assert!(memo.get(1, &big).is_some());
-        assert_eq!(
-            memo.get(2, &big),
-            None,
+        // Input and output of each are stored: the first takes two thirds of the bound.
+        let big = vec![b'A'; TransformMemo::MAX_BYTES / 3];
+        assert!(through(&mut memo, 1, &lower, &big).1);
+        assert!(!through(&mut memo, 1, &lower, &big).1, "remembered");
+        let other = vec![b'B'; TransformMemo::MAX_BYTES / 3];
+        assert!(through(&mut memo, 1, &lower, &other).1);
+        assert!(
+            through(&mut memo, 1, &lower, &other).1,
             "past the bound nothing more is kept"
         );
         assert!(memo.bytes.len() <= TransformMemo::MAX_BYTES);
-    }
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "192.0.2.10",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let parsed: std::net::IpAddr = ip.parse().expect("an address");
-            assert_eq!(address_text(parsed), ip.as_bytes());
-        }
     }
 }
