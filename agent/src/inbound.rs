@@ -1,6 +1,7 @@
 //! The request body as the proxy forwards it: the client's stream, possibly with a prefix
 //! that the policy chain already read (to check a size, a signature or a WAF rule) put back
-//! in front.
+//! in front. A request the agent's own HTTP/1.1 server read without a body is
+//! [`Inbound::Empty`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +15,8 @@ use crate::BoxError;
 /// A request body: as received, or a prefix already read followed by the rest.
 #[derive(Debug)]
 pub enum Inbound {
+    /// No body: a request without one, as the agent's own HTTP/1.1 server reads it.
+    Empty,
     Incoming(Incoming),
     Prefixed {
         prefix: Option<Bytes>,
@@ -80,6 +83,7 @@ impl Body for Inbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
+            Inbound::Empty => Poll::Ready(None),
             Inbound::Incoming(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
@@ -99,6 +103,7 @@ impl Body for Inbound {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            Inbound::Empty => true,
             Inbound::Incoming(body) => body.is_end_stream(),
             Inbound::Prefixed { prefix, rest } => {
                 prefix.is_none() && rest.as_ref().is_none_or(Body::is_end_stream)
@@ -108,6 +113,7 @@ impl Body for Inbound {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            Inbound::Empty => SizeHint::with_exact(0),
             Inbound::Incoming(body) => body.size_hint(),
             Inbound::Prefixed { prefix, rest } => {
                 let head = prefix.as_ref().map_or(0, |p| p.len() as u64);

@@ -27,6 +27,7 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+mod wire;
 
 pub use app::App;
 pub use config::AgentConfig;

@@ -21,7 +21,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::error::{ProxyError, empty, full};
 use crate::gateway::Gateway;
@@ -50,7 +50,7 @@ pub struct ConnInfo {
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let generation = gateway.current();
@@ -114,7 +114,7 @@ enum RawHost {
 }
 
 impl RawHost {
-    fn of(req: &Request<Incoming>) -> Self {
+    fn of(req: &Request<Inbound>) -> Self {
         match (req.uri().authority(), req.headers().get(header::HOST)) {
             (Some(authority), _) => RawHost::Authority(authority.clone()),
             (None, Some(host)) => RawHost::Header(host.clone()),
@@ -137,7 +137,7 @@ async fn route(
     conn: ConnInfo,
     host: &str,
     request_id: &HeaderValue,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let view = RequestView {
@@ -180,7 +180,7 @@ async fn route(
         // A route without policies never creates the chain's future (it would be copied
         // into this one's state on every request).
         if chain.is_empty() {
-            (req.map(Inbound::Incoming), http::HeaderMap::new())
+            (req, http::HeaderMap::new())
         } else {
             match run_policies(&chain, conn, req, record).await {
                 Ok(passed) => passed,
@@ -239,39 +239,42 @@ async fn route(
 async fn run_policies(
     chain: &Chain,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
     let (mut parts, body) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
     let uri = std::mem::take(&mut parts.uri);
     let mut ctx = RequestCtx::new(parts.method.clone(), uri, headers, conn.peer, conn.tls);
-    let body = match chain.body_limit() {
-        Some(limit) if !body.is_end_stream() => match Inbound::read_prefix(body, limit).await {
-            Ok((read, inbound)) => {
-                ctx.body = if read.complete {
-                    BodyPrefix::Complete(read.prefix)
-                } else {
-                    BodyPrefix::Partial(read.prefix)
-                };
-                inbound
+    let body = match (chain.body_limit(), body) {
+        (Some(limit), Inbound::Incoming(body)) if !body.is_end_stream() => {
+            match Inbound::read_prefix(body, limit).await {
+                Ok((read, inbound)) => {
+                    ctx.body = if read.complete {
+                        BodyPrefix::Complete(read.prefix)
+                    } else {
+                        BodyPrefix::Partial(read.prefix)
+                    };
+                    inbound
+                }
+                Err(e) => {
+                    record.error = Some("client_body_error");
+                    let answer = fleetgate_agent_policy::reject(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        &format!("request body could not be read: {e}"),
+                        "",
+                    );
+                    return Err(answer.map(full));
+                }
             }
-            Err(e) => {
-                record.error = Some("client_body_error");
-                let answer = fleetgate_agent_policy::reject(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    &format!("request body could not be read: {e}"),
-                    "",
-                );
-                return Err(answer.map(full));
-            }
-        },
-        Some(_) => {
-            ctx.body = BodyPrefix::Complete(Bytes::new());
-            Inbound::Incoming(body)
         }
-        None => Inbound::Incoming(body),
+        (Some(_), body) if body.is_end_stream() => {
+            ctx.body = BodyPrefix::Complete(Bytes::new());
+            body
+        }
+        // Bodies are read only as received: a prefix is never read twice.
+        (_, body) => body,
     };
     if let Some(rejection) = chain.run(&mut ctx).await {
         record.error = Some("policy");

@@ -1,4 +1,10 @@
 //! Listeners: accept loops for plain HTTP and TLS, connection settings, graceful drain.
+//!
+//! An HTTP/1.1 connection (plain, or TLS without `h2` negotiated) starts on the agent's own
+//! server ([`h1`]), which serves the common request and hands the connection to hyper at the
+//! first request it leaves to it; an `h2` TLS connection goes to hyper at once.
+
+mod h1;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,11 +12,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
+use crate::inbound::Inbound;
 use crate::proxy::{self, ConnInfo};
 
 /// A TLS handshake slower than this is abandoned: it bounds sockets held by clients that
@@ -55,29 +64,30 @@ pub async fn serve(
 ) {
     let builder = Arc::new(builder(settings));
     let graceful = GracefulShutdown::new();
+    // Tells the connections on the agent's own server to stop taking requests; hyper's are
+    // told by `graceful`, which also waits for both kinds (each holds a watcher).
+    let drain = CancellationToken::new();
     let local = listener.local_addr().ok();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = ConnInfo { peer, tls };
-                    let watcher = graceful.watcher();
                     let gateway = gateway.clone();
-                    let builder = builder.clone();
+                    let accepted = Accepted {
+                        conn: ConnInfo { peer, tls },
+                        gateway: gateway.clone(),
+                        builder: builder.clone(),
+                        settings,
+                        watcher: graceful.watcher(),
+                        drain: drain.clone(),
+                    };
                     tokio::spawn(async move {
                         let _open = gateway.telemetry.connection_opened();
                         if tls {
-                            serve_tls(stream, conn, gateway.clone(), builder, watcher).await;
+                            accepted.serve_tls(stream).await;
                         } else {
-                            let service = {
-                                let gateway = gateway.clone();
-                                service_fn(move |req| proxy::handle(gateway.clone(), conn, req))
-                            };
-                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                            if let Err(e) = watcher.watch(connection).await {
-                                tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
-                            }
+                            accepted.serve_http1(stream).await;
                         }
                     });
                 }
@@ -90,6 +100,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drain.cancel();
     let open = graceful.count();
     if open > 0 {
         tracing::info!(listener = ?local, open, "draining open connections for up to {:?}", settings.drain_timeout);
@@ -102,48 +113,99 @@ pub async fn serve(
     }
 }
 
-async fn serve_tls(
-    stream: TcpStream,
+/// An accepted connection and what serving it needs.
+struct Accepted {
     conn: ConnInfo,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let handshake = async {
-        let acceptor =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-        let start = acceptor.await.map_err(|e| format!("client hello: {e}"))?;
-        let sni = start.client_hello().server_name().map(str::to_owned);
-        let config = gateway
-            .current()
-            .tls
-            .config_for(sni.as_deref())
-            .ok_or_else(|| format!("no certificate for server name {sni:?}"))?;
-        start
-            .into_stream(config)
-            .await
-            .map_err(|e| format!("handshake: {e}"))
-    };
-    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %conn.peer, "TLS handshake failed: {e}");
-            return;
+    settings: ServerSettings,
+    /// Held while the connection is open: the drain waits for every watcher to go.
+    watcher: Watcher,
+    /// Tells the agent's own server to stop taking requests.
+    drain: CancellationToken,
+}
+
+impl Accepted {
+    async fn serve_tls(self, stream: TcpStream) {
+        let conn = self.conn;
+        let handshake = async {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = acceptor.await.map_err(|e| format!("client hello: {e}"))?;
+            let sni = start.client_hello().server_name().map(str::to_owned);
+            let config = self
+                .gateway
+                .current()
+                .tls
+                .config_for(sni.as_deref())
+                .ok_or_else(|| format!("no certificate for server name {sni:?}"))?;
+            start
+                .into_stream(config)
+                .await
+                .map_err(|e| format!("handshake: {e}"))
+        };
+        let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %conn.peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_hyper(tls_stream).await;
+        } else {
+            self.serve_http1(tls_stream).await;
         }
-        Err(_) => {
-            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
-            return;
+    }
+
+    /// Serves an HTTP/1.1 connection on the agent's own server until it ends, or until a request
+    /// it leaves to hyper arrives; then hyper serves the rest (an h2c preface included).
+    async fn serve_http1<S>(self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.conn;
+        let ended = h1::serve(io, self.settings, &self.drain, |req| {
+            proxy::handle(self.gateway.clone(), conn, req)
+        })
+        .await;
+        if let h1::Ended::HandOff(io) = ended {
+            self.serve_hyper(io).await;
         }
-    };
-    // Boxed on TLS connections, where HTTP/2 is negotiated: hyper spawns a task per HTTP/2
-    // stream and moves the request's future into it, and `handle`'s future is ~4 KB; a box
-    // makes that a pointer (+3 % h2 req/s over 8 paired rounds, TLS HTTP/1.1 unchanged). Plain
-    // connections, nearly always HTTP/1.1 (whose future hyper keeps in place), stay unboxed.
-    let service = service_fn(move |req| Box::pin(proxy::handle(gateway.clone(), conn, req)));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, "TLS connection ended with an error: {e}");
+    }
+
+    /// Serves a connection on hyper: HTTP/2, and HTTP/1.1 connections the agent's own server
+    /// handed over.
+    async fn serve_hyper<S>(self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Accepted {
+            conn,
+            gateway,
+            builder,
+            watcher,
+            ..
+        } = self;
+        // Boxed: hyper spawns a task per HTTP/2 stream and moves the request's future into it,
+        // and `handle`'s future is ~4 KB; a box makes that a pointer (+3 % h2 req/s over 8 paired
+        // rounds).
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            Box::pin(proxy::handle(
+                gateway.clone(),
+                conn,
+                req.map(Inbound::Incoming),
+            ))
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
+        }
     }
 }

@@ -12,27 +12,11 @@ use support::{Backend, GatewayOptions, start_gateway, start_gateway_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
-fn config(backend: &Backend) -> String {
-    format!(
-        r#"
-kind: Service
-name: echo
-spec: {{endpoints: [{{address: "{}"}}]}}
----
-kind: Route
-name: all
-spec:
-  forward: {{backends: [{{service: echo}}]}}
-"#,
-        backend.addr
-    )
-}
-
 #[tokio::test]
 async fn hop_by_hop_headers_never_reach_the_backend() {
     support::init_tracing();
     let backend = Backend::start("echo").await;
-    let gw = start_gateway(&config(&backend)).await;
+    let gw = start_gateway(&support::everything_to(&backend)).await;
 
     info!("--- a request carrying every kind of hop-by-hop header");
     let reply = gw
@@ -77,7 +61,7 @@ async fn hop_by_hop_headers_never_reach_the_backend() {
 async fn forwarding_headers_and_request_ids_are_added() {
     support::init_tracing();
     let backend = Backend::start("echo").await;
-    let gw = start_gateway(&config(&backend)).await;
+    let gw = start_gateway(&support::everything_to(&backend)).await;
     let client = gw.client();
 
     info!("--- a request that already passed one proxy");
@@ -143,7 +127,7 @@ async fn forwarding_headers_and_request_ids_are_added() {
 async fn http2_clients_reach_http1_backends() {
     support::init_tracing();
     let backend = Backend::start("echo").await;
-    let gw = start_gateway(&config(&backend)).await;
+    let gw = start_gateway(&support::everything_to(&backend)).await;
 
     info!("--- an h2c connection with prior knowledge");
     let sender = support::h2c_connect(gw.http).await;
@@ -178,7 +162,7 @@ async fn a_client_sending_headers_slowly_is_cut_off_by_the_header_timeout() {
     support::init_tracing();
     let backend = Backend::start("echo").await;
     let gw = start_gateway_with(
-        &config(&backend),
+        &support::everything_to(&backend),
         GatewayOptions {
             header_timeout: Duration::from_secs(1),
             ..Default::default()

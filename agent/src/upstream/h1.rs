@@ -13,12 +13,12 @@
 //! other than 101 are skipped; a 101 hands the socket, with any bytes read past the head, to
 //! the tunnel.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use http::{Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -28,11 +28,10 @@ use super::clients::UpstreamBody;
 use super::connector::UpstreamStream;
 use crate::BoxError;
 use crate::headers::Added;
+use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, SendError, Spans, push_field};
 
 /// The largest response head accepted; a bigger one is a 502.
 const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields a response head may have.
-const MAX_HEADERS: usize = 128;
 /// The largest chunk-size line (size and extensions) and trailer section accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -50,14 +49,6 @@ pub(super) struct Conn {
     write: Vec<u8>,
 }
 
-/// How the request body goes out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RequestFraming {
-    None,
-    Length(u64),
-    Chunked,
-}
-
 /// Writes the request head for `parts` into `out` and says how its body will be framed.
 /// The framing headers are ours, from the body's size: a `Content-Length` or
 /// `Transfer-Encoding` in `parts` is not copied. A request without `Host` gets the endpoint's
@@ -68,7 +59,7 @@ fn encode_request(
     body: &UpstreamBody,
     authority: &Authority,
     out: &mut Vec<u8>,
-) -> RequestFraming {
+) -> Framing {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     match parts.uri.path_and_query() {
@@ -88,13 +79,13 @@ fn encode_request(
         {
             push_field(out, b"content-length", b"0");
         }
-        RequestFraming::None
+        Framing::None
     } else if let Some(length) = body.size_hint().exact() {
         push_field(out, b"content-length", length.to_string().as_bytes());
-        RequestFraming::Length(length)
+        Framing::Length(length)
     } else {
         push_field(out, b"transfer-encoding", b"chunked");
-        RequestFraming::Chunked
+        Framing::Chunked
     };
     for (name, value) in &parts.headers {
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
@@ -106,13 +97,6 @@ fn encode_request(
     }
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A response head: status, version, header fields and what its framing fields say.
@@ -320,7 +304,8 @@ impl Conn {
         // The body goes out until it is done or the upstream answers first. A write that
         // fails (the upstream answered and closed) stops the body; the answer, if one came,
         // is still read.
-        let mut sending = (framing != RequestFraming::None).then(|| Sending::new(body, framing));
+        let mut sending = (framing != Framing::None)
+            .then(|| BodyWriter::new(body, framing, Vec::new(), Message::Request));
         let mut write_error = None;
         if let Some(body) = &mut sending {
             match self.send_body(body).await.map_err(Failure::Failed)? {
@@ -428,7 +413,7 @@ impl Conn {
     /// Sends the request body until it has all gone out, the upstream answers (a final
     /// response head is buffered, or it closed), or a write fails. Only a failure of the
     /// client's own body is an error.
-    async fn send_body(&mut self, body: &mut Sending) -> Result<Sent, BoxError> {
+    async fn send_body(&mut self, body: &mut BodyWriter<UpstreamBody>) -> Result<Sent, BoxError> {
         std::future::poll_fn(|cx| {
             if self.poll_answered(cx) {
                 return Poll::Ready(Ok(Sent::Answered));
@@ -473,113 +458,6 @@ enum Sent {
     /// The upstream answered (or closed) first; what is left goes out alongside the response.
     Answered,
     WriteFailed(io::Error),
-}
-
-enum SendError {
-    /// The client's body failed (it went away, or sent more or less than it announced).
-    Body(BoxError),
-    /// The upstream stopped taking the body.
-    Write(io::Error),
-}
-
-/// A request body on its way upstream: what is left of it, and bytes framed but not written.
-struct Sending {
-    body: UpstreamBody,
-    chunked: bool,
-    /// Bytes still to come under `Content-Length`.
-    remaining: u64,
-    out: Vec<u8>,
-    written: usize,
-    ended: bool,
-}
-
-impl Sending {
-    fn new(body: UpstreamBody, framing: RequestFraming) -> Self {
-        Self {
-            body,
-            chunked: framing == RequestFraming::Chunked,
-            remaining: match framing {
-                RequestFraming::Length(length) => length,
-                _ => 0,
-            },
-            out: Vec::new(),
-            written: 0,
-            ended: false,
-        }
-    }
-
-    /// Writes what the body gives until all of it has gone out (`Ready(Ok)`), or the socket or
-    /// the body has to wait (`Pending`), or something fails.
-    fn poll_send(
-        &mut self,
-        io: &mut UpstreamStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), SendError>> {
-        loop {
-            if self.written < self.out.len() {
-                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]))
-                    .map_err(SendError::Write)?;
-                if n == 0 {
-                    return Poll::Ready(Err(SendError::Write(io::ErrorKind::WriteZero.into())));
-                }
-                self.written += n;
-                continue;
-            }
-            if !self.out.is_empty() {
-                // Flushed before waiting on the client: under TLS, written bytes may sit in
-                // the session until then, and the upstream would wait with us.
-                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(SendError::Write)?;
-                self.out.clear();
-                self.written = 0;
-            }
-            if self.ended {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    // Request trailers are not forwarded.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if self.chunked {
-                        // Into the buffer directly: no string per chunk.
-                        let _ = write!(self.out, "{:x}\r\n", data.len());
-                        self.out.extend_from_slice(&data);
-                        self.out.extend_from_slice(b"\r\n");
-                    } else {
-                        self.remaining =
-                            self.remaining
-                                .checked_sub(data.len() as u64)
-                                .ok_or_else(|| {
-                                    SendError::Body(
-                                        "the request body is longer than its announced length"
-                                            .into(),
-                                    )
-                                })?;
-                        self.out.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(error)) => {
-                    return Poll::Ready(Err(SendError::Body(
-                        format!("reading the client's request body: {error}").into(),
-                    )));
-                }
-                None => {
-                    if self.chunked {
-                        self.out.extend_from_slice(b"0\r\n\r\n");
-                    } else if self.remaining != 0 {
-                        return Poll::Ready(Err(SendError::Body(
-                            "the request body ended before its announced length".into(),
-                        )));
-                    }
-                    self.ended = true;
-                }
-            }
-        }
-    }
 }
 
 /// Whether a response with status `code` is interim, to be skipped: a 1xx other than 101,
@@ -662,50 +540,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
         headers,
         framing,
     }))
-}
-
-/// Where each parsed field's name and value sit in the bytes they were parsed from, so the
-/// values can be slices of those bytes once frozen.
-/// Heads and trailer sections are under 64 KiB, so offsets fit in 16 bits.
-struct Spans {
-    spans: [(u16, u16, u16, u16); MAX_HEADERS],
-    len: usize,
-}
-
-impl Spans {
-    fn of<'h, 'b: 'h>(base: &[u8], fields: impl Iterator<Item = &'h httparse::Header<'b>>) -> Self {
-        let start = base.as_ptr() as usize;
-        let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u16;
-        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-        let mut len = 0;
-        for (span, field) in spans.iter_mut().zip(fields) {
-            len += 1;
-            let name = offset(field.name.as_bytes());
-            let value = offset(field.value);
-            *span = (
-                name,
-                name + field.name.len() as u16,
-                value,
-                value + field.value.len() as u16,
-            );
-        }
-        Self { spans, len }
-    }
-
-    fn header_map(&self, block: &Bytes) -> Result<HeaderMap, BoxError> {
-        let mut map = HeaderMap::with_capacity(self.len);
-        for &(name_start, name_end, value_start, value_end) in &self.spans[..self.len] {
-            let name = &block[name_start as usize..name_end as usize];
-            let name = HeaderName::from_bytes(name)
-                .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(name)))?;
-            let value = HeaderValue::from_maybe_shared(
-                block.slice(value_start as usize..value_end as usize),
-            )
-            .map_err(|_| format!("invalid value for header {name}"))?;
-            map.append(name, value);
-        }
-        Ok(map)
-    }
 }
 
 /// How the response body is delimited (RFC 9112 6.3), and whether the connection may carry
@@ -896,7 +730,7 @@ pub(super) struct ResponseBody {
     request_sent: bool,
     /// The rest of a request body the upstream answered before it ended, sent as the
     /// response body is read.
-    sending: Option<Sending>,
+    sending: Option<BodyWriter<UpstreamBody>>,
 }
 
 impl ResponseBody {
@@ -1077,6 +911,7 @@ pub(super) mod tests {
     use std::net::TcpListener;
     use std::time::Duration;
 
+    use http::header::HeaderValue;
     use http_body_util::BodyExt;
     use proptest::prelude::*;
 

@@ -383,6 +383,15 @@ pub async fn ws_connect(
 // The gateway, in-process
 // ---------------------------------------------------------------------------------------------
 
+/// A config with one service, `echo`, on `backend`, and one route sending everything to it.
+pub fn everything_to(backend: &Backend) -> String {
+    format!(
+        "kind: Service\nname: echo\nspec: {{endpoints: [{{address: \"{}\"}}]}}\n---\n\
+         kind: Route\nname: all\nspec:\n  forward: {{backends: [{{service: echo}}]}}\n",
+        backend.addr
+    )
+}
+
 /// How [`start_gateway_with`] sets up the listeners.
 #[derive(Clone, Copy, Debug)]
 pub struct GatewayOptions {
@@ -461,6 +470,11 @@ pub async fn start_gateway_with(yaml: &str, options: GatewayOptions) -> TestGate
 }
 
 impl TestGateway {
+    /// Starts the listeners' graceful shutdown, as SIGTERM does: they stop accepting and drain.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
     /// Parses `yaml` and applies it as the next revision, the way the file source does.
     /// Returns the revision now serving, or every problem (parse or validation) as text.
     pub fn apply(&self, yaml: &str) -> Result<u64, Vec<String>> {
