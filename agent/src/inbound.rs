@@ -1,7 +1,7 @@
 //! The request body as the proxy forwards it: the client's stream, possibly with a prefix
 //! that the policy chain already read (to check a size, a signature or a WAF rule) put back
-//! in front. A request the agent's own HTTP/1.1 server read without a body is
-//! [`Inbound::Empty`].
+//! in front. The agent's own HTTP/1.1 server reads a request without a body as
+//! [`Inbound::Empty`] and one with a small body as [`Inbound::buffered`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -34,9 +34,40 @@ pub struct ReadPrefix {
 }
 
 impl Inbound {
+    /// A body that is all here already.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Inbound::Prefixed {
+            prefix: Some(bytes),
+            rest: None,
+        }
+    }
+
+    /// Reads up to `limit` bytes of the body and returns them with a body that yields them
+    /// again followed by whatever was not read. A body that is all here already is not copied.
+    pub async fn read_prefix_of(self, limit: u64) -> Result<(ReadPrefix, Inbound), BoxError> {
+        match self {
+            Inbound::Incoming(body) => Self::read_prefix(body, limit).await,
+            Inbound::Prefixed {
+                prefix: Some(bytes),
+                rest: None,
+            } => {
+                let complete = bytes.len() as u64 <= limit;
+                let prefix = bytes.slice(..bytes.len().min(limit as usize));
+                Ok((ReadPrefix { prefix, complete }, Inbound::buffered(bytes)))
+            }
+            other => Ok((
+                ReadPrefix {
+                    prefix: Bytes::new(),
+                    complete: other.is_end_stream(),
+                },
+                other,
+            )),
+        }
+    }
+
     /// Reads up to `limit` bytes of `body` and returns them with a body that yields them again
     /// followed by whatever was not read.
-    pub async fn read_prefix(
+    async fn read_prefix(
         mut body: Incoming,
         limit: u64,
     ) -> Result<(ReadPrefix, Inbound), BoxError> {

@@ -246,35 +246,32 @@ async fn run_policies(
     let headers = std::mem::take(&mut parts.headers);
     let uri = std::mem::take(&mut parts.uri);
     let mut ctx = RequestCtx::new(parts.method.clone(), uri, headers, conn.peer, conn.tls);
-    let body = match (chain.body_limit(), body) {
-        (Some(limit), Inbound::Incoming(body)) if !body.is_end_stream() => {
-            match Inbound::read_prefix(body, limit).await {
-                Ok((read, inbound)) => {
-                    ctx.body = if read.complete {
-                        BodyPrefix::Complete(read.prefix)
-                    } else {
-                        BodyPrefix::Partial(read.prefix)
-                    };
-                    inbound
-                }
-                Err(e) => {
-                    record.error = Some("client_body_error");
-                    let answer = fleetgate_agent_policy::reject(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request_body",
-                        &format!("request body could not be read: {e}"),
-                        "",
-                    );
-                    return Err(answer.map(full));
-                }
-            }
-        }
-        (Some(_), body) if body.is_end_stream() => {
+    let body = match chain.body_limit() {
+        None => body,
+        Some(_) if body.is_end_stream() => {
             ctx.body = BodyPrefix::Complete(Bytes::new());
             body
         }
-        // Bodies are read only as received: a prefix is never read twice.
-        (_, body) => body,
+        Some(limit) => match body.read_prefix_of(limit).await {
+            Ok((read, inbound)) => {
+                ctx.body = if read.complete {
+                    BodyPrefix::Complete(read.prefix)
+                } else {
+                    BodyPrefix::Partial(read.prefix)
+                };
+                inbound
+            }
+            Err(e) => {
+                record.error = Some("client_body_error");
+                let answer = fleetgate_agent_policy::reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_body",
+                    &format!("request body could not be read: {e}"),
+                    "",
+                );
+                return Err(answer.map(full));
+            }
+        },
     };
     if let Some(rejection) = chain.run(&mut ctx).await {
         record.error = Some("policy");

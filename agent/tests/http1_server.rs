@@ -1,6 +1,6 @@
 //! The agent's own HTTP/1.1 server, spoken to over raw sockets: pipelining, `Connection:
-//! close`, the handover to hyper at the first request it leaves to it (bodies, HTTP/1.0,
-//! malformed and oversized heads), a client leaving mid-request, the drain, and the header
+//! close`, small bodies read with their heads, the handover to hyper at the first request it
+//! leaves to it (large and chunked bodies, HTTP/1.0, malformed and oversized heads), a client leaving mid-request, the drain, and the header
 //! timeout on an idle keep-alive connection.
 
 #![allow(clippy::unwrap_used)]
@@ -160,14 +160,14 @@ async fn pipelined_requests_are_answered_in_order_and_connection_close_ends_the_
 }
 
 #[tokio::test]
-async fn a_connection_is_handed_to_hyper_at_its_first_request_with_a_body_and_keeps_serving() {
+async fn small_bodies_stay_on_the_connection_and_a_large_or_chunked_one_hands_it_to_hyper() {
     support::init_tracing();
     let backend = Backend::start("echo").await;
     let gw = start_gateway(&support::everything_to(&backend)).await;
     let mut stream = TcpStream::connect(gw.http).await.unwrap();
     let mut pending = Vec::new();
 
-    info!("--- a GET, then a POST with a body, then a chunked POST, then a GET: one connection");
+    info!("--- a GET, then a small POST whose body comes after a pause, on one connection");
     stream
         .write_all(b"GET /before HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
@@ -176,16 +176,33 @@ async fn a_connection_is_handed_to_hyper_at_its_first_request_with_a_body_and_ke
         .await
         .unwrap();
     assert_eq!(before.json()["path"], "/before");
-
     stream
-        .write_all(b"POST /sized HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello")
+        .write_all(b"POST /sized HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello")
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b" world").await.unwrap();
     let sized = read_response(&mut stream, &mut pending, false)
         .await
         .unwrap();
-    assert_eq!(sized.json()["body"], "hello");
+    assert_eq!(sized.json()["body"], "hello world");
 
+    info!("--- a body larger than the agent buffers, then a chunked one, then a GET");
+    let large = "x".repeat(20_000);
+    stream
+        .write_all(
+            format!(
+                "POST /large HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n{large}",
+                large.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream, &mut pending, false)
+        .await
+        .unwrap();
+    assert_eq!(answer.json()["body"], large.as_str());
     stream
         .write_all(
             b"POST /chunked HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -197,7 +214,6 @@ async fn a_connection_is_handed_to_hyper_at_its_first_request_with_a_body_and_ke
         .await
         .unwrap();
     assert_eq!(chunked.json()["body"], "abcde");
-
     stream
         .write_all(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
@@ -206,7 +222,7 @@ async fn a_connection_is_handed_to_hyper_at_its_first_request_with_a_body_and_ke
         .await
         .unwrap();
     assert_eq!(after.json()["path"], "/after");
-    assert_eq!(backend.requests(), 4);
+    assert_eq!(backend.requests(), 5);
 
     info!("--- an HTTP/1.0 request on a connection of its own is served and closed");
     let mut old = TcpStream::connect(gw.http).await.unwrap();

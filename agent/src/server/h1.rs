@@ -1,17 +1,19 @@
 //! The agent's own HTTP/1.1 server, for the request nearly all traffic is: HTTP/1.1, an
-//! origin-form target, no body, no upgrade.
+//! origin-form target, no body or a small one (up to 16 KiB, by `Content-Length`), no upgrade.
 //!
 //! Such a request is parsed straight into the `Request` the proxy reads (its header values
-//! slices of the read buffer, not copies), and the response head and a body that is ready go
-//! out in one write. The first request that is anything else (a body, `Expect`, an upgrade,
-//! HTTP/1.0, an absolute or `*` target, `CONNECT`, a malformed or oversized head, the HTTP/2
-//! preface) hands the connection, with every byte read and not yet answered, to hyper, which
-//! serves it from then on: hyper answers 400 and 431, streams request bodies, runs upgrades and
-//! HTTP/2. Nothing is consumed before a request is known to be ours, so the handover is exact.
+//! slices of the read buffer, not copies; a small body read whole with its head, as nginx
+//! buffers request bodies), and the response head and a body that is ready go out in one
+//! write. The first request that is anything else (a larger or chunked body, `Expect`, an
+//! upgrade, HTTP/1.0, an absolute or `*` target, `CONNECT`, a malformed or oversized head, the
+//! HTTP/2 preface) hands the connection, with every byte read and not yet answered, to hyper,
+//! which serves it from then on: hyper answers 400 and 431, streams request bodies, runs
+//! upgrades and HTTP/2. Nothing is consumed before a request is known to be ours, so the
+//! handover is exact.
 //!
 //! What the connection keeps from hyper's behaviour: the header-read timeout runs from the
 //! moment the server waits for a head (an idle keep-alive connection included) to the head's
-//! end; a client that closes while its request is in flight cancels it (the upstream exchange
+//! end (here: to the end of a small body read with it); a client that closes while its request is in flight cancels it (the upstream exchange
 //! is dropped); pipelined requests are answered in order; `Connection: close` closes after the
 //! response; a drain lets the request in flight finish and closes idle connections at once.
 //! Responses: `Content-Length` when the body's size is known, chunked (with trailers) when not,
@@ -42,6 +44,9 @@ use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, Spans, push_field};
 
 /// Room a read asks for: a request head in one read.
 const READ_SIZE: usize = 8 * 1024;
+/// Request bodies up to this size are read whole with their head; a larger one makes the
+/// request hyper's, which streams it.
+const BUFFERED_BODY_LIMIT: u64 = 16 * 1024;
 
 /// How serving a connection ended.
 pub(super) enum Ended<S> {
@@ -253,11 +258,18 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         return Parsed::NotOurs;
     }
     let mut close = false;
+    let mut body_len = None;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
         match name.len() {
-            14 if is("content-length") && field.value != b"0" => return Parsed::NotOurs,
+            14 if is("content-length") => match (decimal(field.value), body_len) {
+                (Some(length), None) if length <= BUFFERED_BODY_LIMIT => {
+                    body_len = Some(length as usize);
+                }
+                // Too large to buffer, malformed, or repeated: hyper streams or judges it.
+                _ => return Parsed::NotOurs,
+            },
             17 if is("transfer-encoding") => return Parsed::NotOurs,
             6 if is("expect") => return Parsed::NotOurs,
             7 if is("upgrade") => return Parsed::NotOurs,
@@ -271,6 +283,11 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             }
             _ => {}
         }
+    }
+    let body_len = body_len.unwrap_or(0);
+    if buf.len() < len + body_len {
+        // The body is still arriving.
+        return Parsed::Partial;
     }
     let spans = Spans::of(buf, parsed.headers.iter());
     let target_start = path.as_ptr() as usize - buf.as_ptr() as usize;
@@ -287,7 +304,11 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         *buf = restored;
         return Parsed::NotOurs;
     };
-    let mut request = Request::new(Inbound::Empty);
+    let body = match body_len {
+        0 => Inbound::Empty,
+        n => Inbound::buffered(buf.split_to(n).freeze()),
+    };
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -355,7 +376,11 @@ fn encode_response(
 }
 
 fn content_length(value: &HeaderValue) -> Option<u64> {
-    let digits = value.as_bytes();
+    decimal(value.as_bytes())
+}
+
+/// A `Content-Length` value: 1 to 19 ASCII digits.
+fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -471,8 +496,31 @@ mod tests {
             Parsed::Partial
         ));
 
+        let (parsed, rest) = parse(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET");
+        let Parsed::Complete { request, .. } = parsed else {
+            panic!("a small body is read with its head");
+        };
+        let Inbound::Prefixed {
+            prefix: Some(body),
+            rest: None,
+        } = request.into_body()
+        else {
+            panic!("the body is buffered");
+        };
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(&rest[..], b"GET");
+        let partial = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel";
+        let (parsed, rest) = parse(partial);
+        assert!(
+            matches!(parsed, Parsed::Partial),
+            "the body is still arriving"
+        );
+        assert_eq!(&rest[..], partial);
+
         for not_ours in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+            &b"POST / HTTP/1.1\r\nContent-Length: 16385\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+            b"POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\nhi",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
