@@ -11,15 +11,53 @@ use http::{Response, StatusCode};
 
 use crate::context::{ConsumerEntry, RequestCtx, reject};
 
+/// A plugin's credential sources as the request path reads them: header names parsed once,
+/// when the plugin is built, not on every request.
+#[derive(Debug, Clone)]
+pub struct Sources(Vec<Source>);
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// `None`: a name that is not a valid header name, which no request can carry.
+    Header {
+        name: Option<HeaderName>,
+        prefix: Option<String>,
+    },
+    Query {
+        name: String,
+    },
+    Cookie {
+        name: String,
+    },
+}
+
+impl Sources {
+    pub fn new(sources: &[TokenSource]) -> Self {
+        Self(
+            sources
+                .iter()
+                .map(|source| match source {
+                    TokenSource::Header { name, prefix } => Source::Header {
+                        name: HeaderName::from_bytes(name.as_bytes()).ok(),
+                        prefix: prefix.clone(),
+                    },
+                    TokenSource::Query { name } => Source::Query { name: name.clone() },
+                    TokenSource::Cookie { name } => Source::Cookie { name: name.clone() },
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The first credential present in `sources`, in their order. A header source with a prefix
 /// (`Bearer `) only counts when the value starts with it (compared without regard to case, as
 /// HTTP auth schemes are); the prefix is stripped. Query values are percent-decoded (`+` stays
 /// `+`: keys are not form-encoded text). Empty values count as absent.
-pub fn find<'c>(sources: &[TokenSource], ctx: &'c RequestCtx) -> Option<Cow<'c, str>> {
-    sources.iter().find_map(|source| match source {
-        TokenSource::Header { name, prefix } => ctx
+pub fn find<'c>(sources: &Sources, ctx: &'c RequestCtx) -> Option<Cow<'c, str>> {
+    sources.0.iter().find_map(|source| match source {
+        Source::Header { name, prefix } => ctx
             .headers
-            .get_all(name.as_str())
+            .get_all(name.as_ref()?)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(|value| {
@@ -42,11 +80,11 @@ pub fn find<'c>(sources: &[TokenSource], ctx: &'c RequestCtx) -> Option<Cow<'c, 
                 let rest = rest.trim();
                 (!rest.is_empty()).then_some(Cow::Borrowed(rest))
             }),
-        TokenSource::Query { name } => ctx
+        Source::Query { name } => ctx
             .query_param(name)
             .map(percent_decode)
             .filter(|v| !v.is_empty()),
-        TokenSource::Cookie { name } => ctx
+        Source::Cookie { name } => ctx
             .cookie(name)
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -98,16 +136,16 @@ fn hex_digit(b: u8) -> Option<u8> {
 
 /// Removes every configured source from the request: the headers, the query parameters (all
 /// occurrences; `ctx.uri` is rewritten and the proxy forwards its query) and the cookies.
-pub fn strip(sources: &[TokenSource], ctx: &mut RequestCtx) {
-    for source in sources {
+pub fn strip(sources: &Sources, ctx: &mut RequestCtx) {
+    for source in &sources.0 {
         match source {
-            TokenSource::Header { name, .. } => {
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            Source::Header { name, .. } => {
+                if let Some(name) = name {
                     ctx.headers.remove(name);
                 }
             }
-            TokenSource::Query { name } => remove_query_param(&mut ctx.uri, name),
-            TokenSource::Cookie { name } => remove_cookie(ctx, name),
+            Source::Query { name } => remove_query_param(&mut ctx.uri, name),
+            Source::Cookie { name } => remove_cookie(ctx, name),
         }
     }
 }
@@ -231,14 +269,14 @@ mod tests {
 
     #[test]
     fn the_first_present_source_wins_and_prefixes_are_case_insensitive() {
-        let sources = vec![
+        let sources = Sources::new(&[
             TokenSource::Header {
                 name: "authorization".into(),
                 prefix: Some("Bearer ".into()),
             },
             TokenSource::Query { name: "t".into() },
             TokenSource::Cookie { name: "c".into() },
-        ];
+        ]);
         let c = ctx("/p?t=q%2Fv", &[("authorization", "bearer abc")]);
         assert_eq!(find(&sources, &c).as_deref(), Some("abc"));
         let c = ctx("/p?t=q%2Fv", &[("authorization", "Basic zzz")]);
@@ -252,7 +290,7 @@ mod tests {
 
     #[test]
     fn stripping_removes_every_source() {
-        let sources = vec![
+        let sources = Sources::new(&[
             TokenSource::Header {
                 name: "x-api-key".into(),
                 prefix: None,
@@ -261,7 +299,7 @@ mod tests {
                 name: "api_key".into(),
             },
             TokenSource::Cookie { name: "k".into() },
-        ];
+        ]);
         let mut c = ctx(
             "/p/q?a=1&api_key=s&b=2&api_key=t",
             &[("x-api-key", "s"), ("cookie", "k=s; other=1")],

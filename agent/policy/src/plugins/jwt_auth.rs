@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use fleetgate_shared::model::{JwtAlgorithm, JwtAuth as Config, Phase, TokenSource};
+use fleetgate_shared::model::{JwtAlgorithm, JwtAuth as Config, Phase};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -142,7 +142,7 @@ pub struct JwtAuth {
     issuers: Vec<String>,
     audiences: Vec<String>,
     skew_secs: f64,
-    sources: Vec<TokenSource>,
+    sources: credentials::Sources,
     claims_to_headers: Vec<(String, HeaderName)>,
     consumer_claim: Option<String>,
     allow: Vec<String>,
@@ -229,7 +229,7 @@ impl JwtAuth {
             issuers: config.issuers.clone(),
             audiences: config.audiences.clone(),
             skew_secs: config.clock_skew.to_std().as_secs_f64(),
-            sources: config.token_from.clone(),
+            sources: credentials::Sources::new(&config.token_from),
             claims_to_headers,
             consumer_claim: config.consumer_claim.clone(),
             allow: config.consumers.clone(),
@@ -648,6 +648,7 @@ mod tests {
 
     use super::*;
     use crate::context::ConsumerEntry;
+    use fleetgate_shared::model::TokenSource;
 
     const SECRET: &str = "a-test-hs256-secret-of-at-least-32-bytes";
     const NOW: u64 = 1_800_000_000;

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use fleetgate_shared::model::{KeyAuth as Config, Phase, TokenSource};
+use fleetgate_shared::model::{KeyAuth as Config, Phase};
 use http::header::HeaderValue;
 
 use super::credentials;
@@ -15,7 +15,7 @@ use crate::set::Consumers;
 #[derive(Debug)]
 pub struct KeyAuth {
     name: String,
-    sources: Vec<TokenSource>,
+    sources: credentials::Sources,
     hide: bool,
     allow: Vec<String>,
     consumers: Arc<Consumers>,
@@ -26,7 +26,7 @@ impl KeyAuth {
     pub fn build(name: &str, config: &Config, consumers: &Arc<Consumers>) -> Self {
         Self {
             name: name.to_owned(),
-            sources: config.key_from.clone(),
+            sources: credentials::Sources::new(&config.key_from),
             hide: config.hide_credentials,
             allow: config.consumers.clone(),
             consumers: consumers.clone(),
@@ -85,6 +85,7 @@ mod tests {
 
     use super::*;
     use crate::context::ConsumerEntry;
+    use fleetgate_shared::model::TokenSource;
 
     fn consumers() -> Arc<Consumers> {
         let mut consumers = Consumers::default();
