@@ -74,9 +74,10 @@ impl Spans {
         Self { spans, len }
     }
 
-    /// The fields as a map whose values share `block`, the frozen bytes the spans index.
-    pub fn header_map(&self, block: &Bytes) -> Result<HeaderMap, BoxError> {
-        let mut map = HeaderMap::with_capacity(self.len);
+    /// The fields as a map whose values share `block`, the frozen bytes the spans index, with
+    /// room for `spare` more before an insert has to grow (and rehash) it.
+    pub fn header_map(&self, block: &Bytes, spare: usize) -> Result<HeaderMap, BoxError> {
+        let mut map = HeaderMap::with_capacity(self.len + spare);
         for &(name_start, name_end, value_start, value_end) in &self.spans[..self.len] {
             let name = &block[name_start as usize..name_end as usize];
             let name = HeaderName::from_bytes(name)

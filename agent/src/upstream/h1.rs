@@ -533,7 +533,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
         )
     };
     let block = buf.split_to(len).freeze();
-    let headers = spans.header_map(&block)?;
+    let headers = spans.header_map(&block, 0)?;
     Ok(Some(Head {
         status,
         version,
@@ -708,7 +708,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decode
                         let spans = Spans::of(buf, fields.iter());
                         let block = buf.split_to(len).freeze();
                         *state = Chunk::End;
-                        return Ok(Some(Decoded::Trailers(spans.header_map(&block)?)));
+                        return Ok(Some(Decoded::Trailers(spans.header_map(&block, 0)?)));
                     }
                     Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILERS => return Ok(None),
                     Ok(_) => return Err("the trailer section is larger than 16 KiB".into()),
