@@ -42,6 +42,13 @@ use crate::headers::field_items;
 use crate::inbound::Inbound;
 use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, Spans, push_field};
 
+/// The most fields a request head may have here (hyper's limit, so a head with more gets the
+/// same 431 from hyper either way).
+const MAX_REQUEST_FIELDS: usize = 100;
+const _: () = assert!(MAX_REQUEST_FIELDS <= MAX_HEADERS);
+
+/// A write buffer larger than this is not kept for the next response.
+const WRITE_KEEP: usize = 64 * 1024;
 /// Room a read asks for: a request head in one read.
 const READ_SIZE: usize = 8 * 1024;
 /// Room a request's header map keeps for fields added on the way (a policy's claim or
@@ -162,14 +169,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Next {
         let mut deadline = None;
+        // After a first parse found the head incomplete, it is parsed again only once the new
+        // bytes hold the blank line that ends a head (or the body it waits for is all here, or
+        // the head outgrew the limit): a head dribbled a byte at a time is scanned once, not
+        // re-parsed from its start at every read.
+        let mut parsed_up_to = 0;
+        let mut body_end = 0;
         loop {
-            if !self.read.is_empty() {
+            let worth_parsing = parsed_up_to == 0
+                || if body_end > 0 {
+                    self.read.len() >= body_end
+                } else {
+                    self.read.len() > settings.max_header_bytes
+                        || ends_a_head(&self.read, parsed_up_to)
+                };
+            if !self.read.is_empty() && worth_parsing {
                 match parse_request(&mut self.read, settings.max_header_bytes) {
                     Parsed::Complete { request, close } => return Next::Request { request, close },
-                    Parsed::Partial => {}
+                    Parsed::Partial { needed } => {
+                        parsed_up_to = self.read.len();
+                        body_end = needed;
+                    }
                     Parsed::NotOurs => return Next::NotOurs,
                 }
-            } else if drain.is_cancelled() {
+            } else if self.read.is_empty() && drain.is_cancelled() {
                 return Next::Closed;
             }
             let deadline =
@@ -217,6 +240,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut writer = BodyWriter::new(body, framing, out, Message::Response);
         let sent = poll_fn(|cx| writer.poll_send(&mut self.io, cx)).await;
         self.write = writer.into_buffer();
+        if self.write.capacity() > WRITE_KEEP {
+            // One large body frame does not pin its size for the connection's life.
+            self.write = Vec::new();
+        }
         match sent {
             Ok(()) => Ok(keep_alive),
             Err(crate::wire::SendError::Body(error)) => Err(error),
@@ -233,22 +260,39 @@ enum Parsed {
         request: Request<Inbound>,
         close: bool,
     },
-    Partial,
+    /// More bytes are needed: `needed` is the length the buffer must reach when the head is
+    /// complete and its body is not, 0 while the head itself is incomplete.
+    Partial {
+        needed: usize,
+    },
     NotOurs,
+}
+
+/// Whether `buf` from `from` on (with the three bytes before it) holds an empty line: the end
+/// of a head (`\n\r\n` or a bare `\n\n`).
+fn ends_a_head(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    buf[start..].iter().enumerate().any(|(i, &b)| {
+        b == b'\n' && matches!(&buf[start + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
+    })
 }
 
 /// Takes a complete request head off the front of `buf` if it is one this server serves;
 /// leaves `buf` as it was otherwise.
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_REQUEST_FIELDS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut parsed,
         buf,
         &mut fields,
     ) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
+        // Field offsets are kept in 16 bits (`Spans`): a larger head is hyper's whatever the
+        // configured limit.
+        Ok(httparse::Status::Complete(len)) if len <= max_head.min(usize::from(u16::MAX)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => {
+            return Parsed::Partial { needed: 0 };
+        }
         // Malformed, too many fields, too large: hyper answers those (400, 431).
         _ => return Parsed::NotOurs,
     };
@@ -291,7 +335,9 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let body_len = body_len.unwrap_or(0);
     if buf.len() < len + body_len {
         // The body is still arriving.
-        return Parsed::Partial;
+        return Parsed::Partial {
+            needed: len + body_len,
+        };
     }
     let spans = Spans::of(buf, parsed.headers.iter());
     let target_start = path.as_ptr() as usize - buf.as_ptr() as usize;
@@ -497,7 +543,7 @@ mod tests {
         assert!(matches!(parsed, Parsed::Complete { close: true, .. }));
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nHost: x").0,
-            Parsed::Partial
+            Parsed::Partial { needed: 0 }
         ));
 
         let (parsed, rest) = parse(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET");
@@ -516,7 +562,7 @@ mod tests {
         let partial = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel";
         let (parsed, rest) = parse(partial);
         assert!(
-            matches!(parsed, Parsed::Partial),
+            matches!(parsed, Parsed::Partial { needed } if needed == partial.len() + 2),
             "the body is still arriving"
         );
         assert_eq!(&rest[..], partial);
@@ -583,6 +629,23 @@ mod tests {
             hyper::body::Frame::data(Bytes::from_static(b"x")),
         )]))
         .boxed()
+    }
+
+    #[test]
+    fn only_new_bytes_are_searched_for_the_end_of_a_head() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..head.len() {
+            let found = ends_a_head(head, split);
+            assert!(
+                found,
+                "the end is found when the new bytes start at {split}"
+            );
+        }
+        assert!(!ends_a_head(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+        assert!(ends_a_head(b"GET / HTTP/1.0\n\n", 14));
+        // The blank line lies before the new bytes (and their three-byte overlap): not looked at
+        // again, the parse already saw it.
+        assert!(!ends_a_head(b"a\n\nbbbbbbbb", 8));
     }
 
     #[test]
@@ -654,7 +717,7 @@ mod tests {
             let mut buf = BytesMut::from(&bytes[..]);
             match parse_request(&mut buf, 256) {
                 Parsed::Complete { .. } => prop_assert!(bytes.ends_with(&buf)),
-                Parsed::Partial | Parsed::NotOurs => prop_assert_eq!(&buf[..], &bytes[..]),
+                Parsed::Partial { .. } | Parsed::NotOurs => prop_assert_eq!(&buf[..], &bytes[..]),
             }
         }
 
@@ -676,7 +739,7 @@ mod tests {
                     prop_assert_eq!(request.headers().len(), fields.len());
                 }
                 Parsed::NotOurs => prop_assert_eq!(&buf[..], head.as_bytes()),
-                Parsed::Partial => prop_assert!(false, "a complete head is never partial"),
+                Parsed::Partial { .. } => prop_assert!(false, "a complete head is never partial"),
             }
         }
     }
