@@ -228,7 +228,13 @@ async fn route(
             content_type: None,
         })
     };
-    headers::apply_edits(response.headers_mut(), &spec.filters.response_headers);
+    let edits = &spec.filters.response_headers;
+    if !edits.is_empty() {
+        // Edits read and change the upstream's fields: they must be in the map first.
+        crate::wire::materialize(&mut response);
+        headers::apply_edits(response.headers_mut(), edits);
+    }
+    // Replace the upstream's fields of the same names (as `RawFields` are written).
     response.headers_mut().extend(policy_headers);
     Ok(response)
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`Spans`]: where a parsed head's fields sit in the bytes they were parsed from, so that a
 //!   `HeaderMap` can hold slices of those bytes instead of copies.
+//! - [`RawFields`]: an upstream response's fields left as parsed, for the agent's own server to
+//!   write without a `HeaderMap` built and read back in between.
 //! - [`BodyWriter`]: a message body going out framed by `Content-Length` or chunked, with the
 //!   head in front of it so that a head and a body that is ready leave in one write.
 
@@ -45,6 +47,7 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Where each parsed field's name and value sit in the bytes they were parsed from, so the
 /// values can be slices of those bytes once frozen.
 /// Heads and trailer sections are under 64 KiB, so offsets fit in 16 bits.
+#[derive(Clone)]
 pub struct Spans {
     spans: [(u16, u16, u16, u16); MAX_HEADERS],
     len: usize,
@@ -89,6 +92,67 @@ impl Spans {
             map.append(name, value);
         }
         Ok(map)
+    }
+}
+
+/// An upstream response's end-to-end fields as its head carried them: the head's bytes and where
+/// each field sits in them. The HTTP/1.1 client leaves them in the response's extensions, with
+/// its `HeaderMap` holding only what the proxy adds later (`X-Request-Id`, a policy's fields);
+/// the agent's own server writes both, a raw field only where the map has no field of its name
+/// (the proxy's fields replace the upstream's, as an insert into one map would). Whatever must
+/// read or edit the upstream's fields, or write them another way (hyper: HTTP/2, handed-over
+/// connections), calls [`materialize`] first.
+#[derive(Clone)]
+pub struct RawFields {
+    block: Bytes,
+    spans: Box<Spans>,
+}
+
+impl std::fmt::Debug for RawFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawFields")
+            .field("fields", &self.spans.len)
+            .finish()
+    }
+}
+
+impl RawFields {
+    /// `spans` index `block`, the frozen head they were parsed from.
+    pub fn new(block: Bytes, spans: Spans) -> Self {
+        Self {
+            block,
+            spans: Box::new(spans),
+        }
+    }
+
+    /// Each field's name and value, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.spans[..self.spans.len].iter().map(
+            |&(name_start, name_end, value_start, value_end)| {
+                (
+                    &self.block[name_start as usize..name_end as usize],
+                    &self.block[value_start as usize..value_end as usize],
+                )
+            },
+        )
+    }
+}
+
+/// Moves a response's [`RawFields`], if it has any, into its header map: the upstream's fields
+/// first, then the map's own, which replace upstream fields of the same name.
+pub fn materialize<B>(response: &mut http::Response<B>) {
+    let Some(raw) = response.extensions_mut().remove::<RawFields>() else {
+        return;
+    };
+    let headers = response.headers_mut();
+    match raw.spans.header_map(&raw.block, headers.len()) {
+        Ok(mut upstream) => {
+            upstream.extend(std::mem::take(headers));
+            *headers = upstream;
+        }
+        // Not reached: the client parsed these with the same checks; if it were, the
+        // upstream's fields are dropped rather than sent unchecked.
+        Err(error) => tracing::warn!("upstream response fields dropped: {error}"),
     }
 }
 
@@ -265,5 +329,44 @@ where
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The fields of a response head given as text, left raw as the h1 client leaves them.
+    pub(crate) fn raw_fields(fields: &str) -> RawFields {
+        let head = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        let mut parsed = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut parsed);
+        let httparse::Status::Complete(len) = response.parse(head.as_bytes()).unwrap() else {
+            panic!("incomplete head");
+        };
+        let spans = Spans::of(head.as_bytes(), response.headers.iter());
+        RawFields::new(Bytes::copy_from_slice(&head.as_bytes()[..len]), spans)
+    }
+
+    #[test]
+    fn materialized_fields_come_first_and_the_maps_own_replace_theirs() {
+        let mut response = http::Response::new(());
+        response.extensions_mut().insert(raw_fields(
+            "Content-Type: text/plain\r\nX-Request-Id: upstream\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+        ));
+        response
+            .headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("ours"));
+        materialize(&mut response);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "text/plain");
+        let ids: Vec<_> = headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["ours"]);
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(response.extensions().get::<RawFields>().is_none());
+        // Again: nothing left to move.
+        materialize(&mut response);
+        assert_eq!(response.headers().len(), 4);
     }
 }

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -40,7 +40,7 @@ use super::ServerSettings;
 use crate::ResponseBody;
 use crate::headers::field_items;
 use crate::inbound::Inbound;
-use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, Spans, push_field};
+use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, RawFields, Spans, push_field};
 
 /// The most fields a request head may have here (hyper's limit, so a head with more gets the
 /// same 431 from hyper either way).
@@ -384,23 +384,28 @@ fn encode_response(
     // RFC 9110 8.6: no Content-Length in a 1xx or 204.
     let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
     let bodiless = head_only || no_length || status == StatusCode::NOT_MODIFIED;
-    let mut declared = None;
-    let mut conflicting = false;
-    let mut has_date = false;
+    let mut fields = Fields::default();
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
-            match (content_length(value), declared) {
-                (Some(length), None) => declared = Some(length),
-                (Some(length), Some(seen)) if length == seen => {}
-                _ => conflicting = true,
+        fields.write(
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            &mut keep_alive,
+            out,
+        );
+    }
+    if let Some(raw) = parts.extensions.get::<RawFields>() {
+        for (name, value) in raw.iter() {
+            // The proxy's own fields replace the upstream's of the same name.
+            if !replaced(&parts.headers, name) {
+                fields.write(name, value, &mut keep_alive, out);
             }
-        } else if name == header::CONNECTION {
-            keep_alive &= !field_items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case("close"));
-        } else if name != header::TRANSFER_ENCODING {
-            has_date |= name == header::DATE;
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    let Fields {
+        declared,
+        conflicting,
+        has_date,
+    } = fields;
     let declared = declared.filter(|_| !conflicting && !no_length);
     let framing = if bodiless {
         // A HEAD or 304 may say the length the full response would have.
@@ -425,8 +430,49 @@ fn encode_response(
     (framing, keep_alive)
 }
 
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    decimal(value.as_bytes())
+/// What writing a response's fields found out on the way.
+#[derive(Default)]
+struct Fields {
+    /// The `Content-Length` the fields gave.
+    declared: Option<u64>,
+    /// They gave more than one, not all the same, or one that is not a number.
+    conflicting: bool,
+    has_date: bool,
+}
+
+impl Fields {
+    /// Writes one field, except the framing fields this server decides itself.
+    fn write(&mut self, name: &[u8], value: &[u8], keep_alive: &mut bool, out: &mut Vec<u8>) {
+        let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+        match name.len() {
+            14 if is("content-length") => match (decimal(value), self.declared) {
+                (Some(length), None) => self.declared = Some(length),
+                (Some(length), Some(seen)) if length == seen => {}
+                _ => self.conflicting = true,
+            },
+            10 if is("connection") => {
+                *keep_alive &= !field_items(value).any(|t| t.eq_ignore_ascii_case("close"));
+            }
+            17 if is("transfer-encoding") => {}
+            _ => {
+                self.has_date |= name.len() == 4 && is("date");
+                push_field(out, name, value);
+            }
+        }
+    }
+}
+
+/// Whether `headers` has a field named `name` (any case).
+fn replaced(headers: &HeaderMap, name: &[u8]) -> bool {
+    if headers.is_empty() {
+        return false;
+    }
+    if headers.keys_len() <= 4 {
+        return headers
+            .keys()
+            .any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name));
+    }
+    HeaderName::from_bytes(name).is_ok_and(|name| headers.contains_key(name))
 }
 
 /// A `Content-Length` value: 1 to 19 ASCII digits.
@@ -516,6 +562,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
 
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderValue;
     use http_body_util::BodyExt;
     use proptest::prelude::*;
 
@@ -707,6 +754,42 @@ mod tests {
         assert_eq!(head.matches("date:").count(), 1);
         let (head, _, _) = encode(599, &[], sized(""), false);
         assert!(head.starts_with("HTTP/1.1 599 \r\n"));
+    }
+
+    #[test]
+    fn raw_upstream_fields_are_written_with_the_proxys_replacing_theirs() {
+        let mut response = Response::new(sized("hello"));
+        response
+            .extensions_mut()
+            .insert(crate::wire::tests::raw_fields(
+                "Content-Type: text/plain\r\nContent-Length: 5\r\nX-Request-Id: upstream\r\n\
+                 Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+            ));
+        response
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("ours"));
+        let (parts, body) = response.into_parts();
+        let mut out = Vec::new();
+        let (framing, keep_alive) = encode_response(&parts, false, &body, true, &mut out);
+        let head = String::from_utf8(out).unwrap();
+        assert_eq!((framing, keep_alive), (Framing::Length(5), true));
+        assert!(head.contains("x-request-id: ours\r\n"));
+        assert!(
+            !head.contains("upstream"),
+            "the proxy's id replaces the upstream's: {head}"
+        );
+        assert!(head.contains("Content-Type: text/plain\r\n"));
+        assert!(head.contains("Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"));
+        assert_eq!(
+            head.to_ascii_lowercase().matches("content-length").count(),
+            1
+        );
+        assert_eq!(
+            head.to_ascii_lowercase().matches("date:").count(),
+            1,
+            "the upstream's Date"
+        );
+        assert!(head.ends_with("\r\n\r\n"));
     }
 
     proptest! {

@@ -37,10 +37,15 @@ impl HttpClient {
         authority: &Authority,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
-        self.send_with(authority, request, &Added::NONE).await
+        match self {
+            HttpClient::Http1(pool) => pool.send(authority, request, &Added::NONE, false).await,
+            HttpClient::Http2(_) => self.send_with(authority, request, &Added::NONE).await,
+        }
     }
 
-    /// [`send`](Self::send) with the fields the proxy adds beside the request's own.
+    /// [`send`](Self::send) with the fields the proxy adds beside the request's own, for
+    /// forwarding: an HTTP/1.1 response's fields come as [`crate::wire::RawFields`] in its
+    /// extensions (its header map empty), to be written as they are or materialized.
     pub async fn send_with(
         &self,
         authority: &Authority,
@@ -48,7 +53,7 @@ impl HttpClient {
         added: &Added,
     ) -> Result<Response<PooledBody>, ClientError> {
         match self {
-            HttpClient::Http1(pool) => pool.send(authority, request, added).await,
+            HttpClient::Http1(pool) => pool.send(authority, request, added, true).await,
             HttpClient::Http2(client) => {
                 let (mut parts, body) = request.into_parts();
                 // hyper's HTTP/2 encoder reads the map alone. `:authority` stands for Host.

@@ -28,7 +28,9 @@ use super::clients::UpstreamBody;
 use super::connector::UpstreamStream;
 use crate::BoxError;
 use crate::headers::Added;
-use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, SendError, Spans, push_field};
+use crate::wire::{
+    BodyWriter, Framing, MAX_HEADERS, Message, RawFields, SendError, Spans, push_field,
+};
 
 /// The largest response head accepted; a bigger one is a 502.
 const MAX_HEAD: usize = 64 * 1024;
@@ -107,8 +109,15 @@ struct Head {
     /// and, beside `Transfer-Encoding`, `Content-Length` describe this connection only and
     /// are left out (which spares building and then stripping them). A 101 keeps every
     /// field: its tunnel needs `Connection` and `Upgrade`.
-    headers: HeaderMap,
+    fields: Fields,
     framing: FramingFields,
+}
+
+/// A response head's fields: in a map, or left as parsed ([`RawFields`]) when the caller
+/// forwards them as they are.
+enum Fields {
+    Map(HeaderMap),
+    Raw(RawFields),
 }
 
 /// What a response head's framing fields say, read off the raw fields (RFC 9112 6.3).
@@ -284,9 +293,12 @@ impl Conn {
     }
 
     /// Sends a request to `authority` (origin-form target in `parts`) and reads the response
-    /// head. The response body reads the rest from the connection, which it owns.
+    /// head. The response body reads the rest from the connection, which it owns. With
+    /// `raw_fields`, a final response other than a 101 keeps its fields as [`RawFields`] in
+    /// its extensions instead of a header map.
     pub(super) async fn exchange(
         mut self,
+        raw_fields: bool,
         parts: &http::request::Parts,
         added: &Added,
         authority: &Authority,
@@ -321,7 +333,7 @@ impl Conn {
         let mut interim = 0;
         let mut received = false;
         let head = loop {
-            match parse_head(&mut self.read).map_err(Failure::Failed)? {
+            match parse_head(&mut self.read, raw_fields).map_err(Failure::Failed)? {
                 // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
                 Some(head) if is_interim(head.status.as_u16()) => {
                     received = true;
@@ -372,7 +384,7 @@ impl Conn {
         let Head {
             status,
             version,
-            headers,
+            fields,
             framing,
         } = head;
         let (reading, keep_alive) = if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -401,7 +413,12 @@ impl Conn {
         });
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
+        match fields {
+            Fields::Map(headers) => *response.headers_mut() = headers,
+            Fields::Raw(raw) => {
+                response.extensions_mut().insert(raw);
+            }
+        }
         Ok(response)
     }
 
@@ -489,8 +506,9 @@ fn final_head_buffered(buf: &[u8]) -> bool {
 }
 
 /// Parses a complete response head off the front of `buf`, or says more bytes are needed.
-/// Header values are slices of the head's bytes, not copies.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
+/// Header values are slices of the head's bytes, not copies; with `raw`, a final response's
+/// fields other than a 101's stay as parsed.
+fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, BoxError> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -533,11 +551,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
         )
     };
     let block = buf.split_to(len).freeze();
-    let headers = spans.header_map(&block, 0)?;
+    let fields = if raw && !status.is_informational() {
+        Fields::Raw(RawFields::new(block, spans))
+    } else {
+        Fields::Map(spans.header_map(&block, 0)?)
+    };
     Ok(Some(Head {
         status,
         version,
-        headers,
+        fields,
         framing,
     }))
 }
@@ -977,7 +999,8 @@ pub(super) mod tests {
             .unwrap()
             .into_parts();
         let authority: Authority = "upstream.test".parse().unwrap();
-        conn.exchange(&parts, &Added::NONE, &authority, body).await
+        conn.exchange(false, &parts, &Added::NONE, &authority, body)
+            .await
     }
 
     /// The body's bytes and trailers, or the error that ended it.
@@ -1112,7 +1135,7 @@ pub(super) mod tests {
     fn framing_fields_read_off_the_raw_head_as_the_map_would_say_them() {
         let framing = |head: &str| {
             let mut buf = BytesMut::from(head);
-            parse_head(&mut buf).unwrap().unwrap().framing
+            parse_head(&mut buf, false).unwrap().unwrap().framing
         };
         let f = framing("HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 7, 7\r\n\r\n");
         assert!(f.close && !f.keep_alive && !f.transfer_encoding);
@@ -1441,7 +1464,7 @@ pub(super) mod tests {
             .into_parts();
         let authority: Authority = "upstream.test".parse().unwrap();
         let response = conn
-            .exchange(&parts, &Added::NONE, &authority, body)
+            .exchange(false, &parts, &Added::NONE, &authority, body)
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
@@ -1553,7 +1576,7 @@ pub(super) mod tests {
                 }
             }
             let mut buf = BytesMut::from(&bytes[..]);
-            let _ = parse_head(&mut buf);
+            let _ = parse_head(&mut buf, false);
         }
 
         #[test]
@@ -1567,9 +1590,30 @@ pub(super) mod tests {
             }
             head.push_str("\r\nbody");
             let mut buf = BytesMut::from(head.as_bytes());
-            if let Ok(Some(parsed)) = parse_head(&mut buf) {
+            let mut raw_buf = buf.clone();
+            if let Ok(Some(parsed)) = parse_head(&mut buf, false) {
                 prop_assert_eq!(parsed.status.as_u16(), status);
                 prop_assert_eq!(&buf[..], b"body");
+                // Left raw, the same fields in the same order, as the map would hold them.
+                let Some(Head { fields: Fields::Raw(raw), .. }) =
+                    parse_head(&mut raw_buf, true).unwrap()
+                else {
+                    return Ok(());
+                };
+                let Fields::Map(map) = parsed.fields else { unreachable!() };
+                let from_map: Vec<(String, Vec<u8>)> = map
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect();
+                let mut from_raw: Vec<(String, Vec<u8>)> = raw
+                    .iter()
+                    .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
+                    .collect();
+                // A map groups a name's values together; compare as multisets per name.
+                let mut sorted_map = from_map.clone();
+                sorted_map.sort();
+                from_raw.sort();
+                prop_assert_eq!(sorted_map, from_raw);
             }
         }
     }

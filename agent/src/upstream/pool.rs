@@ -126,12 +126,14 @@ impl Http1Pool {
     }
 
     /// Sends `request` (origin-form URI: path and query) to `authority` on a pooled or new
-    /// connection, with `added` written after the request's own fields (see [`Added`]).
+    /// connection, with `added` written after the request's own fields (see [`Added`]). With
+    /// `raw_fields`, the response's fields come as [`crate::wire::RawFields`] in its extensions.
     pub async fn send(
         &self,
         authority: &Authority,
         request: Request<UpstreamBody>,
         added: &Added,
+        raw_fields: bool,
     ) -> Result<Response<PooledBody>, ClientError> {
         let (parts, mut body) = request.into_parts();
         let bodiless = body.is_end_stream();
@@ -142,7 +144,10 @@ impl Http1Pool {
                 // otherwise make every request's future larger.
                 None => (Box::pin(self.connect(authority)).await?, None),
             };
-            match conn.exchange(&parts, added, authority, body).await {
+            match conn
+                .exchange(raw_fields, &parts, added, authority, body)
+                .await
+            {
                 Ok(response) => return Ok(self.pooled(authority, response)),
                 // The head could not be written on a pooled connection: nobody saw the
                 // request, so another connection may carry it.
@@ -159,7 +164,7 @@ impl Http1Pool {
                     tracing::debug!(upstream = %authority, "an idle upstream connection failed as it was reused ({error}); sending again on a new one");
                     let fresh = Box::pin(self.connect(authority)).await?;
                     let response = fresh
-                        .exchange(&parts, added, authority, crate::error::empty())
+                        .exchange(raw_fields, &parts, added, authority, crate::error::empty())
                         .await
                         .map_err(|f| ClientError::Request(f.into_error()))?;
                     return Ok(self.pooled(authority, response));
@@ -462,7 +467,10 @@ mod tests {
         });
 
         let pool = pool();
-        let response = pool.send(&authority, get(), &Added::NONE).await.unwrap();
+        let response = pool
+            .send(&authority, get(), &Added::NONE, false)
+            .await
+            .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "one");
         assert_one_is_idle(&pool);
@@ -472,7 +480,7 @@ mod tests {
         // checkout, so the pool still holds the connection as open when the request takes it.
         close_tx.send(()).unwrap();
         closed_rx.recv().unwrap();
-        let outcome = match pool.send(&authority, second, &Added::NONE).await {
+        let outcome = match pool.send(&authority, second, &Added::NONE, false).await {
             Ok(response) => Ok(response.into_body().collect().await.unwrap().to_bytes()),
             Err(e) => Err(e),
         };
@@ -537,7 +545,7 @@ mod tests {
             .body(crate::error::empty())
             .unwrap();
         assert_eq!(
-            pool.send(&authority, bare, &Added::NONE)
+            pool.send(&authority, bare, &Added::NONE, false)
                 .await
                 .unwrap()
                 .status(),
@@ -545,7 +553,7 @@ mod tests {
         );
         assert_one_is_idle(&pool);
         assert_eq!(
-            pool.send(&authority, get(), &Added::NONE)
+            pool.send(&authority, get(), &Added::NONE, false)
                 .await
                 .unwrap()
                 .status(),
@@ -570,7 +578,7 @@ mod tests {
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
         let error = pool()
-            .send(&authority, get(), &Added::NONE)
+            .send(&authority, get(), &Added::NONE, false)
             .await
             .unwrap_err();
         assert!(error.is_connect(), "{error}");
