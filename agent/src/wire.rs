@@ -44,6 +44,39 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Folds one `Content-Length` field value (a number, or a list of equal numbers, RFC 9112 6.3)
+/// into the length the fields before it gave (`known`).
+pub fn content_length(known: Option<u64>, value: &[u8]) -> Result<Option<u64>, String> {
+    let mut length = known;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        let parsed = std::str::from_utf8(part)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "invalid Content-Length {:?}",
+                    String::from_utf8_lossy(value)
+                )
+            })?;
+        if length.is_some_and(|l| l != parsed) {
+            return Err("conflicting Content-Length values".into());
+        }
+        length = Some(parsed);
+    }
+    Ok(length)
+}
+
+/// Appends `content-length: LENGTH`.
+pub fn push_length(out: &mut Vec<u8>, length: u64) {
+    push_field(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(length).as_bytes(),
+    );
+}
+
 /// Where each parsed field's name and value sit in the bytes they were parsed from, so the
 /// values can be slices of those bytes once frozen.
 /// Heads and trailer sections are under 64 KiB, so offsets fit in 16 bits.

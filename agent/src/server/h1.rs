@@ -40,7 +40,10 @@ use super::ServerSettings;
 use crate::ResponseBody;
 use crate::headers::field_items;
 use crate::inbound::Inbound;
-use crate::wire::{BodyWriter, Framing, MAX_HEADERS, Message, RawFields, Spans, push_field};
+use crate::wire::{
+    BodyWriter, Framing, MAX_HEADERS, Message, RawFields, Spans, content_length, push_field,
+    push_length,
+};
 
 /// The most fields a request head may have here (hyper's limit, so a head with more gets the
 /// same 431 from hyper either way).
@@ -89,7 +92,7 @@ where
     };
     let mut draining = pin!(drain.cancelled());
     loop {
-        let (request, close) = match conn.next_head(&settings, drain, draining.as_mut()).await {
+        let (request, close) = match conn.next_head(&settings, draining.as_mut()).await {
             Next::Request { request, close } => (request, close),
             Next::Closed => return Ended::Closed,
             Next::NotOurs => {
@@ -165,7 +168,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn next_head(
         &mut self,
         settings: &ServerSettings,
-        drain: &CancellationToken,
         mut draining: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Next {
         let mut deadline = None;
@@ -192,8 +194,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     Parsed::NotOurs => return Next::NotOurs,
                 }
-            } else if self.read.is_empty() && drain.is_cancelled() {
-                return Next::Closed;
             }
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
@@ -206,6 +206,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             tokio::select! {
                 biased;
+                // Between requests a drain closes the connection at once.
+                () = draining.as_mut(), if self.read.is_empty() => return Next::Closed,
                 read = self.io.read_buf(&mut self.read) => {
                     if matches!(read, Ok(0) | Err(_)) {
                         return Next::Closed;
@@ -221,7 +223,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     timer.as_mut().reset(deadline);
                 }
-                () = draining.as_mut(), if self.read.is_empty() => return Next::Closed,
             }
         }
     }
@@ -306,16 +307,14 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
         return Parsed::NotOurs;
     }
     let mut close = false;
-    let mut body_len = None;
+    let mut body_len: Option<u64> = None;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
         match name.len() {
-            14 if is("content-length") => match (decimal(field.value), body_len) {
-                (Some(length), None) if length <= BUFFERED_BODY_LIMIT => {
-                    body_len = Some(length as usize);
-                }
-                // Too large to buffer, malformed, or repeated: hyper streams or judges it.
+            14 if is("content-length") => match (body_len, content_length(None, field.value)) {
+                (None, Ok(length)) => body_len = length,
+                // Malformed, conflicting or repeated: hyper judges it.
                 _ => return Parsed::NotOurs,
             },
             17 if is("transfer-encoding") => return Parsed::NotOurs,
@@ -332,7 +331,11 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Parsed {
             _ => {}
         }
     }
-    let body_len = body_len.unwrap_or(0);
+    let body_len = match body_len.unwrap_or(0) {
+        // Too large to buffer: hyper streams it.
+        length if length > BUFFERED_BODY_LIMIT => return Parsed::NotOurs,
+        length => length as usize,
+    };
     if buf.len() < len + body_len {
         // The body is still arriving.
         return Parsed::Partial {
@@ -401,12 +404,9 @@ fn encode_response(
             }
         }
     }
-    let Fields {
-        declared,
-        conflicting,
-        has_date,
-    } = fields;
-    let declared = declared.filter(|_| !conflicting && !no_length);
+    let Fields { length, has_date } = fields;
+    // Conflicting or malformed lengths are dropped for the body's own.
+    let declared = length.ok().flatten().filter(|_| !no_length);
     let framing = if bodiless {
         // A HEAD or 304 may say the length the full response would have.
         if let Some(length) = declared {
@@ -431,13 +431,19 @@ fn encode_response(
 }
 
 /// What writing a response's fields found out on the way.
-#[derive(Default)]
 struct Fields {
-    /// The `Content-Length` the fields gave.
-    declared: Option<u64>,
-    /// They gave more than one, not all the same, or one that is not a number.
-    conflicting: bool,
+    /// The `Content-Length` the fields gave, if any, or why it cannot be used.
+    length: Result<Option<u64>, String>,
     has_date: bool,
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self {
+            length: Ok(None),
+            has_date: false,
+        }
+    }
 }
 
 impl Fields {
@@ -445,11 +451,11 @@ impl Fields {
     fn write(&mut self, name: &[u8], value: &[u8], keep_alive: &mut bool, out: &mut Vec<u8>) {
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
         match name.len() {
-            14 if is("content-length") => match (decimal(value), self.declared) {
-                (Some(length), None) => self.declared = Some(length),
-                (Some(length), Some(seen)) if length == seen => {}
-                _ => self.conflicting = true,
-            },
+            14 if is("content-length") => {
+                if let Ok(known) = self.length {
+                    self.length = content_length(known, value);
+                }
+            }
             10 if is("connection") => {
                 *keep_alive &= !field_items(value).any(|t| t.eq_ignore_ascii_case("close"));
             }
@@ -473,22 +479,6 @@ fn replaced(headers: &HeaderMap, name: &[u8]) -> bool {
             .any(|key| key.as_str().as_bytes().eq_ignore_ascii_case(name));
     }
     HeaderName::from_bytes(name).is_ok_and(|name| headers.contains_key(name))
-}
-
-/// A `Content-Length` value: 1 to 19 ASCII digits.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-fn push_length(out: &mut Vec<u8>, length: u64) {
-    push_field(
-        out,
-        b"content-length",
-        itoa::Buffer::new().format(length).as_bytes(),
-    );
 }
 
 /// Appends a `Date` field: the current second's, formatted once per second per thread.

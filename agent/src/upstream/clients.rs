@@ -37,10 +37,7 @@ impl HttpClient {
         authority: &Authority,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ClientError> {
-        match self {
-            HttpClient::Http1(pool) => pool.send(authority, request, &Added::NONE, false).await,
-            HttpClient::Http2(_) => self.send_with(authority, request, &Added::NONE).await,
-        }
+        self.dispatch(authority, request, &Added::NONE, false).await
     }
 
     /// [`send`](Self::send) with the fields the proxy adds beside the request's own, for
@@ -52,8 +49,18 @@ impl HttpClient {
         request: Request<UpstreamBody>,
         added: &Added,
     ) -> Result<Response<PooledBody>, ClientError> {
+        self.dispatch(authority, request, added, true).await
+    }
+
+    async fn dispatch(
+        &self,
+        authority: &Authority,
+        request: Request<UpstreamBody>,
+        added: &Added,
+        raw_fields: bool,
+    ) -> Result<Response<PooledBody>, ClientError> {
         match self {
-            HttpClient::Http1(pool) => pool.send(authority, request, added, true).await,
+            HttpClient::Http1(pool) => pool.send(authority, request, added, raw_fields).await,
             HttpClient::Http2(client) => {
                 let (mut parts, body) = request.into_parts();
                 // hyper's HTTP/2 encoder reads the map alone. `:authority` stands for Host.

@@ -29,7 +29,8 @@ use super::connector::UpstreamStream;
 use crate::BoxError;
 use crate::headers::Added;
 use crate::wire::{
-    BodyWriter, Framing, MAX_HEADERS, Message, RawFields, SendError, Spans, push_field,
+    BodyWriter, Framing, MAX_HEADERS, Message, RawFields, SendError, Spans, content_length,
+    push_field, push_length,
 };
 
 /// The largest response head accepted; a bigger one is a 502.
@@ -83,7 +84,7 @@ fn encode_request(
         }
         Framing::None
     } else if let Some(length) = body.size_hint().exact() {
-        push_field(out, b"content-length", length.to_string().as_bytes());
+        push_length(out, length);
         Framing::Length(length)
     } else {
         push_field(out, b"transfer-encoding", b"chunked");
@@ -201,30 +202,6 @@ fn is_hop_by_hop(name: &str) -> bool {
     crate::headers::HOP_BY_HOP
         .iter()
         .any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Folds one `Content-Length` value into the length the earlier ones gave: each of its
-/// comma-separated parts must be digits and all must agree.
-fn content_length(known: Option<u64>, value: &[u8]) -> Result<Option<u64>, String> {
-    let mut length = known;
-    for part in value.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        let parsed = std::str::from_utf8(part)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| {
-                format!(
-                    "invalid Content-Length {:?} in the response",
-                    String::from_utf8_lossy(value)
-                )
-            })?;
-        if length.is_some_and(|l| l != parsed) {
-            return Err("conflicting Content-Length values in the response".into());
-        }
-        length = Some(parsed);
-    }
-    Ok(length)
 }
 
 /// How an exchange failed.
