@@ -303,9 +303,15 @@ struct State {
     /// Writes to `ip`/`global` this evaluation made: committed to the store only when the
     /// evaluation completes, so that a request handed back to libmodsecurity changes nothing.
     pending: Vec<(Collection, String, String, Option<Vec<u8>>)>,
-    /// Reused transformation buffers.
-    buffers: (Vec<u8>, Vec<u8>),
-    /// This evaluation's transformed values.
+}
+
+/// Where a thread transforms values: two buffers the stages alternate between, and this
+/// evaluation's transformed values. Kept apart from [`State`] so that a link can transform
+/// into them while its tests change the state.
+#[derive(Debug, Default)]
+struct Buffers {
+    a: Vec<u8>,
+    b: Vec<u8>,
     memo: TransformMemo,
 }
 
@@ -567,8 +573,6 @@ impl State {
             ip_record: String::new(),
             global_record: String::new(),
             pending: Vec::new(),
-            buffers: (Vec::new(), Vec::new()),
-            memo: TransformMemo::default(),
         }
     }
 
@@ -584,10 +588,6 @@ impl State {
 
     fn matched_clear(&mut self) {
         self.matched_len = 0;
-    }
-
-    fn matched_push(&mut self, value: &Value<'_>, input: &[u8]) {
-        self.matched_push_parts(Some(value.collection), value.key.as_deref(), input);
     }
 
     fn matched_push_parts(
@@ -699,7 +699,7 @@ pub(crate) fn evaluate(
     }
 
     vars.index(true);
-    let mut state = take_state();
+    let (mut state, mut buffers) = take_state();
     state.tx.reset(config.tx_names.names.len());
     vars.tx_names = Some(&config.tx_names);
     // Without SecRuleEngine libmodsecurity runs the rules but no disruptive action.
@@ -708,26 +708,27 @@ pub(crate) fn evaluate(
     state.processor_name = processor_name;
     // Without SecRequestBodyAccess libmodsecurity still runs phase 2; only Off stops it.
     state.body_access = config.body_access.unwrap_or(true);
-    let result = run(config, request, &mut vars, &mut state);
+    let result = run(config, request, &mut vars, &mut state, &mut buffers);
     if result.is_ok() {
         for (collection, record, name, value) in state.pending.drain(..) {
             store.write(collection, &record, &name, value);
         }
     }
-    give_back(state);
+    give_back(state, buffers);
     result
 }
 
 thread_local! {
     /// A thread's evaluation state, reused: its maps and buffers keep their capacity.
-    static STATE: std::cell::RefCell<Option<State>> = const { std::cell::RefCell::new(None) };
+    static STATE: std::cell::RefCell<Option<(State, Buffers)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// This thread's state, reset for a new evaluation.
-fn take_state() -> State {
-    let mut state = STATE
+fn take_state() -> (State, Buffers) {
+    let (mut state, mut buffers) = STATE
         .with(|s| s.borrow_mut().take())
-        .unwrap_or_else(State::new);
+        .unwrap_or_else(|| (State::new(), Buffers::default()));
     state.matched_len = 0;
     state.removed_ids.clear();
     state.removed_tags.clear();
@@ -744,12 +745,12 @@ fn take_state() -> State {
     state.ip_record.clear();
     state.global_record.clear();
     state.pending.clear();
-    state.memo.clear();
-    state
+    buffers.memo.clear();
+    (state, buffers)
 }
 
-fn give_back(state: State) {
-    STATE.with(|s| *s.borrow_mut() = Some(state));
+fn give_back(state: State, buffers: Buffers) {
+    STATE.with(|s| *s.borrow_mut() = Some((state, buffers)));
 }
 
 /// Bytes of JSON argument names and values inspected per request at least (at most 4× the
@@ -762,13 +763,14 @@ fn run<'r>(
     request: &Request<'r>,
     vars: &mut Vars<'r>,
     state: &mut State,
+    buffers: &mut Buffers,
 ) -> Result<Outcome, Unsupported> {
     let state = &mut *state;
     if state.engine == EngineMode::Off {
         return Ok(Outcome::default());
     }
 
-    run_phase(config, 0, vars, state)?;
+    run_phase(config, 0, vars, state, buffers)?;
     if state.intervention.is_some() || state.engine == EngineMode::Off {
         return Ok(finish(state));
     }
@@ -849,7 +851,7 @@ fn run<'r>(
         vars.body = Some(body);
     }
     vars.index(false);
-    run_phase(config, 1, vars, state)?;
+    run_phase(config, 1, vars, state, buffers)?;
     Ok(finish(state))
 }
 
@@ -865,6 +867,7 @@ fn run_phase(
     phase: usize,
     vars: &Vars<'_>,
     state: &mut State,
+    buffers: &mut Buffers,
 ) -> Result<(), Unsupported> {
     if state.allowed {
         return Ok(());
@@ -883,7 +886,7 @@ fn run_phase(
             i = block.apply(state);
             continue;
         }
-        i = step(config, phase, i, vars, state)?;
+        i = step(config, phase, i, vars, state, buffers)?;
         if state.intervention.is_some() || state.allowed {
             break;
         }
@@ -901,6 +904,7 @@ fn step(
     i: usize,
     vars: &Vars<'_>,
     state: &mut State,
+    buffers: &mut Buffers,
 ) -> Result<usize, Unsupported> {
     let next = i + 1;
     let rule = match &config.phases[phase][i] {
@@ -928,7 +932,7 @@ fn step(
         state.matched_clear();
         return Ok(next);
     }
-    evaluate_rule(config, phase, rule, vars, state)?;
+    evaluate_rule(config, phase, rule, vars, state, buffers)?;
     Ok(match state.marker {
         Some(id) => next_marker(config, phase, id, next),
         None => next,
@@ -942,6 +946,7 @@ fn evaluate_rule(
     rule: &Rule,
     vars: &Vars<'_>,
     state: &mut State,
+    buffers: &mut Buffers,
 ) -> Result<(), Unsupported> {
     state.save_message = true;
     // A deny answers with its own rule's status (or the phase default), not one an earlier
@@ -956,7 +961,7 @@ fn evaluate_rule(
     };
     if rule.links[0].unconditional {
         cx.unconditional()?;
-    } else if cx.link(0)? && cx.state.save_message {
+    } else if cx.link(0, buffers)? && cx.state.save_message {
         let disrupted = cx.state.intervention.is_some();
         if !disrupted && !rule.links[0].multi_match {
             cx.log();
@@ -1022,7 +1027,7 @@ impl<'e> Eval<'e, '_> {
     }
 
     /// Evaluates link `index` and, if it matches, the rest of the chain; runs the actions.
-    fn link(&mut self, index: usize) -> Result<bool, Unsupported> {
+    fn link(&mut self, index: usize, buffers: &mut Buffers) -> Result<bool, Unsupported> {
         let rule = self.rule;
         let link = &rule.links[index];
         if link.reads & !self.vars.empty == 0 {
@@ -1030,58 +1035,120 @@ impl<'e> Eval<'e, '_> {
             self.state.matched_clear();
             return Ok(false);
         }
-        let mut values = Values::new();
-        self.collect(link, index == 0, &mut values)?;
-        let mut matched = false;
-        let (mut a, mut b) = std::mem::take(&mut self.state.buffers);
-        // Taken from the state only once a value needs it: most links never do.
-        let mut memo: Option<TransformMemo> = None;
-        let result = (|| {
+        // libmodsecurity matches `ctl:ruleRemoveTarget*` against each link's own id and tags,
+        // and a chained link has neither, so only the first link loses targets.
+        let removals = index == 0
+            && (!self.state.removed_targets_by_id.is_empty()
+                || !self.state.removed_targets_by_tag.is_empty());
+        let matched = if link.direct && !removals {
+            self.test_targets(link, index, buffers)?
+        } else {
+            let mut values = Values::new();
+            self.collect(link, removals, &mut values);
+            let mut matched = false;
             for value in &values {
-                if link.multi_match {
-                    // The value itself, then every transformation stage that changed it,
-                    // alternating between the two buffers (`b_holds`: the last stage is in b).
-                    matched |= self.test(link, index, value, &value.value)?;
-                    let mut b_holds = None;
-                    for t in &link.transforms {
-                        let changed = match b_holds {
-                            None => t.apply(&value.value, &mut a),
-                            Some(false) => t.apply(&a, &mut b),
-                            Some(true) => t.apply(&b, &mut a),
-                        };
-                        if changed {
-                            let in_b = b_holds == Some(false);
-                            b_holds = Some(in_b);
-                            let stage = if in_b { &b } else { &a };
-                            matched |= self.test(link, index, value, stage)?;
-                        }
-                    }
-                } else {
-                    let last = if link.chain == 0 || value.value.len() < TransformMemo::MIN_INPUT {
-                        transform(&link.transforms, &value.value, &mut a, &mut b)
-                    } else {
-                        memo.get_or_insert_with(|| std::mem::take(&mut self.state.memo))
-                            .transformed(link.chain, &link.transforms, &value.value, &mut a, &mut b)
-                    };
-                    matched |= self.test(link, index, value, last)?;
-                }
+                let key = value.key.as_deref();
+                matched |=
+                    self.inspect(link, index, value.collection, key, &value.value, buffers)?;
             }
-            Ok(())
-        })();
-        self.state.buffers = (a, b);
-        if let Some(memo) = memo {
-            self.state.memo = memo;
-        }
-        result?;
+            matched
+        };
         if !matched {
             self.state.matched_clear();
             return Ok(false);
         }
-        if index + 1 < rule.links.len() && !self.link(index + 1)? {
+        if index + 1 < rule.links.len() && !self.link(index + 1, buffers)? {
             return Ok(false);
         }
         self.after_full_match(link)?;
         Ok(true)
+    }
+
+    /// A [`Link::direct`] link's values, each tested as it is found (the order `collect`
+    /// would list them in).
+    fn test_targets(
+        &mut self,
+        link: &Link,
+        index: usize,
+        buffers: &mut Buffers,
+    ) -> Result<bool, Unsupported> {
+        let vars = self.vars;
+        let mut matched = false;
+        for target in &link.targets {
+            let collection = target.collection;
+            let excluded = |key: &[u8]| target.exclusions.iter().any(|e| selects(e, key));
+            match source(vars, collection) {
+                Source::Scalar(None) => {}
+                Source::Scalar(Some(value)) => {
+                    if !excluded(b"") {
+                        matched |= self.inspect(link, index, collection, None, value, buffers)?;
+                    }
+                }
+                Source::Members(list) => {
+                    for (key, value) in list.selected(&target.selector) {
+                        if !excluded(key) {
+                            matched |=
+                                self.inspect(link, index, collection, Some(key), value, buffers)?;
+                        }
+                    }
+                }
+                Source::Computed => {
+                    // A numbered `TX` name (the only other target a direct link has).
+                    let Selector::Tx(id) = target.selector else {
+                        continue;
+                    };
+                    let Some(value) = self.state.tx.slot(id).cloned() else {
+                        continue;
+                    };
+                    let name = self.config.tx_names.name(id).as_bytes();
+                    if !excluded(name) {
+                        matched |=
+                            self.inspect(link, index, collection, Some(name), &value, buffers)?;
+                    }
+                }
+            }
+        }
+        Ok(matched)
+    }
+
+    /// One value of a link through its transformations and operator: the fully transformed
+    /// value, or with `multiMatch` the value and every stage that changed it.
+    fn inspect(
+        &mut self,
+        link: &Link,
+        index: usize,
+        collection: Collection,
+        key: Option<&[u8]>,
+        value: &[u8],
+        buffers: &mut Buffers,
+    ) -> Result<bool, Unsupported> {
+        let Buffers { a, b, memo } = buffers;
+        if !link.multi_match {
+            let last = if link.chain == 0 || value.len() < TransformMemo::MIN_INPUT {
+                transform(&link.transforms, value, a, b)
+            } else {
+                memo.transformed(link.chain, &link.transforms, value, a, b)
+            };
+            return self.test(link, index, collection, key, last);
+        }
+        // The value itself, then every transformation stage that changed it, alternating
+        // between the two buffers (`b_holds`: the last stage is in b).
+        let mut matched = self.test(link, index, collection, key, value)?;
+        let mut b_holds = None;
+        for t in &link.transforms {
+            let changed = match b_holds {
+                None => t.apply_if_changing(value, a),
+                Some(false) => t.apply_if_changing(a, b),
+                Some(true) => t.apply_if_changing(b, a),
+            };
+            if changed {
+                let in_b = b_holds == Some(false);
+                b_holds = Some(in_b);
+                let stage = if in_b { &b } else { &a };
+                matched |= self.test(link, index, collection, key, stage)?;
+            }
+        }
+        Ok(matched)
     }
 
     /// Runs the operator on one (transformed) value; on a match, the per-match actions.
@@ -1089,7 +1156,8 @@ impl<'e> Eval<'e, '_> {
         &mut self,
         link: &Link,
         index: usize,
-        value: &Value<'_>,
+        collection: Collection,
+        key: Option<&[u8]>,
         input: &[u8],
     ) -> Result<bool, Unsupported> {
         let hit = match link.operator.evaluate(input, link.capture, self) {
@@ -1104,7 +1172,7 @@ impl<'e> Eval<'e, '_> {
         if let Some(what) = link.unsupported {
             return Err(Unsupported(what));
         }
-        self.state.matched_push(value, input);
+        self.state.matched_push_parts(Some(collection), key, input);
         for setvar in &link.setvars {
             self.setvar(setvar);
         }
@@ -1265,19 +1333,9 @@ impl<'e> Eval<'e, '_> {
         }
     }
 
-    /// The values a link inspects, exclusions and `ctl` target removals applied.
-    /// `first`: the chain's first link. libmodsecurity matches `ctl:ruleRemoveTarget*` against
-    /// each link's own id and tags, and a chained link has neither, so only the first link
-    /// loses targets.
-    fn collect(
-        &self,
-        link: &'e Link,
-        first: bool,
-        out: &mut Values<'e>,
-    ) -> Result<(), Unsupported> {
-        let removals = first
-            && (!self.state.removed_targets_by_id.is_empty()
-                || !self.state.removed_targets_by_tag.is_empty());
+    /// The values a link inspects, exclusions and (with `removals`) `ctl` target removals
+    /// applied.
+    fn collect(&self, link: &'e Link, removals: bool, out: &mut Values<'e>) {
         for target in &link.targets {
             if removals && self.target_removed(target) {
                 continue;
@@ -1314,7 +1372,6 @@ impl<'e> Eval<'e, '_> {
                 });
             }
         }
-        Ok(())
     }
 
     fn target_removed(&self, target: &Target) -> bool {
@@ -1412,6 +1469,107 @@ fn persistent_read(
     members
 }
 
+/// Where a collection's values are for this request.
+enum Source<'s> {
+    /// One value, or none.
+    Scalar(Option<&'s [u8]>),
+    /// A keyed collection's members.
+    Members(Members<'s>),
+    /// Values computed when read or held by the evaluation's state: [`resolve`] builds them.
+    Computed,
+}
+
+/// The values of the collections the request holds as parsed ([`Collection::in_request`]);
+/// [`Source::Computed`] for the others.
+fn source<'s>(vars: &'s Vars<'_>, collection: Collection) -> Source<'s> {
+    use Collection::*;
+    let pairs = |list: &'s [Pair], order: &'s [usize], names: bool| {
+        Source::Members(Members {
+            list: List::Pairs(list),
+            order,
+            names,
+        })
+    };
+    let headers = |names: bool| {
+        Source::Members(Members {
+            list: List::Headers(&vars.headers),
+            order: &vars.order.headers,
+            names,
+        })
+    };
+    let scalar = |value: &'s [u8]| Source::Scalar(Some(value));
+    let text = |value: Option<&'s str>| Source::Scalar(value.map(str::as_bytes));
+    match collection {
+        Args => pairs(&vars.args, &vars.order.args, false),
+        ArgsGet => pairs(&vars.args_get, &vars.order.args_get, false),
+        ArgsPost => pairs(&vars.args_post, &vars.order.args_post, false),
+        ArgsNames => pairs(&vars.args, &vars.order.args, true),
+        ArgsGetNames => pairs(&vars.args_get, &vars.order.args_get, true),
+        ArgsPostNames => pairs(&vars.args_post, &vars.order.args_post, true),
+        RequestHeaders => headers(false),
+        RequestHeadersNames => headers(true),
+        RequestCookies => pairs(&vars.cookies, &vars.order.cookies, false),
+        RequestCookiesNames => pairs(&vars.cookies, &vars.order.cookies, true),
+        RequestUri => scalar(&vars.target.request_uri),
+        RequestUriRaw => scalar(&vars.target.request_uri_raw),
+        RequestFilename => scalar(&vars.target.request_filename),
+        RequestBasename => scalar(&vars.target.request_basename),
+        RequestLine => scalar(&vars.target.request_line),
+        RequestMethod => scalar(vars.method),
+        RequestProtocol => scalar(&vars.target.request_protocol),
+        QueryString => scalar(&vars.target.query_string),
+        RequestBody => Source::Scalar(vars.body),
+        ReqbodyError => text(vars.reqbody_error),
+        ReqbodyErrorMsg => text(vars.reqbody_error_msg.as_deref()),
+        InboundDataError => text(vars.inbound_data_error),
+        // Multipart and XML bodies go to libmodsecurity: for the requests evaluated here these
+        // are empty, as libmodsecurity has them then. No GeoIP database, no timing.
+        MultipartStrictError | MultipartPartHeaders | Files | FilesNames | FilesCombinedSize
+        | Xml | Geo | Duration => Source::Scalar(None),
+        RemoteAddr => scalar(&vars.remote_addr),
+        RemotePort => scalar(&vars.remote_port),
+        UniqueId => scalar(vars.unique_id),
+        ArgsCombinedSize | RequestBodyLength | ReqbodyProcessor | MatchedVar | MatchedVarName
+        | MatchedVars | MatchedVarsNames | Tx | Ip | Global => Source::Computed,
+    }
+}
+
+/// A keyed collection of the request: its pairs, the order rules visit them in, and whether
+/// a rule reads the names (`*_NAMES`) instead of the values.
+#[derive(Clone, Copy)]
+struct Members<'s> {
+    list: List<'s>,
+    order: &'s [usize],
+    names: bool,
+}
+
+#[derive(Clone, Copy)]
+enum List<'s> {
+    Pairs(&'s [Pair]),
+    Headers(&'s [(&'s [u8], &'s [u8])]),
+}
+
+impl<'s> Members<'s> {
+    /// The (name, value) of each member `selector` picks, as libmodsecurity's multimap yields
+    /// them: a whole collection or a regex selection in rule order, one key's members newest
+    /// first (the reverse). For `*_NAMES` the value is the name.
+    fn selected<'a>(
+        self,
+        selector: &'a Selector,
+    ) -> impl Iterator<Item = (&'s [u8], &'s [u8])> + use<'a, 's> {
+        let forward = !matches!(selector, Selector::Key(_));
+        let n = self.order.len();
+        (0..n).filter_map(move |j| {
+            let i = self.order[if forward { j } else { n - 1 - j }];
+            let (k, v) = match self.list {
+                List::Pairs(list) => list.get(i).map(|(k, v)| (&k[..], &v[..]))?,
+                List::Headers(list) => *list.get(i)?,
+            };
+            selects(selector, k).then_some((k, if self.names { k } else { v }))
+        })
+    }
+}
+
 /// Appends the members of `collection` that `selector` picks.
 fn resolve<'s>(
     vars: &'s Vars<'_>,
@@ -1421,81 +1579,45 @@ fn resolve<'s>(
     out: &mut Values<'s>,
 ) {
     use Collection::*;
-    let keyed = |list: &'s [Pair], order: &[usize], names: bool, out: &mut Values<'s>| {
-        members(collection, selector, list, order, names, out);
-    };
-    let scalar = |value: Option<&'s [u8]>, out: &mut Values<'s>| {
-        if let Some(value) = value {
-            out.push(Value {
-                collection,
-                key: None,
-                value: Bytes::Borrowed(value),
-            });
+    match source(vars, collection) {
+        Source::Scalar(value) => {
+            if let Some(value) = value {
+                out.push(Value {
+                    collection,
+                    key: None,
+                    value: Bytes::Borrowed(value),
+                });
+            }
+            return;
         }
-    };
+        Source::Members(members) => {
+            for (key, value) in members.selected(selector) {
+                out.push(Value {
+                    collection,
+                    key: Some(Bytes::Borrowed(key)),
+                    value: Bytes::Borrowed(value),
+                });
+            }
+            return;
+        }
+        Source::Computed => {}
+    }
     match collection {
-        Args => keyed(&vars.args, &vars.order.args, false, out),
-        ArgsGet => keyed(&vars.args_get, &vars.order.args_get, false, out),
-        ArgsPost => keyed(&vars.args_post, &vars.order.args_post, false, out),
-        ArgsNames => keyed(&vars.args, &vars.order.args, true, out),
-        ArgsGetNames => keyed(&vars.args_get, &vars.order.args_get, true, out),
-        ArgsPostNames => keyed(&vars.args_post, &vars.order.args_post, true, out),
-        ArgsCombinedSize => {
-            if !vars.args.is_empty() {
-                out.push(Value {
-                    collection,
-                    key: None,
-                    value: Bytes::Owned(request::combined_size(&vars.args).into_bytes()),
-                });
-            }
-        }
-        RequestHeaders | RequestHeadersNames => members(
+        ArgsCombinedSize if !vars.args.is_empty() => out.push(Value {
             collection,
-            selector,
-            &vars.headers,
-            &vars.order.headers,
-            collection == RequestHeadersNames,
-            out,
-        ),
-        RequestCookies => keyed(&vars.cookies, &vars.order.cookies, false, out),
-        RequestCookiesNames => keyed(&vars.cookies, &vars.order.cookies, true, out),
-        RequestUri => scalar(Some(&vars.target.request_uri), out),
-        RequestUriRaw => scalar(Some(&vars.target.request_uri_raw), out),
-        RequestFilename => scalar(Some(&vars.target.request_filename), out),
-        RequestBasename => scalar(Some(&vars.target.request_basename), out),
-        RequestLine => scalar(Some(&vars.target.request_line), out),
-        RequestMethod => scalar(Some(vars.method), out),
-        RequestProtocol => scalar(Some(&vars.target.request_protocol), out),
-        QueryString => scalar(Some(&vars.target.query_string), out),
-        RequestBody => scalar(vars.body, out),
-        RequestBodyLength => {
-            if let Some(body) = vars.body {
-                out.push(Value {
-                    collection,
-                    key: None,
-                    value: Bytes::Owned(body.len().to_string().into_bytes()),
-                });
-            }
-        }
-        ReqbodyProcessor => {
-            if let Some(name) = state.processor_name {
-                out.push(Value {
-                    collection,
-                    key: None,
-                    value: Bytes::Borrowed(name.as_bytes()),
-                });
-            }
-        }
-        ReqbodyError => scalar(vars.reqbody_error.map(str::as_bytes), out),
-        ReqbodyErrorMsg => scalar(vars.reqbody_error_msg.as_deref().map(str::as_bytes), out),
-        InboundDataError => scalar(vars.inbound_data_error.map(str::as_bytes), out),
-        // Multipart and XML bodies go to libmodsecurity: for the requests evaluated here these
-        // are empty, as libmodsecurity has them then. No GeoIP database, no timing.
-        MultipartStrictError | MultipartPartHeaders | Files | FilesNames | FilesCombinedSize
-        | Xml | Geo | Duration => {}
-        RemoteAddr => scalar(Some(&vars.remote_addr), out),
-        RemotePort => scalar(Some(&vars.remote_port), out),
-        UniqueId => scalar(Some(vars.unique_id), out),
+            key: None,
+            value: Bytes::Owned(request::combined_size(&vars.args).into_bytes()),
+        }),
+        RequestBodyLength if let Some(body) = vars.body => out.push(Value {
+            collection,
+            key: None,
+            value: Bytes::Owned(body.len().to_string().into_bytes()),
+        }),
+        ReqbodyProcessor if let Some(name) = state.processor_name => out.push(Value {
+            collection,
+            key: None,
+            value: Bytes::Borrowed(name.as_bytes()),
+        }),
         MatchedVar | MatchedVarName => {
             if let Some(m) = state.matched().last() {
                 out.push(Value {
@@ -1581,34 +1703,8 @@ fn resolve<'s>(
                 });
             }
         }
-    }
-}
-
-/// Appends the members of a keyed collection that `selector` picks, as libmodsecurity's
-/// multimap yields them: a whole collection or a regex selection in rule order, one key's
-/// members newest first (the reverse). `names`: the keys instead of the values.
-fn members<'s, K: AsRef<[u8]>, V: AsRef<[u8]>>(
-    collection: Collection,
-    selector: &Selector,
-    list: &'s [(K, V)],
-    order: &[usize],
-    names: bool,
-    out: &mut Values<'s>,
-) {
-    let mut push = |i: &usize| {
-        if let Some((k, v)) = list.get(*i)
-            && selects(selector, k.as_ref())
-        {
-            out.push(Value {
-                collection,
-                key: Some(Bytes::Borrowed(k.as_ref())),
-                value: Bytes::Borrowed(if names { k.as_ref() } else { v.as_ref() }),
-            });
-        }
-    };
-    match selector {
-        Selector::Key(_) => order.iter().rev().for_each(&mut push),
-        _ => order.iter().for_each(&mut push),
+        // Empty, or served by `source` above.
+        _ => {}
     }
 }
 
@@ -1653,9 +1749,9 @@ fn transform<'v>(
     let mut current = 0u8;
     for t in transforms {
         let changed = match current {
-            0 => t.apply(value, a),
-            1 => t.apply(a, b),
-            _ => t.apply(b, a),
+            0 => t.apply_if_changing(value, a),
+            1 => t.apply_if_changing(a, b),
+            _ => t.apply_if_changing(b, a),
         };
         if changed {
             current = if current == 1 { 2 } else { 1 };

@@ -144,6 +144,26 @@ impl Collection {
             .map(|&(_, c)| c)
     }
 
+    /// Whether its members are parts of the request as parsed, or no members at all (the
+    /// collections this engine never fills): what a link can read without the evaluation's
+    /// state and without computing a value (`eval::source` hands these out as they are).
+    pub(crate) fn in_request(self) -> bool {
+        use Collection::*;
+        !matches!(
+            self,
+            ArgsCombinedSize
+                | RequestBodyLength
+                | ReqbodyProcessor
+                | MatchedVar
+                | MatchedVarName
+                | MatchedVars
+                | MatchedVarsNames
+                | Tx
+                | Ip
+                | Global
+        )
+    }
+
     /// The name ModSecurity prints before a key (`ARGS:id`).
     pub fn name(self) -> &'static str {
         COLLECTIONS
@@ -346,6 +366,9 @@ pub(crate) struct Link {
     /// The collections its targets read, one bit each ([`Collection::bit`]); every bit when a
     /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
     pub reads: u64,
+    /// Every target reads the request as parsed or one numbered `TX` name, none counts: the
+    /// link's values can be tested as they are found, without gathering them first.
+    pub direct: bool,
     /// Its transformation list, interned: links with the same list share the number (`0`: no
     /// transformation). Transformed values are remembered per request by it.
     pub chain: u32,
@@ -508,6 +531,11 @@ impl Config {
                         } else {
                             link.targets.iter().fold(0, |m, t| m | t.collection.bit())
                         };
+                        link.direct = link.targets.iter().all(|t| {
+                            !t.count
+                                && (t.collection.in_request()
+                                    || matches!(t.selector, Selector::Tx(_)))
+                        });
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
                             all.append(&mut link.transforms);
@@ -774,6 +802,7 @@ impl Config {
             unsupported: None,
             unconditional: rule.is_none(),
             reads: 0,
+            direct: false,
             chain: 0,
         };
         let mut id = None;

@@ -187,6 +187,73 @@ impl Transform {
         }
     }
 
+    /// As [`Transform::apply`], but an input this transformation certainly leaves as it is
+    /// ([`Transform::keeps`]) is not copied: `false`, and `out` is left untouched. What the
+    /// evaluation calls: most values a benign request has contain nothing to decode.
+    pub fn apply_if_changing(self, input: &[u8], out: &mut Vec<u8>) -> bool {
+        !self.keeps(input) && self.apply(input, out)
+    }
+
+    /// Whether `input` certainly comes out unchanged, judged by a scan for the bytes this
+    /// transformation acts on (`false`: it may change it, or there is no such quick check).
+    pub fn keeps(self, input: &[u8]) -> bool {
+        let none_of = |bytes: &[u8]| !input.iter().any(|c| bytes.contains(c));
+        let no_pair = |pair: &[u8; 2]| !input.windows(2).any(|w| w == pair);
+        match self {
+            Transform::Lowercase => !input.iter().any(u8::is_ascii_uppercase),
+            Transform::Uppercase => !input.iter().any(u8::is_ascii_lowercase),
+            Transform::UrlDecode | Transform::UrlDecodeUni => none_of(b"%+"),
+            Transform::HtmlEntityDecode => none_of(b"&"),
+            Transform::JsDecode | Transform::EscapeSeqDecode => none_of(b"\\"),
+            // Its output is cut at the first NUL.
+            Transform::CssDecode => none_of(b"\\\0"),
+            Transform::CmdLine => {
+                none_of(b"\"'\\^ ,;\t\r\n") && !input.iter().any(u8::is_ascii_uppercase)
+            }
+            Transform::CompressWhitespace => {
+                // Single spaces stay; any other whitespace, or a run, changes.
+                let mut previous_space = false;
+                input.iter().all(|&c| {
+                    let space = is_space(c);
+                    let kept = !space || (c == b' ' && !previous_space);
+                    previous_space = space;
+                    kept
+                })
+            }
+            Transform::RemoveWhitespace => {
+                !input.iter().any(|&c| is_space(c) || c == 0xa0 || c == 0xc2)
+            }
+            Transform::RemoveNulls | Transform::ReplaceNulls => none_of(b"\0"),
+            Transform::ReplaceComments => no_pair(b"/*"),
+            Transform::RemoveComments | Transform::RemoveCommentsChar => {
+                none_of(b"#")
+                    && no_pair(b"/*")
+                    && no_pair(b"*/")
+                    && no_pair(b"<!")
+                    && no_pair(b"--")
+            }
+            Transform::NormalisePath => none_of(b".") && no_pair(b"//"),
+            Transform::NormalisePathWin => none_of(b".\\") && no_pair(b"//"),
+            Transform::Utf8ToUnicode => input.iter().all(|&c| (1..0x80).contains(&c)),
+            Transform::Trim => trim_left(trim_right(input)).len() == input.len(),
+            Transform::TrimLeft => trim_left(input).len() == input.len(),
+            Transform::TrimRight => trim_right(input).len() == input.len(),
+            Transform::UrlEncode
+            | Transform::Sha1
+            | Transform::Md5
+            | Transform::HexEncode
+            | Transform::HexDecode
+            | Transform::Length
+            | Transform::Base64Decode
+            | Transform::Base64DecodeExt
+            | Transform::Base64Encode
+            | Transform::SqlHexDecode
+            | Transform::ParityEven7bit
+            | Transform::ParityOdd7bit
+            | Transform::ParityZero7bit => false,
+        }
+    }
+
     /// Writes the transformation of `input` into `out` (cleared first). Returns false when the
     /// output equals the input (so callers can skip a copy).
     pub fn apply(self, input: &[u8], out: &mut Vec<u8>) -> bool {
@@ -1630,6 +1697,30 @@ mod tests {
     }
 
     #[test]
+    fn plain_values_are_known_to_come_out_unchanged() {
+        // What a benign request's values look like: the quick check must see through them.
+        let host = b"api.example.com:8443";
+        let path = b"/v1/orders/1234";
+        for t in [
+            Lowercase,
+            UrlDecodeUni,
+            HtmlEntityDecode,
+            JsDecode,
+            CmdLine,
+            Utf8ToUnicode,
+        ] {
+            assert!(t.keeps(host) && t.keeps(path), "{t:?}");
+        }
+        for t in [RemoveNulls, CompressWhitespace, Trim, NormalisePathWin] {
+            assert!(t.keeps(path), "{t:?}");
+        }
+        assert!(CompressWhitespace.keeps(b"Mozilla/5.0 (X11; Linux x86_64)"));
+        assert!(!CompressWhitespace.keeps(b"a  b") && !CompressWhitespace.keeps(b"a\tb"));
+        assert!(!Lowercase.keeps(b"Host") && !UrlDecode.keeps(b"a+b"));
+        assert!(!NormalisePath.keeps(b"/a/./b") && !RemoveComments.keeps(b"a--"));
+    }
+
+    #[test]
     fn known_vectors() {
         let mut out = Vec::new();
         Sha1.apply(b"The quick brown fox jumps over the lazy dog", &mut out);
@@ -1702,6 +1793,7 @@ mod tests {
             for t in Transform::ALL {
                 let changed = t.apply(&input, &mut out);
                 assert_eq!(changed, out != input, "{t:?} on {input:?}");
+                assert!(!(t.keeps(&input) && changed), "{t:?} keeps {input:?}?");
             }
         }
     }

@@ -28,7 +28,8 @@
 use std::collections::HashSet;
 
 use super::{
-    Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule, next_marker, step,
+    Buffers, Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule,
+    next_marker, step,
 };
 use crate::native::parse::{Collection, Ctl, Macro, Names, Selector};
 
@@ -209,7 +210,15 @@ fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Optio
     }
     let mut state = scratch(config, known);
     let vars = load_vars(config);
-    evaluate_rule(config, phase, rule, &vars, &mut state).ok()?;
+    evaluate_rule(
+        config,
+        phase,
+        rule,
+        &vars,
+        &mut state,
+        &mut Buffers::default(),
+    )
+    .ok()?;
     if !replayable(&state) {
         return None;
     }
@@ -417,13 +426,14 @@ fn block(
     let items = &config.phases[phase];
     let mut state = scratch(config, known);
     let vars = load_vars(config);
+    let mut buffers = Buffers::default();
     let mut i = start;
     // Through markers and removed rules, up to the next rule that was not folded.
     while let Some(item) = items.get(i) {
         if matches!(item, Item::Rule(rule) if !rule.removed && !folded[i]) {
             break;
         }
-        i = step(config, phase, i, &vars, &mut state).ok()?;
+        i = step(config, phase, i, &vars, &mut state, &mut buffers).ok()?;
         if !replayable(&state) {
             return None;
         }
