@@ -57,9 +57,11 @@ pub(crate) struct Vars<'r> {
     pub store: Option<&'r Persistent>,
     /// The rule set's numbered `TX` names.
     pub tx_names: Option<&'r Names>,
-    /// Collections known to be empty for this request ([`Collection::bit`]s): a link that reads
-    /// only these has no value to test.
-    pub empty: u64,
+    /// Collections known to be empty and headers known to be absent for this request (bits as
+    /// in [`Link::reads`]): a link that reads only these has no value to test.
+    pub empty: u128,
+    /// The numbered headers ([`super::parse::HeaderKeys`]) the request lacks.
+    pub absent_headers: u128,
 }
 
 /// Per collection, the order rules see its members in.
@@ -102,9 +104,9 @@ impl Vars<'_> {
     }
 
     /// The collections `resolve` yields nothing from for this request.
-    fn empty_collections(&self) -> u64 {
+    fn empty_collections(&self) -> u128 {
         use Collection::*;
-        let mut empty = 0;
+        let mut empty = self.absent_headers;
         let mut mark = |collections: &[Collection], is_empty: bool| {
             if is_empty {
                 empty |= collections.iter().fold(0, |m, c| m | c.bit());
@@ -698,6 +700,9 @@ pub(crate) fn evaluate(
         }
     }
 
+    vars.absent_headers = config
+        .header_keys
+        .absent(request.headers.iter().map(|(name, _)| *name));
     vars.index(true);
     let (mut state, mut buffers) = take_state();
     state.tx.reset(config.tx_names.names.len());

@@ -131,8 +131,9 @@ const COLLECTIONS: [(&str, Collection); 43] = [
 ];
 
 impl Collection {
-    /// Its bit in a set of collections (there are fewer than 64).
-    pub(crate) fn bit(self) -> u64 {
+    /// Its bit in a set of what links read (there are fewer than 64 collections; see
+    /// [`Link::reads`]).
+    pub(crate) fn bit(self) -> u128 {
         1 << (self as u32)
     }
 
@@ -186,6 +187,65 @@ pub(crate) enum Selector {
     /// `TX:/regex/`: the pattern, and the numbered names it matches (computed once all names
     /// are known; run-time names are still matched by the pattern).
     TxRegex(Rx, Vec<u32>),
+}
+
+/// The request headers rules select by name (`REQUEST_HEADERS:User-Agent`), the first 64 of
+/// them numbered: in [`Link::reads`] such a target sets its header's bit (64 + its number)
+/// rather than the whole collection's, so a link that reads only headers the request lacks
+/// (and empty collections) is passed over, as one that reads only empty collections is. Most
+/// of what a plain request meets in the CRS asks for headers it does not have.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderKeys {
+    /// Lower-case names and their numbers, by name length.
+    by_length: Vec<Vec<(Box<[u8]>, u32)>>,
+    count: u32,
+}
+
+impl HeaderKeys {
+    const MAX: u32 = 64;
+
+    /// What `target` reads, numbering its header if it names one and there is room.
+    fn bit(&mut self, target: &Target) -> u128 {
+        match (&target.selector, target.collection) {
+            (Selector::Key(key), Collection::RequestHeaders) => self
+                .number(key.as_bytes())
+                .map_or(target.collection.bit(), |n| 1 << (64 + n)),
+            (_, collection) => collection.bit(),
+        }
+    }
+
+    fn number(&mut self, key: &[u8]) -> Option<u32> {
+        if let Some(n) = self.find(key) {
+            return Some(n);
+        }
+        if self.count == Self::MAX {
+            return None;
+        }
+        if self.by_length.len() <= key.len() {
+            self.by_length.resize_with(key.len() + 1, Vec::new);
+        }
+        let n = self.count;
+        self.count += 1;
+        self.by_length[key.len()].push((key.to_ascii_lowercase().into(), n));
+        Some(n)
+    }
+
+    fn find(&self, name: &[u8]) -> Option<u32> {
+        self.by_length
+            .get(name.len())?
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, n)| *n)
+    }
+
+    /// The bits of the numbered headers none of `names` is.
+    pub fn absent<'n>(&self, names: impl Iterator<Item = &'n [u8]>) -> u128 {
+        let all = ((1u128 << self.count) - 1) << 64;
+        names.fold(all, |absent, name| match self.find(name) {
+            Some(n) => absent & !(1 << (64 + n)),
+            None => absent,
+        })
+    }
 }
 
 /// One element of a rule's target list.
@@ -363,9 +423,10 @@ pub(crate) struct Link {
     pub unsupported: Option<&'static str>,
     /// `SecAction`: no operator, its actions always run.
     pub unconditional: bool,
-    /// The collections its targets read, one bit each ([`Collection::bit`]); every bit when a
+    /// What its targets read: a bit per collection ([`Collection::bit`]), and for a request
+    /// header selected by name the header's bit instead ([`HeaderKeys`]); every bit when a
     /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
-    pub reads: u64,
+    pub reads: u128,
     /// Every target reads the request as parsed or one numbered `TX` name, none counts: the
     /// link's values can be tested as they are found, without gathering them first.
     pub direct: bool,
@@ -386,7 +447,7 @@ pub(crate) struct Rule {
     pub origin: Origin,
     /// Its first link's [`Link::reads`], kept here to spare a pointer chase per rule; every
     /// bit for a `SecAction`, which runs without reading anything.
-    pub reads: u64,
+    pub reads: u128,
 }
 
 impl Rule {
@@ -463,6 +524,8 @@ pub(crate) struct Config {
     pub removed_ids: Vec<(u32, u32)>,
     pub removed_tags: Vec<String>,
     pub rule_count: usize,
+    /// The request headers rules select by name, numbered for [`Link::reads`].
+    pub header_keys: HeaderKeys,
     /// The rules evaluated at load (see `eval::fold`); set by the engine after parsing.
     pub folds: super::eval::fold::Folds,
 }
@@ -521,15 +584,16 @@ impl Config {
         // Each link's transformations as they run: the phase's default ones first, unless the
         // link says `t:none` (the defaults are those in force at the end of the text, as in
         // libmodsecurity, which reads them at evaluation). And what each link and rule reads.
+        let mut header_keys = HeaderKeys::default();
         for (phase, items) in config.phases.iter_mut().enumerate() {
             let defaults = &config.defaults[phase].transforms;
             for item in items {
                 if let Item::Rule(rule) = item {
                     for link in &mut rule.links {
                         link.reads = if link.targets.iter().any(|t| t.count) {
-                            u64::MAX
+                            u128::MAX
                         } else {
-                            link.targets.iter().fold(0, |m, t| m | t.collection.bit())
+                            link.targets.iter().fold(0, |m, t| m | header_keys.bit(t))
                         };
                         link.direct = link.targets.iter().all(|t| {
                             !t.count
@@ -544,11 +608,12 @@ impl Config {
                     }
                     rule.reads = match rule.links.first() {
                         Some(first) if !first.unconditional => first.reads,
-                        _ => u64::MAX,
+                        _ => u128::MAX,
                     };
                 }
             }
         }
+        config.header_keys = header_keys;
         // Every distinct transformation list gets a number (in both phases: a request's
         // values go through the same lists in either).
         let mut chains: FxHashMap<Vec<Transform>, u32> = FxHashMap::default();
@@ -1385,6 +1450,45 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].exclusions.len(), 1);
         assert!(t[1].count);
+    }
+
+    #[test]
+    fn headers_named_by_rules_get_their_own_bits_and_absent_ones_are_known() {
+        let origin = Origin {
+            file: "t".into(),
+            line: 1,
+        };
+        let targets = parse_targets(
+            "REQUEST_HEADERS:User-Agent|REQUEST_HEADERS:referer|REQUEST_HEADERS|ARGS",
+            &origin,
+        )
+        .unwrap();
+        let mut keys = HeaderKeys::default();
+        let bits: Vec<u128> = targets.iter().map(|t| keys.bit(t)).collect();
+        assert_eq!(bits[0], 1 << 64);
+        assert_eq!(bits[1], 1 << 65);
+        assert_eq!(
+            bits[2],
+            Collection::RequestHeaders.bit(),
+            "the whole collection"
+        );
+        assert_eq!(bits[3], Collection::Args.bit());
+        // Names compare without regard to case; a request with only a Referer lacks the agent.
+        let request: [&[u8]; 2] = [b"Host", b"REFERER"];
+        assert_eq!(keys.absent(request.into_iter()), 1 << 64);
+        assert_eq!(keys.absent(std::iter::empty()), 0b11 << 64);
+        // Past 64 names a header is read as the whole collection again.
+        for n in 2..70 {
+            let name = format!("X-Header-{n}");
+            let target = parse_targets(&format!("REQUEST_HEADERS:{name}"), &origin).unwrap();
+            let expected = if n < 64 {
+                1 << (64 + n)
+            } else {
+                Collection::RequestHeaders.bit()
+            };
+            assert_eq!(keys.bit(&target[0]), expected, "{name}");
+        }
+        assert_eq!(keys.absent(request.into_iter()).count_ones(), 63);
     }
 
     #[test]
