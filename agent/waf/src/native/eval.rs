@@ -454,11 +454,21 @@ impl Matched {
 /// generation, so nothing is freed or allocated per request but the values.
 #[derive(Debug, Default)]
 struct Tx {
-    slots: Vec<(u64, Option<TxValue>)>,
+    slots: Vec<Slot>,
     dynamic: FxHashMap<String, (u64, TxValue)>,
     generation: u64,
     /// When folding rules at load: every numbered name written, in order.
     written: Option<Vec<u32>>,
+}
+
+/// A numbered `TX` name's value, which belongs to the evaluation of its `generation` only.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    generation: u64,
+    value: Option<TxValue>,
+    /// The folded write ([`fold::Block`]) that put `value` here, 0 for any other: replaying
+    /// the same write on a later request finds its value in place and only renews it.
+    replayed: u64,
 }
 
 /// More run-time `TX` names than this (rules can build names from request data) and the map is
@@ -473,15 +483,15 @@ impl Tx {
         }
         self.generation += 1;
         if self.slots.len() < names {
-            self.slots.resize(names, (0, None));
+            self.slots.resize(names, Slot::default());
         }
     }
 
     fn slot(&self, id: u32) -> Option<&TxValue> {
         self.slots
             .get(id as usize)
-            .filter(|(g, _)| *g == self.generation)
-            .and_then(|(_, v)| v.as_ref())
+            .filter(|slot| slot.generation == self.generation)
+            .and_then(|slot| slot.value.as_ref())
     }
 
     fn set_slot(&mut self, id: u32, value: Option<&[u8]>) {
@@ -489,7 +499,29 @@ impl Tx {
             written.push(id);
         }
         if let Some(slot) = self.slots.get_mut(id as usize) {
-            *slot = (self.generation, value.map(TxValue::new));
+            *slot = Slot {
+                generation: self.generation,
+                value: value.map(TxValue::new),
+                replayed: 0,
+            };
+        }
+    }
+
+    /// [`Tx::set_slot`] for the folded write numbered `write` (unique in the process), which
+    /// always writes `value`: where the slot still holds what that write left, it is renewed
+    /// without copying the value again.
+    fn replay(&mut self, id: u32, value: Option<&[u8]>, write: u64) {
+        match self.slots.get_mut(id as usize) {
+            Some(slot) if slot.replayed == write && self.written.is_none() => {
+                slot.generation = self.generation;
+            }
+            Some(_) => {
+                self.set_slot(id, value);
+                if let Some(slot) = self.slots.get_mut(id as usize) {
+                    slot.replayed = write;
+                }
+            }
+            None => {}
         }
     }
 
@@ -537,14 +569,13 @@ impl Tx {
     }
 
     fn iter<'a>(&'a self, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a TxValue)> {
-        let numbered = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(move |(id, (g, v))| {
-                let v = v.as_ref().filter(|_| *g == self.generation)?;
-                Some((names.names.get(id)?.as_str(), v))
-            });
+        let numbered = self.slots.iter().enumerate().filter_map(move |(id, slot)| {
+            let v = slot
+                .value
+                .as_ref()
+                .filter(|_| slot.generation == self.generation)?;
+            Some((names.names.get(id)?.as_str(), v))
+        });
         let dynamic = self.dynamic();
         numbered.chain(dynamic)
     }

@@ -33,6 +33,9 @@ use super::{
 };
 use crate::native::parse::{Collection, Ctl, Macro, Names, Selector};
 
+/// Numbers folded writes across every rule set of the process; 0 means "not a folded write".
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Per phase and item index, the block that starts at that (folded) rule.
 #[derive(Debug, Default)]
 pub(crate) struct Folds {
@@ -44,6 +47,9 @@ pub(crate) struct Folds {
 pub(crate) struct Block {
     /// Numbered `TX` names and the value each is left with (`None`: unset).
     writes: Vec<(u32, Option<Box<[u8]>>)>,
+    /// The number of the first write; the others follow it. Unique in the process (see
+    /// `Tx::replay`), so a thread's state can tell its own earlier replay of a write.
+    first_write: u64,
     /// Whether the run ends with `MATCHED_VARS` emptied before `matched` is appended.
     clear_matched: bool,
     matched: Vec<MatchedVar>,
@@ -67,8 +73,8 @@ impl Folds {
 impl Block {
     /// Applies the block to a request's state; returns the item to resume at.
     pub(super) fn apply(&self, state: &mut State) -> usize {
-        for (id, value) in &self.writes {
-            state.tx.set_slot(*id, value.as_deref());
+        for (n, (id, value)) in (self.first_write..).zip(&self.writes) {
+            state.tx.replay(*id, value.as_deref(), n);
         }
         if self.clear_matched {
             state.matched_clear();
@@ -440,7 +446,7 @@ fn block(
     }
     let written = state.tx.written.take().unwrap_or_default();
     let mut seen = HashSet::new();
-    let writes = written
+    let writes: Vec<_> = written
         .into_iter()
         .filter(|id| seen.insert(*id))
         .map(|id| (id, state.tx.slot(id).map(|v| Box::from(&v[..]))))
@@ -460,6 +466,7 @@ fn block(
         })
         .collect();
     Some(Block {
+        first_write: WRITES.fetch_add(writes.len() as u64, std::sync::atomic::Ordering::Relaxed),
         writes,
         clear_matched,
         matched,
