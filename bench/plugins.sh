@@ -3,7 +3,8 @@
 # key-auth, hmac-auth, waf), all forwarding to the same nginx origin, measured with wrk in
 # alternating rounds in one run. Prints req/s medians, each variant's ratio to "off", and for
 # the auth variants the ratio to "off" receiving the same request headers (the policy's own
-# cost, without the cost of carrying a token or signature through the proxy).
+# cost, without the cost of carrying a token or signature through the proxy); then the same
+# as the agent's CPU time per request (from /proc), which noise from other guests moves less.
 #
 #   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
 #                                    # (../shared/bench/run.sh setup installs both)
@@ -80,6 +81,7 @@ for v in $variants; do
   port=$(cat "$RUN/$v.port")
   "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" \
     --workers 1 --access-log off 2>"$RUN/$v.log" & pids+=($!)
+  echo $! > "$RUN/$v.pid"
 done
 sleep 2
 for v in $variants; do
@@ -92,14 +94,26 @@ done
 # One measurement: wrk against variant $1's agent with the headers of variant $2's client,
 # recorded under the name $3.
 measure() {
-  local port args=() rps non2xx
-  port=$(cat "$RUN/$1.port")
+  local port pid args=() out rps requests ticks0 ticks1 cpu non2xx
+  port=$(cat "$RUN/$1.port") pid=$(cat "$RUN/$1.pid")
   while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
   wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
-  rps=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/Requests\/sec/{print $2}')
+  ticks0=$(agent_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/")
+  ticks1=$(agent_ticks "$pid")
+  rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+  requests=$(awk '/requests in/{print $1}' <<<"$out")
+  # The agent's CPU time (user + system) per request served, in µs.
+  cpu=$(awk -v t=$((ticks1 - ticks0)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+    'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
   non2xx=$(wrk -t1 -c1 -d1s "${args[@]}" "http://127.0.0.1:$port/" | awk '/Non-2xx/{print $4}')
-  echo "round $r $3 rps=$rps non2xx=${non2xx:-0}"
-  echo "$3 $rps" >> "$RUN/results"
+  echo "round $r $3 rps=$rps cpu_us=$cpu non2xx=${non2xx:-0}"
+  echo "$3 $rps $cpu" >> "$RUN/results"
+}
+
+# Clock ticks of CPU (user + system) process $1 has used.
+agent_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
 # Each auth variant's client sends headers (a token, a signature) that cost something to parse
@@ -113,10 +127,11 @@ for r in $(seq 1 "$REPS"); do
 done
 python3 - "$RUN/results" <<'PY'
 import statistics, sys
-rows, order = {}, []
+rows, cpu, order = {}, {}, []
 for line in open(sys.argv[1]):
-    v, rps = line.split()
+    v, rps, us = line.split()
     rows.setdefault(v, []).append(float(rps))
+    cpu.setdefault(v, []).append(float(us))
     if v not in order: order.append(v)
 # Each round measures every variant back to back: ratios are paired within a round, which
 # cancels most of what other processes on the machine do between rounds.
@@ -130,4 +145,15 @@ for v in order:
     same = paired(xs, f"off+{v}") if f"off+{v}" in rows else "–"
     print(f"| {v} | {statistics.median(xs):,.0f} | {min(xs):,.0f}–{max(xs):,.0f} | "
           f"{paired(xs, 'off')} | {same} |")
+# CPU time per request is steadier than req/s on a shared machine (time the VM is not given
+# counts in neither): off's CPU over a variant's is the throughput ratio an agent whose core
+# is the limit shows.
+print()
+print("| variant | agent CPU µs/request: median (min–max) | CPU ratio off ÷ variant | to off with the same headers |")
+print("|---|---|---|---|")
+med = {v: statistics.median(us) for v, us in cpu.items()}
+for v in order:
+    us = cpu[v]
+    same = f"{med[f'off+{v}'] / med[v]:.3f}" if f"off+{v}" in med else "–"
+    print(f"| {v} | {med[v]:.2f} ({min(us):.2f}–{max(us):.2f}) | {med['off'] / med[v]:.3f} | {same} |")
 PY

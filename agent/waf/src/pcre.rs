@@ -18,11 +18,13 @@ use std::ptr::{self, NonNull};
 
 use pcre2_sys::{
     PCRE2_CASELESS, PCRE2_DOTALL, PCRE2_ERROR_JIT_STACKLIMIT, PCRE2_ERROR_NOMATCH,
-    PCRE2_ERROR_NOMEMORY, PCRE2_INFO_CAPTURECOUNT, PCRE2_JIT_COMPLETE, PCRE2_MULTILINE,
-    PCRE2_NO_JIT, PCRE2_UNSET, pcre2_code_8, pcre2_code_free_8, pcre2_compile_8,
-    pcre2_get_error_message_8, pcre2_get_ovector_count_8, pcre2_get_ovector_pointer_8,
-    pcre2_jit_compile_8, pcre2_jit_match_8, pcre2_match_8, pcre2_match_data_8,
-    pcre2_match_data_create_8, pcre2_match_data_free_8, pcre2_pattern_info_8,
+    PCRE2_ERROR_NOMEMORY, PCRE2_INFO_CAPTURECOUNT, PCRE2_INFO_FIRSTCODETYPE,
+    PCRE2_INFO_FIRSTCODEUNIT, PCRE2_INFO_LASTCODETYPE, PCRE2_INFO_LASTCODEUNIT,
+    PCRE2_INFO_MINLENGTH, PCRE2_JIT_COMPLETE, PCRE2_MULTILINE, PCRE2_NO_JIT, PCRE2_UNSET,
+    pcre2_code_8, pcre2_code_free_8, pcre2_compile_8, pcre2_get_error_message_8,
+    pcre2_get_ovector_count_8, pcre2_get_ovector_pointer_8, pcre2_jit_compile_8, pcre2_jit_match_8,
+    pcre2_match_8, pcre2_match_data_8, pcre2_match_data_create_8, pcre2_match_data_free_8,
+    pcre2_pattern_info_8,
 };
 
 /// A compiled pattern.
@@ -32,7 +34,62 @@ pub(crate) struct Pattern {
     jit: bool,
     /// Offset pairs a match can fill: the capture groups and the whole match.
     pairs: u32,
+    /// What every subject a match is found in has, by PCRE2's own analysis of the pattern.
+    needs: Needs,
     source: String,
+}
+
+/// PCRE2's start-up checks, done before calling it: what `pcre2_pattern_info` says every
+/// subject with a match has. PCRE2 makes the same checks first thing and answers "no match";
+/// here they spare the call, its match-data setup and the JIT's entry, which on the short
+/// values of a benign request cost more than the checks themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Needs {
+    /// `PCRE2_INFO_MINLENGTH`: no shorter subject matches.
+    min_length: usize,
+    /// The fixed first code unit and the rightmost literal one (`FIRSTCODEUNIT`,
+    /// `LASTCODEUNIT`), each with its other ASCII case: PCRE2 does not report whether the
+    /// pattern matches it caselessly (`(?i)` inside the pattern), so either case counts.
+    units: [Option<(u8, u8)>; 2],
+}
+
+impl Needs {
+    /// Asks PCRE2 about `code`; anything it cannot say leaves that check out.
+    fn of(code: NonNull<pcre2_code_8>) -> Needs {
+        let info = |what: u32| {
+            let mut value: u32 = 0;
+            // SAFETY: these four items each write one uint32_t to the pointer given; `code`
+            // is a valid compiled pattern.
+            let rc = unsafe { pcre2_pattern_info_8(code.as_ptr(), what, (&raw mut value).cast()) };
+            (rc == 0).then_some(value)
+        };
+        let unit = |kind: u32, unit: u32| {
+            let fixed = info(kind)? == 1;
+            let byte = u8::try_from(info(unit)?).ok().filter(|_| fixed)?;
+            let other = if byte.is_ascii_alphabetic() {
+                byte ^ 0x20
+            } else {
+                byte
+            };
+            Some((byte, other))
+        };
+        Needs {
+            min_length: info(PCRE2_INFO_MINLENGTH).map_or(0, |n| n as usize),
+            units: [
+                unit(PCRE2_INFO_FIRSTCODETYPE, PCRE2_INFO_FIRSTCODEUNIT),
+                unit(PCRE2_INFO_LASTCODETYPE, PCRE2_INFO_LASTCODEUNIT),
+            ],
+        }
+    }
+
+    fn met_by(&self, subject: &[u8]) -> bool {
+        subject.len() >= self.min_length
+            && self
+                .units
+                .iter()
+                .flatten()
+                .all(|&(a, b)| memchr::memchr2(a, b, subject).is_some())
+    }
 }
 
 // SAFETY: compiled (and JIT-compiled) code is immutable and PCRE2 documents it as safe to share
@@ -107,6 +164,7 @@ impl Pattern {
             code,
             jit,
             pairs: groups.saturating_add(1),
+            needs: Needs::of(code),
             source: source.to_owned(),
         };
         if info != 0 {
@@ -123,6 +181,9 @@ impl Pattern {
         interpreter: bool,
         groups: impl FnOnce(&mut dyn Iterator<Item = (usize, usize, usize)>),
     ) -> Found {
+        if !self.needs.met_by(subject) {
+            return Found::NoMatch;
+        }
         MATCH_DATA.with(|cell| match cell.try_borrow_mut() {
             Ok(mut data) => self.find_with(&mut data, subject, interpreter, groups),
             // Re-entered from `groups` (nothing does so today): a block of its own.
@@ -303,6 +364,68 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn pcre2_s_own_analysis_says_what_a_matching_subject_needs() {
+        let needs = |source: &str| Pattern::compile(source, false).expect("compiles").needs;
+        assert_eq!(
+            needs("abc"),
+            Needs {
+                min_length: 3,
+                units: [Some((b'a', b'A')), Some((b'c', b'C'))]
+            }
+        );
+        assert_eq!(needs("(?i)select.+from").min_length, 11);
+        assert_eq!(needs("x|y").units, [None, None], "no single first unit");
+        assert_eq!(needs("^.*$").min_length, 0);
+        assert_eq!(needs("^.*$").units, [None, None]);
+        assert!(!needs("<script").met_by(b"/index.html"));
+        assert!(needs("<script").met_by(b"a=<SCRIPT>"), "either case");
+    }
+
+    /// The checks made before calling PCRE2 never turn a match into "no match": random
+    /// subjects, half of them with a match planted inside.
+    #[test]
+    fn a_subject_the_checks_refuse_never_matches() {
+        let patterns: [(&str, bool, &[u8]); 9] = [
+            ("abc", false, b"abc"),
+            ("abc", true, b"aBc"),
+            ("(?i)union\\s+select", false, b"UNION\tSelect"),
+            ("a\\d+z", false, b"a019z"),
+            ("^[\\d.:]+$", false, b"\n10.0.0.1:80\n"),
+            ("(?:^|[\\/])\\.\\.(?:[\\/]|$)", false, b"/../"),
+            ("\\x80[\\xc0-\\xff]", false, b"\x80\xc3"),
+            ("b{3,}c?", false, b"bbbc"),
+            ("(a)\\1x", false, b"aax"),
+        ];
+        const ALPHABET: &[u8] = b"abcxzABCXZ019./\\ \n\x80\xc3\xffuniosetlcUNIOSELECT";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |len: u64| -> Vec<u8> {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (0..(seed % len) as usize)
+                .map(|i| ALPHABET[((seed >> (i * 4)) as usize + i) % ALPHABET.len()])
+                .collect()
+        };
+        for (source, caseless, planted) in patterns {
+            let pattern = Pattern::compile(source, caseless).expect("compiles");
+            let mut matches = 0;
+            for round in 0..4000 {
+                let mut subject = random(14);
+                if round % 2 == 0 {
+                    subject.extend_from_slice(planted);
+                    subject.extend(random(6));
+                }
+                let found = pattern.find_with(&mut MatchData::default(), &subject, false, |_| {});
+                if found == Found::Match {
+                    matches += 1;
+                    assert!(pattern.needs.met_by(&subject), "{source} on {subject:?}");
+                }
+            }
+            assert!(matches >= 500, "{source}: {matches} matches");
+        }
     }
 
     #[test]
