@@ -259,6 +259,17 @@ pub(crate) enum Bytes<'a> {
     Owned(Vec<u8>),
 }
 
+impl Bytes<'_> {
+    /// As text (invalid UTF-8 replaced), reusing an owned buffer.
+    fn into_text(self) -> String {
+        match self {
+            Bytes::Owned(bytes) => String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            other => String::from_utf8_lossy(&other).into_owned(),
+        }
+    }
+}
+
 impl std::ops::Deref for Bytes<'_> {
     type Target = [u8];
 
@@ -1035,7 +1046,7 @@ impl<'e> Eval<'e, '_> {
             let message = self.rule.links[0]
                 .msg
                 .as_ref()
-                .map(|m| String::from_utf8_lossy(&self.expand_macro(m)).into_owned());
+                .map(|m| self.expand_macro(m).into_text());
             self.state.matches.push(RuleMatch {
                 id: Some(self.rule.id),
                 message,
@@ -1224,7 +1235,7 @@ impl<'e> Eval<'e, '_> {
             self.state.save_message = log;
         }
         for (collection, key) in &link.initcols {
-            let record = String::from_utf8_lossy(&self.expand_macro(key)).into_owned();
+            let record = self.expand_macro(key).into_text();
             if *collection == Collection::Ip {
                 self.state.ip_record = record;
             } else {
@@ -1263,7 +1274,7 @@ impl<'e> Eval<'e, '_> {
                 let message = self.rule.links[0]
                     .msg
                     .as_ref()
-                    .map(|m| String::from_utf8_lossy(&self.expand_macro(m)).into_owned());
+                    .map(|m| self.expand_macro(m).into_text());
                 self.state.intervention = Some(Intervention {
                     // deny turns an unset (200) status into 403; the reference wrapper
                     // reports anything outside 300–599 as 403 too.
@@ -1316,8 +1327,7 @@ impl<'e> Eval<'e, '_> {
         let name: std::borrow::Cow<'_, str> = match &setvar.literal {
             Some(name) => name.into(),
             None => {
-                let mut name =
-                    String::from_utf8_lossy(&self.expand_macro(&setvar.name)).into_owned();
+                let mut name = self.expand_macro(&setvar.name).into_text();
                 name.make_ascii_lowercase();
                 name.into()
             }
@@ -1448,7 +1458,13 @@ impl<'e> Eval<'e, '_> {
             }
             _ => {}
         }
-        let mut out = Vec::new();
+        // Room for the text and a short value per variable: most expand to a record key or
+        // a variable name, and growing the buffer part by part cost more than the rest.
+        let room = m.parts.iter().fold(0, |n, part| match part {
+            MacroPart::Text(t) => n + t.len(),
+            _ => n + 24,
+        });
+        let mut out = Vec::with_capacity(room);
         for part in &m.parts {
             match part {
                 MacroPart::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -1467,13 +1483,21 @@ impl<'e> Eval<'e, '_> {
                     _ => {}
                 },
                 MacroPart::Unknown => {}
-                MacroPart::Var(c, selector) => {
-                    let mut values = Values::new();
-                    resolve(self.vars, self.state, *c, selector, &mut values);
-                    if let Some(first) = values.first() {
-                        out.extend_from_slice(&first.value);
+                MacroPart::Var(c, selector) => match source(self.vars, *c) {
+                    Source::Scalar(value) => out.extend_from_slice(value.unwrap_or_default()),
+                    Source::Members(members) => {
+                        if let Some((_, value)) = members.selected(selector).next() {
+                            out.extend_from_slice(value);
+                        }
                     }
-                }
+                    Source::Computed => {
+                        let mut values = Values::new();
+                        resolve(self.vars, self.state, *c, selector, &mut values);
+                        if let Some(first) = values.first() {
+                            out.extend_from_slice(&first.value);
+                        }
+                    }
+                },
             }
         }
         Bytes::Owned(out)
