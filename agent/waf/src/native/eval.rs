@@ -460,13 +460,19 @@ impl Matched {
 
 /// The transaction collection `TX`, keys lower-cased (libmodsecurity compares them without
 /// regard to case). Names the rules spell out are numbered at load (`Config::tx_names`) and kept
-/// in a vector by number; names built at run time (`setvar:tx.%{...}`) go to a map. It lives in a
-/// thread's reused [`State`]: an entry belongs to this evaluation only if it carries the current
-/// generation, so nothing is freed or allocated per request but the values.
+/// in a vector by number; names built at run time (`setvar:tx.%{...}`) go to a list found
+/// through a map. It lives in a thread's reused [`State`]: an entry belongs to this evaluation
+/// only if it carries the current generation, so nothing is freed or allocated per request but
+/// the values.
 #[derive(Debug, Default)]
 struct Tx {
     slots: Vec<Slot>,
-    dynamic: FxHashMap<String, (u64, TxValue)>,
+    /// Run-time names: their place in `named`.
+    dynamic: FxHashMap<String, usize>,
+    named: Vec<Named>,
+    /// The run-time names this evaluation set, each once, in the order first set: what
+    /// `TX:/regex/` and `TX` walk, rather than every name earlier requests left in the map.
+    live: Vec<usize>,
     generation: u64,
     /// When folding rules at load: every numbered name written, in order.
     written: Option<Vec<u32>>,
@@ -482,6 +488,16 @@ struct Slot {
     replayed: u64,
 }
 
+/// A run-time `TX` name and its value, which belongs to the evaluation of its `generation`.
+#[derive(Debug)]
+struct Named {
+    name: String,
+    generation: u64,
+    /// The evaluation whose `Tx::live` lists it.
+    listed: u64,
+    value: TxValue,
+}
+
 /// More run-time `TX` names than this (rules can build names from request data) and the map is
 /// emptied before the next evaluation.
 const TX_NAMES_KEPT: usize = 4096;
@@ -489,9 +505,11 @@ const TX_NAMES_KEPT: usize = 4096;
 impl Tx {
     /// Starts an evaluation for a rule set with `names` numbered names.
     fn reset(&mut self, names: usize) {
-        if self.dynamic.len() > TX_NAMES_KEPT {
+        if self.named.len() > TX_NAMES_KEPT {
             self.dynamic.clear();
+            self.named.clear();
         }
+        self.live.clear();
         self.generation += 1;
         if self.slots.len() < names {
             self.slots.resize(names, Slot::default());
@@ -541,10 +559,10 @@ impl Tx {
         match names.get(key) {
             Some(id) => self.slot(id),
             None => self
-                .dynamic
-                .get(key)
-                .filter(|(g, _)| *g == self.generation)
-                .map(|(_, v)| v),
+                .named
+                .get(*self.dynamic.get(key)?)
+                .filter(|e| e.generation == self.generation)
+                .map(|e| &e.value),
         }
     }
 
@@ -553,30 +571,41 @@ impl Tx {
         if let Some(id) = names.get(key) {
             return self.set_slot(id, value);
         }
-        match value {
-            Some(value) => {
-                let entry = (self.generation, TxValue::new(value));
-                match self.dynamic.get_mut(key) {
-                    Some(e) => *e = entry,
-                    None => {
-                        self.dynamic.insert(key.to_owned(), entry);
-                    }
-                }
+        let generation = self.generation;
+        let Some(value) = value else {
+            if let Some(e) = self.dynamic.get(key).and_then(|&i| self.named.get_mut(i)) {
+                e.generation = 0;
             }
-            None => {
-                if let Some(e) = self.dynamic.get_mut(key) {
-                    e.0 = 0;
-                }
+            return;
+        };
+        let value = TxValue::new(value);
+        let Some(&i) = self.dynamic.get(key) else {
+            self.dynamic.insert(key.to_owned(), self.named.len());
+            self.live.push(self.named.len());
+            self.named.push(Named {
+                name: key.to_owned(),
+                generation,
+                listed: generation,
+                value,
+            });
+            return;
+        };
+        if let Some(e) = self.named.get_mut(i) {
+            e.generation = generation;
+            e.value = value;
+            if e.listed != generation {
+                e.listed = generation;
+                self.live.push(i);
             }
         }
     }
 
     /// The entries with run-time names (never numbered ones: [`Tx::set`] keeps those in slots).
     fn dynamic(&self) -> impl Iterator<Item = (&str, &TxValue)> {
-        self.dynamic
-            .iter()
-            .filter(|(_, (g, _))| *g == self.generation)
-            .map(|(k, (_, v))| (k.as_str(), v))
+        self.live.iter().filter_map(|&i| {
+            let e = self.named.get(i)?;
+            (e.generation == self.generation).then_some((e.name.as_str(), &e.value))
+        })
     }
 
     fn iter<'a>(&'a self, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a TxValue)> {
@@ -1826,8 +1855,36 @@ fn transform<'v>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse::Names;
     use super::super::transform::Transform;
-    use super::TransformMemo;
+    use super::{TransformMemo, Tx};
+
+    #[test]
+    fn run_time_tx_names_are_walked_only_as_this_evaluation_set_them() {
+        let names = Names::default();
+        let mut tx = Tx::default();
+        tx.reset(0);
+        for n in 0..1000 {
+            tx.set(&names, &format!("header_name_{n}"), Some(b"x"));
+        }
+        assert_eq!(tx.dynamic().count(), 1000);
+        // The next request sets two names, one of them twice and one unset and set again:
+        // the thousand names of the last one are neither seen nor walked.
+        tx.reset(0);
+        tx.set(&names, "header_name_7", Some(b"a"));
+        tx.set(&names, "new_name", Some(b"b"));
+        tx.set(&names, "header_name_7", None);
+        tx.set(&names, "header_name_7", Some(b"c"));
+        let seen: Vec<(&str, &[u8])> = tx.dynamic().map(|(k, v)| (k, &v[..])).collect();
+        assert_eq!(
+            seen,
+            [("header_name_7", &b"c"[..]), ("new_name", &b"b"[..])]
+        );
+        assert_eq!(tx.live.len(), 2);
+        assert_eq!(tx.get(&names, "header_name_8").map(|v| v.to_vec()), None);
+        tx.set(&names, "new_name", None);
+        assert_eq!(tx.dynamic().count(), 1);
+    }
 
     /// `input` through `transforms` (list number `chain`) with fresh buffers, and whether
     /// the buffers were written (a remembered value leaves them untouched).
