@@ -7,6 +7,7 @@
 #   cp target/release/fleetgate-agent /tmp/agent-old   # before the change
 #   cargo build --release -p fleetgate-agent            # after it
 #   bench/ab.sh /tmp/agent-old target/release/fleetgate-agent   # ROUNDS=6 DURATION=5 CONNS=50
+#   POLICY='{ type: waf, config: { paranoia_level: 1 } }' bench/ab.sh ...   # both with a policy
 #
 # Uses ports 18580-18592 on 127.0.0.1; needs nginx and wrk (../shared/bench/run.sh setup).
 set -euo pipefail
@@ -30,6 +31,10 @@ kind: Route
 name: all
 spec: { forward: { backends: [{ service: origin }] } }
 YAML
+if [ -n "${POLICY:-}" ]; then
+  sed -i 's/^spec: { forward:/spec: { policies: [p], forward:/' "$RUN/agent.yaml"
+  printf -- '---\nkind: Policy\nname: p\nspec: %s\n' "$POLICY" >> "$RUN/agent.yaml"
+fi
 "$A" --config "$RUN/agent.yaml" --listen 127.0.0.1:18581 --admin 127.0.0.1:18591 \
   --workers 1 --access-log off 2>"$RUN/a.log" & pids+=($!)
 "$B" --config "$RUN/agent.yaml" --listen 127.0.0.1:18582 --admin 127.0.0.1:18592 \
