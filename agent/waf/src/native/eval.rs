@@ -1153,6 +1153,27 @@ impl<'e> Eval<'e, '_> {
         for target in &link.targets {
             let collection = target.collection;
             let excluded = |key: &[u8]| target.exclusions.iter().any(|e| selects(e, key));
+            if target.count {
+                // `&COLLECTION`: one value, how many members there are (0 included).
+                let count = match source(vars, collection) {
+                    Source::Scalar(value) => usize::from(value.is_some() && !excluded(b"")),
+                    Source::Members(list) => list
+                        .selected(&target.selector)
+                        .filter(|(key, _)| !excluded(key))
+                        .count(),
+                    Source::Computed => match target.selector {
+                        Selector::Tx(id) => usize::from(
+                            self.state.tx.slot(id).is_some()
+                                && !excluded(self.config.tx_names.name(id).as_bytes()),
+                        ),
+                        _ => 0,
+                    },
+                };
+                let mut digits = itoa::Buffer::new();
+                let count = digits.format(count).as_bytes();
+                matched |= self.inspect(link, index, collection, None, count, buffers)?;
+                continue;
+            }
             match source(vars, collection) {
                 Source::Scalar(None) => {}
                 Source::Scalar(Some(value)) => {

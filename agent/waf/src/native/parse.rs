@@ -427,8 +427,9 @@ pub(crate) struct Link {
     /// header selected by name the header's bit instead ([`HeaderKeys`]); every bit when a
     /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
     pub reads: u128,
-    /// Every target reads the request as parsed or one numbered `TX` name, none counts: the
-    /// link's values can be tested as they are found, without gathering them first.
+    /// Every target reads the request as parsed or one numbered `TX` name (or counts what it
+    /// would read): the link's values can be tested as they are found, without gathering them
+    /// first.
     pub direct: bool,
     /// Its transformation list, interned: links with the same list share the number (`0`: no
     /// transformation). Transformed values are remembered per request by it.
@@ -596,9 +597,7 @@ impl Config {
                             link.targets.iter().fold(0, |m, t| m | header_keys.bit(t))
                         };
                         link.direct = link.targets.iter().all(|t| {
-                            !t.count
-                                && (t.collection.in_request()
-                                    || matches!(t.selector, Selector::Tx(_)))
+                            t.collection.in_request() || matches!(t.selector, Selector::Tx(_))
                         });
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
