@@ -48,7 +48,7 @@ struct Needs {
     /// `PCRE2_INFO_MINLENGTH`: no shorter subject matches.
     min_length: usize,
     /// The fixed first code unit and the rightmost literal one (`FIRSTCODEUNIT`,
-    /// `LASTCODEUNIT`), each with its other ASCII case: PCRE2 does not report whether the
+    /// `LASTCODEUNIT`) when ASCII, each with its other case: PCRE2 does not report whether the
     /// pattern matches it caselessly (`(?i)` inside the pattern), so either case counts.
     units: [Option<(u8, u8)>; 2],
 }
@@ -65,7 +65,10 @@ impl Needs {
         };
         let unit = |kind: u32, unit: u32| {
             let fixed = info(kind)? == 1;
-            let byte = u8::try_from(info(unit)?).ok().filter(|_| fixed)?;
+            // ASCII only: under `(*UCP)` PCRE2 folds the case of Latin-1 units too.
+            let byte = u8::try_from(info(unit)?)
+                .ok()
+                .filter(|b| fixed && b.is_ascii())?;
             let other = if byte.is_ascii_alphabetic() {
                 byte ^ 0x20
             } else {

@@ -39,7 +39,7 @@ pub(crate) struct Vars<'r> {
     pub args_json: Vec<Pair>,
     /// `ARGS`: the query's, then the body's arguments.
     pub args: Vec<Pair>,
-    pub headers: Vec<(&'r [u8], &'r [u8])>,
+    pub headers: &'r [(&'r [u8], &'r [u8])],
     pub cookies: Vec<Pair>,
     /// The order a rule sees each collection's members in (libmodsecurity's hash-table order;
     /// see `request::rule_order`): indices into the lists above.
@@ -97,13 +97,14 @@ impl Vars<'_> {
         self.order.args_get = order(&self.args_get);
         self.order.args_post = order(&self.args_post);
         if headers {
-            self.order.headers = order(&self.headers);
+            self.order.headers = order(self.headers);
             self.order.cookies = order(&self.cookies);
         }
         self.empty = self.empty_collections();
     }
 
-    /// The collections `resolve` yields nothing from for this request.
+    /// What `resolve` yields nothing from for this request: empty collections, and the
+    /// numbered headers the request lacks.
     fn empty_collections(&self) -> u128 {
         use Collection::*;
         let mut empty = self.absent_headers;
@@ -449,6 +450,9 @@ struct Matched {
     collection: Option<Collection>,
     key: Option<Vec<u8>>,
     value: Vec<u8>,
+    /// The folded entry ([`fold::Block`]) this was copied from, 0 for any other (as
+    /// [`Slot::replayed`]).
+    replayed: u64,
 }
 
 impl Matched {
@@ -472,6 +476,8 @@ struct Tx {
     named: Vec<Named>,
     /// The run-time names this evaluation set, each once, in the order first set: what
     /// `TX:/regex/` and `TX` walk, rather than every name earlier requests left in the map.
+    /// libmodsecurity walks them in its hash table's order instead (not modelled for `TX`:
+    /// with the CRS the order shows only in `MATCHED_VAR(S)` and messages).
     live: Vec<usize>,
     generation: u64,
     /// When folding rules at load: every numbered name written, in order.
@@ -685,6 +691,31 @@ impl State {
         }
         entry.value.clear();
         entry.value.extend_from_slice(value);
+        entry.replayed = 0;
+    }
+
+    /// [`State::matched_push_parts`] for the folded entry numbered `entry` (unique in the
+    /// process): where the next place already holds what that entry copied there on an
+    /// earlier request, it is taken as it is.
+    fn matched_replay(
+        &mut self,
+        collection: Collection,
+        key: Option<&[u8]>,
+        value: &[u8],
+        entry: u64,
+    ) {
+        if self
+            .matched
+            .get(self.matched_len)
+            .is_some_and(|m| m.replayed == entry)
+        {
+            self.matched_len += 1;
+            return;
+        }
+        self.matched_push_parts(Some(collection), key, value);
+        if let Some(m) = self.matched.get_mut(self.matched_len - 1) {
+            m.replayed = entry;
+        }
     }
 
     fn matched(&self) -> &[Matched] {
@@ -733,7 +764,7 @@ pub(crate) fn evaluate(
 ) -> Result<Outcome, Unsupported> {
     let mut vars = Vars {
         store: Some(store),
-        headers: request.headers.to_vec(),
+        headers: request.headers,
         method: request.method.as_bytes(),
         unique_id: request.id.as_bytes(),
         remote_addr: {
@@ -1119,13 +1150,19 @@ impl<'e> Eval<'e, '_> {
         let matched = if link.direct && !removals {
             self.test_targets(link, index, buffers)?
         } else {
+            // Each target's values are read when the link comes to it, after the tests of the
+            // targets before it ran their captures and setvars (as libmodsecurity reads them,
+            // and as `test_targets` does).
             let mut values = Values::new();
-            self.collect(link, removals, &mut values);
             let mut matched = false;
-            for value in &values {
-                let key = value.key.as_deref();
-                matched |=
-                    self.inspect(link, index, value.collection, key, &value.value, buffers)?;
+            for target in &link.targets {
+                values.clear();
+                self.collect(target, removals, &mut values);
+                for value in &values {
+                    let key = value.key.as_deref();
+                    matched |=
+                        self.inspect(link, index, value.collection, key, &value.value, buffers)?;
+                }
             }
             matched
         };
@@ -1429,44 +1466,41 @@ impl<'e> Eval<'e, '_> {
         }
     }
 
-    /// The values a link inspects, exclusions and (with `removals`) `ctl` target removals
-    /// applied.
-    fn collect(&self, link: &'e Link, removals: bool, out: &mut Values<'e>) {
-        for target in &link.targets {
-            if removals && self.target_removed(target) {
-                continue;
-            }
-            let start = out.len();
-            resolve(
-                self.vars,
-                self.state,
-                target.collection,
-                &target.selector,
-                out,
-            );
-            // `!COLLECTION:key` exclusions, then `ctl:ruleRemoveTarget*` removals.
-            if !target.exclusions.is_empty() || removals {
-                let mut i = start;
-                while i < out.len() {
-                    let key: &[u8] = out[i].key.as_deref().unwrap_or(b"");
-                    let excluded = target.exclusions.iter().any(|e| selects(e, key))
-                        || (removals && self.value_removed(&out[i].name()));
-                    if excluded {
-                        out.remove(i);
-                    } else {
-                        i += 1;
-                    }
+    /// The values one target of a link gives, exclusions and (with `removals`) `ctl` target
+    /// removals applied.
+    fn collect(&self, target: &'e Target, removals: bool, out: &mut Values<'e>) {
+        if removals && self.target_removed(target) {
+            return;
+        }
+        resolve(
+            self.vars,
+            self.state,
+            target.collection,
+            &target.selector,
+            out,
+        );
+        // `!COLLECTION:key` exclusions, then `ctl:ruleRemoveTarget*` removals.
+        if !target.exclusions.is_empty() || removals {
+            let mut i = 0;
+            while i < out.len() {
+                let key: &[u8] = out[i].key.as_deref().unwrap_or(b"");
+                let excluded = target.exclusions.iter().any(|e| selects(e, key))
+                    || (removals && self.value_removed(&out[i].name()));
+                if excluded {
+                    out.remove(i);
+                } else {
+                    i += 1;
                 }
             }
-            if target.count {
-                let count = out.len() - start;
-                out.truncate(start);
-                out.push(Value {
-                    collection: target.collection,
-                    key: None,
-                    value: Bytes::Owned(count.to_string().into_bytes()),
-                });
-            }
+        }
+        if target.count {
+            let count = out.len();
+            out.clear();
+            out.push(Value {
+                collection: target.collection,
+                key: None,
+                value: Bytes::Owned(count.to_string().into_bytes()),
+            });
         }
     }
 
@@ -1602,7 +1636,7 @@ fn source<'s>(vars: &'s Vars<'_>, collection: Collection) -> Source<'s> {
     };
     let headers = |names: bool| {
         Source::Members(Members {
-            list: List::Headers(&vars.headers),
+            list: List::Headers(vars.headers),
             order: &vars.order.headers,
             names,
         })
@@ -1876,9 +1910,20 @@ fn transform<'v>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::Names;
+    use super::super::parse::{Collection, Names};
     use super::super::transform::Transform;
-    use super::{TransformMemo, Tx};
+    use super::{Source, TransformMemo, Tx, Vars, source};
+
+    /// `Link::direct` trusts `Collection::in_request` to name exactly the collections
+    /// `source` hands out as they are.
+    #[test]
+    fn the_collections_read_directly_are_those_source_hands_out() {
+        let vars = Vars::default();
+        for collection in Collection::all() {
+            let computed = matches!(source(&vars, collection), Source::Computed);
+            assert_eq!(collection.in_request(), !computed, "{collection:?}");
+        }
+    }
 
     #[test]
     fn run_time_tx_names_are_walked_only_as_this_evaluation_set_them() {

@@ -165,6 +165,12 @@ impl Collection {
         )
     }
 
+    /// Every collection.
+    #[cfg(test)]
+    pub(crate) fn all() -> impl Iterator<Item = Collection> {
+        COLLECTIONS.iter().map(|&(_, c)| c)
+    }
+
     /// The name ModSecurity prints before a key (`ARGS:id`).
     pub fn name(self) -> &'static str {
         COLLECTIONS

@@ -47,8 +47,9 @@ pub(crate) struct Folds {
 pub(crate) struct Block {
     /// Numbered `TX` names and the value each is left with (`None`: unset).
     writes: Vec<(u32, Option<Box<[u8]>>)>,
-    /// The number of the first write; the others follow it. Unique in the process (see
-    /// `Tx::replay`), so a thread's state can tell its own earlier replay of a write.
+    /// The number of the first write; the other writes, then the `matched` entries follow it.
+    /// Unique in the process (see `Tx::replay`), so a thread's state can tell its own earlier
+    /// replay of a write.
     first_write: u64,
     /// Whether the run ends with `MATCHED_VARS` emptied before `matched` is appended.
     clear_matched: bool,
@@ -79,8 +80,9 @@ impl Block {
         if self.clear_matched {
             state.matched_clear();
         }
-        for (collection, key, value) in &self.matched {
-            state.matched_push_parts(Some(*collection), key.as_deref(), value);
+        let first_entry = self.first_write + self.writes.len() as u64;
+        for (n, (collection, key, value)) in (first_entry..).zip(&self.matched) {
+            state.matched_replay(*collection, key.as_deref(), value, n);
         }
         state.marker = self.marker;
         self.next
@@ -455,7 +457,7 @@ fn block(
     let matched_all = state.matched();
     let clear_matched = matched_all.first().is_none_or(|m| m.collection.is_some());
     let kept = usize::from(!clear_matched);
-    let matched = matched_all[kept..]
+    let matched: Vec<MatchedVar> = matched_all[kept..]
         .iter()
         .filter_map(|m| {
             Some((
@@ -466,7 +468,10 @@ fn block(
         })
         .collect();
     Some(Block {
-        first_write: WRITES.fetch_add(writes.len() as u64, std::sync::atomic::Ordering::Relaxed),
+        first_write: WRITES.fetch_add(
+            (writes.len() + matched.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        ),
         writes,
         clear_matched,
         matched,
