@@ -155,6 +155,32 @@ pub enum EvaluateError {
     Allocation,
 }
 
+/// Reproducible randomness for the crate's tests, without a dependency.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    /// A xorshift64 generator.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A number below `n` (`n` > 0).
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// One of `choices` (not empty).
+        pub(crate) fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
+            choices[self.below(choices.len())]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

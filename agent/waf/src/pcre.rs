@@ -403,14 +403,10 @@ mod tests {
             ("(a)\\1x", false, b"aax"),
         ];
         const ALPHABET: &[u8] = b"abcxzABCXZ019./\\ \n\x80\xc3\xffuniosetlcUNIOSELECT";
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut random = |len: u64| -> Vec<u8> {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (0..(seed % len) as usize)
-                .map(|i| ALPHABET[((seed >> (i * 4)) as usize + i) % ALPHABET.len()])
-                .collect()
+        let mut rng = crate::test_rng::Rng(0x2545_f491_4f6c_dd1d);
+        let mut random = |len: usize| -> Vec<u8> {
+            let n = rng.below(len);
+            (0..n).map(|_| rng.pick(ALPHABET)).collect()
         };
         for (source, caseless, planted) in patterns {
             let pattern = Pattern::compile(source, caseless).expect("compiles");

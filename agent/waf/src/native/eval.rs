@@ -1147,25 +1147,12 @@ impl<'e> Eval<'e, '_> {
         let removals = index == 0
             && (!self.state.removed_targets_by_id.is_empty()
                 || !self.state.removed_targets_by_tag.is_empty());
-        let matched = if link.direct && !removals {
-            self.test_targets(link, index, buffers)?
-        } else {
-            // Each target's values are read when the link comes to it, after the tests of the
-            // targets before it ran their captures and setvars (as libmodsecurity reads them,
-            // and as `test_targets` does).
-            let mut values = Values::new();
-            let mut matched = false;
-            for target in &link.targets {
-                values.clear();
-                self.collect(target, removals, &mut values);
-                for value in &values {
-                    let key = value.key.as_deref();
-                    matched |=
-                        self.inspect(link, index, value.collection, key, &value.value, buffers)?;
-                }
-            }
-            matched
-        };
+        // Each target's values are read when the link comes to it, after the tests of the
+        // targets before it ran their captures and setvars, as libmodsecurity reads them.
+        let mut matched = false;
+        for target in &link.targets {
+            matched |= self.test_target(link, index, target, removals, buffers)?;
+        }
         if !matched {
             self.state.matched_clear();
             return Ok(false);
@@ -1177,72 +1164,79 @@ impl<'e> Eval<'e, '_> {
         Ok(true)
     }
 
-    /// A [`Link::direct`] link's values, each tested as it is found (the order `collect`
-    /// would list them in).
-    fn test_targets(
+    /// One target's values through the link: those the request holds as parsed and a
+    /// numbered `TX` name tested as they are found, the others (computed or held by the
+    /// state, or under `ctl:ruleRemoveTarget*`) gathered by [`Eval::collect`] first.
+    fn test_target(
         &mut self,
         link: &Link,
         index: usize,
+        target: &Target,
+        removals: bool,
         buffers: &mut Buffers,
     ) -> Result<bool, Unsupported> {
-        let vars = self.vars;
-        let mut matched = false;
-        for target in &link.targets {
-            let collection = target.collection;
-            let excluded = |key: &[u8]| target.exclusions.iter().any(|e| selects(e, key));
-            if target.count {
-                // `&COLLECTION`: one value, how many members there are (0 included).
-                let count = match source(vars, collection) {
-                    Source::Scalar(value) => usize::from(value.is_some() && !excluded(b"")),
-                    Source::Members(list) => list
-                        .selected(&target.selector)
-                        .filter(|(key, _)| !excluded(key))
-                        .count(),
-                    Source::Computed => match target.selector {
-                        Selector::Tx(id) => usize::from(
-                            self.state.tx.slot(id).is_some()
-                                && !excluded(self.config.tx_names.name(id).as_bytes()),
-                        ),
-                        _ => 0,
-                    },
-                };
-                let mut digits = itoa::Buffer::new();
-                let count = digits.format(count).as_bytes();
-                matched |= self.inspect(link, index, collection, None, count, buffers)?;
-                continue;
+        let (vars, config) = (self.vars, self.config);
+        let collection = target.collection;
+        let excluded = |key: &[u8]| target.exclusions.iter().any(|e| selects(e, key));
+        // `&COLLECTION`: one value, how many members there are (0 included).
+        let mut count = |this: &mut Self, n: usize| {
+            let mut digits = itoa::Buffer::new();
+            this.inspect(
+                link,
+                index,
+                collection,
+                None,
+                digits.format(n).as_bytes(),
+                buffers,
+            )
+        };
+        match (removals, source(vars, collection), &target.selector) {
+            (false, Source::Scalar(value), _) => {
+                let value = value.filter(|_| !excluded(b""));
+                if target.count {
+                    return count(self, usize::from(value.is_some()));
+                }
+                match value {
+                    Some(value) => self.inspect(link, index, collection, None, value, buffers),
+                    None => Ok(false),
+                }
             }
-            match source(vars, collection) {
-                Source::Scalar(None) => {}
-                Source::Scalar(Some(value)) => {
-                    if !excluded(b"") {
-                        matched |= self.inspect(link, index, collection, None, value, buffers)?;
-                    }
+            (false, Source::Members(list), selector) => {
+                let found = list.selected(selector).filter(|(key, _)| !excluded(key));
+                if target.count {
+                    return count(self, found.count());
                 }
-                Source::Members(list) => {
-                    for (key, value) in list.selected(&target.selector) {
-                        if !excluded(key) {
-                            matched |=
-                                self.inspect(link, index, collection, Some(key), value, buffers)?;
-                        }
-                    }
+                let mut matched = false;
+                for (key, value) in found {
+                    matched |= self.inspect(link, index, collection, Some(key), value, buffers)?;
                 }
-                Source::Computed => {
-                    // A numbered `TX` name (the only other target a direct link has).
-                    let Selector::Tx(id) = target.selector else {
-                        continue;
-                    };
-                    let Some(value) = self.state.tx.slot(id).cloned() else {
-                        continue;
-                    };
-                    let name = self.config.tx_names.name(id).as_bytes();
-                    if !excluded(name) {
-                        matched |=
-                            self.inspect(link, index, collection, Some(name), &value, buffers)?;
-                    }
+                Ok(matched)
+            }
+            (false, Source::Computed, &Selector::Tx(id)) => {
+                let name = config.tx_names.name(id).as_bytes();
+                let value = self.state.tx.slot(id).filter(|_| !excluded(name)).cloned();
+                if target.count {
+                    return count(self, usize::from(value.is_some()));
                 }
+                match value {
+                    Some(value) => {
+                        self.inspect(link, index, collection, Some(name), &value, buffers)
+                    }
+                    None => Ok(false),
+                }
+            }
+            _ => {
+                let mut values = Values::new();
+                self.collect(target, removals, &mut values);
+                let mut matched = false;
+                for value in &values {
+                    let key = value.key.as_deref();
+                    matched |=
+                        self.inspect(link, index, value.collection, key, &value.value, buffers)?;
+                }
+                Ok(matched)
             }
         }
-        Ok(matched)
     }
 
     /// One value of a link through its transformations and operator: the fully transformed
@@ -1623,8 +1617,8 @@ enum Source<'s> {
     Computed,
 }
 
-/// The values of the collections the request holds as parsed ([`Collection::in_request`]);
-/// [`Source::Computed`] for the others.
+/// The values of the collections the request holds as parsed; [`Source::Computed`] for the
+/// others.
 fn source<'s>(vars: &'s Vars<'_>, collection: Collection) -> Source<'s> {
     use Collection::*;
     let pairs = |list: &'s [Pair], order: &'s [usize], names: bool| {
@@ -1910,20 +1904,9 @@ fn transform<'v>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{Collection, Names};
+    use super::super::parse::Names;
     use super::super::transform::Transform;
-    use super::{Source, TransformMemo, Tx, Vars, source};
-
-    /// `Link::direct` trusts `Collection::in_request` to name exactly the collections
-    /// `source` hands out as they are.
-    #[test]
-    fn the_collections_read_directly_are_those_source_hands_out() {
-        let vars = Vars::default();
-        for collection in Collection::all() {
-            let computed = matches!(source(&vars, collection), Source::Computed);
-            assert_eq!(collection.in_request(), !computed, "{collection:?}");
-        }
-    }
+    use super::{TransformMemo, Tx};
 
     #[test]
     fn run_time_tx_names_are_walked_only_as_this_evaluation_set_them() {

@@ -145,32 +145,6 @@ impl Collection {
             .map(|&(_, c)| c)
     }
 
-    /// Whether its members are parts of the request as parsed, or no members at all (the
-    /// collections this engine never fills): what a link can read without the evaluation's
-    /// state and without computing a value (`eval::source` hands these out as they are).
-    pub(crate) fn in_request(self) -> bool {
-        use Collection::*;
-        !matches!(
-            self,
-            ArgsCombinedSize
-                | RequestBodyLength
-                | ReqbodyProcessor
-                | MatchedVar
-                | MatchedVarName
-                | MatchedVars
-                | MatchedVarsNames
-                | Tx
-                | Ip
-                | Global
-        )
-    }
-
-    /// Every collection.
-    #[cfg(test)]
-    pub(crate) fn all() -> impl Iterator<Item = Collection> {
-        COLLECTIONS.iter().map(|&(_, c)| c)
-    }
-
     /// The name ModSecurity prints before a key (`ARGS:id`).
     pub fn name(self) -> &'static str {
         COLLECTIONS
@@ -433,10 +407,6 @@ pub(crate) struct Link {
     /// header selected by name the header's bit instead ([`HeaderKeys`]); every bit when a
     /// target counts members (`&ARGS` is `0` for an empty collection, a value to test).
     pub reads: u128,
-    /// Every target reads the request as parsed or one numbered `TX` name (or counts what it
-    /// would read): the link's values can be tested as they are found, without gathering them
-    /// first.
-    pub direct: bool,
     /// Its transformation list, interned: links with the same list share the number (`0`: no
     /// transformation). Transformed values are remembered per request by it.
     pub chain: u32,
@@ -602,9 +572,6 @@ impl Config {
                         } else {
                             link.targets.iter().fold(0, |m, t| m | header_keys.bit(t))
                         };
-                        link.direct = link.targets.iter().all(|t| {
-                            t.collection.in_request() || matches!(t.selector, Selector::Tx(_))
-                        });
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
                             all.append(&mut link.transforms);
@@ -872,7 +839,6 @@ impl Config {
             unsupported: None,
             unconditional: rule.is_none(),
             reads: 0,
-            direct: false,
             chain: 0,
         };
         let mut id = None;

@@ -1824,15 +1824,10 @@ mod tests {
     #[test]
     fn a_few_keys_compared_one_by_one_give_the_order_the_map_gives() {
         let alphabet: [&[u8]; 6] = [b"a", b"A", b"b", b"ab", b"Ab", b"ba"];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = crate::test_rng::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..3000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let len = (seed % (MultiMapModel::FEW as u64 + 1)) as usize;
-            let keys: Vec<&[u8]> = (0..len)
-                .map(|i| alphabet[((seed >> (3 * i + 8)) % 6) as usize])
-                .collect();
+            let len = rng.below(MultiMapModel::FEW + 1);
+            let keys: Vec<&[u8]> = (0..len).map(|_| rng.pick(&alphabet)).collect();
             let mut with_map = MultiMapModel::new(keys.len());
             with_map.runs = Some(std::collections::HashMap::new());
             for node in 0..keys.len() {
@@ -1844,17 +1839,10 @@ mod tests {
 
     #[test]
     fn parsers_never_panic_on_arbitrary_bytes() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::test_rng::Rng(0x2545_f491_4f6c_dd1d);
         let alphabet = b"{}[]:,\"\\u0aE-+.e /tfnrl%&=;\x00\x80\xc3\xff";
         for round in 0..2000 {
-            let mut body = Vec::new();
-            for _ in 0..(round % 40) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let i = (seed % alphabet.len() as u64) as usize;
-                body.push(alphabet.get(i).copied().unwrap_or(b'x'));
-            }
+            let body: Vec<u8> = (0..round % 40).map(|_| rng.pick(alphabet)).collect();
             let mut out = Vec::new();
             let _ = parse_json(&body, &mut out);
             parse_query(&body, &mut out);

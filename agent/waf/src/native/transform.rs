@@ -1758,19 +1758,9 @@ mod tests {
         }
     }
 
-    /// A small xorshift generator: no dependency, reproducible.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn arbitrary_input_never_panics_and_the_flag_is_right() {
+        use crate::test_rng::Rng;
         const ALPHABET: &[u8] =
             b"%uU&#xX;\\/.*-<!>=+09aAfFqQ \t\n\r\0\xc2\xa0\xc3\xe2\xf0\xf5\xff\x80\"'^,(\x0b\x0c";
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
