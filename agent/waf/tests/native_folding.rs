@@ -62,6 +62,35 @@ SecRule ARGS:x "@gt %{tx.other}" "id:4,phase:1,deny,status:403,log,msg:'over'"
 }
 
 #[test]
+fn a_chain_stopped_by_a_known_value_is_folded_and_one_it_passes_is_not() {
+    // The CRS's argument-limit pattern: rule 2's chain starts on a limit the configuration
+    // never set, so it stops there for every request (folded, though its second link reads
+    // the request); rule 3's limit is set, so its chain goes on to `&ARGS` per request. The
+    // first links' setvar runs as they match, before the chain goes on.
+    let rules = r#"SecRuleEngine On
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.max_args=2"
+SecRule &TX:max_names "@eq 1" "id:2,phase:1,pass,nolog,chain"
+    SecRule &ARGS "@gt 0" "setvar:tx.never=1"
+SecRule &TX:max_args "@eq 1" "id:3,phase:1,pass,nolog,chain,setvar:tx.checked=1"
+    SecRule &ARGS "@gt %{tx.max_args}" "setvar:tx.over=1"
+SecRule TX:never "@eq 1" "id:4,phase:1,deny,status:403,log,msg:'rule 2 went on'"
+SecRule TX:over "@eq 1" "id:5,phase:1,deny,status:403,log,msg:'too many arguments'"
+SecRule TX:checked "@eq 1" "id:6,phase:1,pass,log,msg:'limit checked'"
+"#;
+    let (got, folded) = all_three(rules, &["/?a=1&b=2&c=3", "/?a=1"]);
+    assert_eq!(
+        folded, 3,
+        "the SecAction, rule 2, and rule 4 (tx.never stays unset)"
+    );
+    assert_eq!(got[0].1, Some((403, Some(5))), "three arguments, limit 2");
+    assert_eq!(
+        got[1],
+        (vec![6], None),
+        "one argument: rule 3's first link matched and set tx.checked"
+    );
+}
+
+#[test]
 fn a_value_a_request_dependent_jump_may_skip_is_not_folded() {
     // Rule 2 sets tx.level unless rule 1 jumps over it: at the marker tx.level is unknown, so
     // rule 3 must be evaluated per request.
@@ -199,10 +228,10 @@ SecRule TX:hit "@eq 1" "id:4,phase:1,deny,status:403,log,msg:'group 10 seen'"
 fn the_crs_paranoia_gates_and_defaults_are_folded() {
     let rules = crs_text(1);
     let engine = native::Engine::load(&rules).expect("the CRS loads");
-    // 901's defaults and every file's paranoia gates in both phases: 102 at paranoia level 1
-    // when written.
+    // 901's defaults, every file's paranoia gates in both phases and the chains that stop on
+    // an unset limit (920380 and its kind): 112 at paranoia level 1 when written.
     assert!(
-        engine.folded_rules() >= 90,
+        engine.folded_rules() >= 110,
         "only {} rules folded",
         engine.folded_rules()
     );
@@ -245,9 +274,16 @@ fn program() -> impl Strategy<Value = String> {
             .prop_map(|(p, a, k)| format!("SecRule ARGS:a{a} \"@rx ^(\\d)$\" \"id:ID,phase:{p},pass,nolog,capture,setvar:tx.v{k}=%{{tx.1}}\"")),
         1 => (1..3u8, value.clone(), effect.clone())
             .prop_map(|(p, v, e)| format!("SecRule TX:1 \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,{e}\"")),
-        1 => (1..3u8, var.clone(), value.clone(), var.clone(), var, value)
+        1 => (1..3u8, var.clone(), value.clone(), var.clone(), var.clone(), value.clone())
             .prop_map(|(p, k, v, j, s, w)| format!(
                 "SecRule TX:v{k} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,chain\"\n    SecRule TX:v{j} \"@lt 3\" \"setvar:tx.v{s}=+{w}\""
+            )),
+        // A chain that starts on `TX` and goes on to the request: decided at load when the
+        // `TX` link does not match, opaque when it does.
+        2 => (1..3u8, any::<bool>(), var.clone(), value.clone(), var, 0..3u8, value)
+            .prop_map(|(p, count, k, v, s, a, w)| format!(
+                "SecRule {} \"@eq {v}\" \"id:ID,phase:{p},pass,nolog,chain,setvar:tx.v{s}=+1\"\n    SecRule ARGS:a{a} \"@eq {w}\" \"setvar:tx.v{s}=+2\"",
+                if count { format!("&TX:v{k}") } else { format!("TX:v{k}") }
             )),
     ];
     proptest::collection::vec(line, 1..30).prop_map(|lines| {

@@ -1062,6 +1062,7 @@ fn evaluate_rule(
     let mut cx = Eval {
         config,
         rule,
+        links: rule.links.len(),
         phase,
         vars,
         state,
@@ -1075,6 +1076,32 @@ fn evaluate_rule(
         }
     }
     Ok(())
+}
+
+/// The first `links` links of `rule`'s chain as a request meets them, the chain ending there:
+/// whether they all matched. A chain that fails within them has had its whole effect (the
+/// setvars of the links that matched, `MATCHED_VARS` cleared), since evaluation stops at the
+/// first link that does not match; the fold analysis relies on that.
+fn chain_prefix_matches(
+    config: &Config,
+    phase: usize,
+    rule: &Rule,
+    links: usize,
+    vars: &Vars<'_>,
+    state: &mut State,
+    buffers: &mut Buffers,
+) -> Result<bool, Unsupported> {
+    state.save_message = true;
+    state.status = None;
+    let mut cx = Eval {
+        config,
+        rule,
+        links: links.min(rule.links.len()),
+        phase,
+        vars,
+        state,
+    };
+    cx.link(0, buffers)
 }
 
 /// The index of the first marker `id` at or after `from` in `phase`, or the end.
@@ -1095,6 +1122,8 @@ fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {
 struct Eval<'e, 'r> {
     config: &'e Config,
     rule: &'e Rule,
+    /// How many links of the chain are evaluated: all of them, but for the fold analysis.
+    links: usize,
     phase: usize,
     vars: &'e Vars<'r>,
     state: &'e mut State,
@@ -1157,7 +1186,7 @@ impl<'e> Eval<'e, '_> {
             self.state.matched_clear();
             return Ok(false);
         }
-        if index + 1 < rule.links.len() && !self.link(index + 1, buffers)? {
+        if index + 1 < self.links && !self.link(index + 1, buffers)? {
             return Ok(false);
         }
         self.after_full_match(link)?;

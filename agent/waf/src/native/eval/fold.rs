@@ -11,7 +11,9 @@
 //! path that falls through and on the path of each `skipAfter` they may take (the state at a
 //! marker is the join of every path that reaches it). A rule that reads only `TX` names known at
 //! its position, and macros of them, is evaluated right there on the known values by the same
-//! code that evaluates requests. If that evaluation only writes `TX`, changes `MATCHED_VAR(S)`
+//! code that evaluates requests; so is a chain whose first links read only those, up to the
+//! first link that reads anything else, when one of them does not match (the chain stops
+//! there for every request). If that evaluation only writes `TX`, changes `MATCHED_VAR(S)`
 //! and jumps, with nothing logged and no other effect, the rule is *folded*: its outcome then
 //! holds for every request that reaches it, and the pass follows the one path it takes.
 //!
@@ -28,10 +30,10 @@
 use std::collections::HashSet;
 
 use super::{
-    Buffers, Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, evaluate_rule,
-    next_marker, step,
+    Buffers, Config, EngineMode, Item, MacroPart, Rule, SetOp, State, Vars, chain_prefix_matches,
+    evaluate_rule, next_marker, step,
 };
-use crate::native::parse::{Collection, Ctl, Macro, Names, Selector};
+use crate::native::parse::{Collection, Ctl, Link, Macro, Names, Selector};
 
 /// Numbers folded writes across every rule set of the process; 0 means "not a folded write".
 static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -207,26 +209,39 @@ struct Decided {
     marker: Option<u32>,
 }
 
-/// Evaluates `rule` on the known values if it reads only those and its effects can be replayed.
+/// Evaluates `rule` on the known values if its outcome depends on nothing else and its effects
+/// can be replayed: it reads only known values, or the links it starts with do and one of them
+/// does not match (the chain stops there, so what later links read never counts: the CRS's
+/// `&TX:MAX_NUM_ARGS "@eq 1"` chained to `&ARGS "@gt %{tx.max_num_args}"` with no limit set).
 fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Option<Decided> {
-    let reads = reads(rule)?;
-    if reads
+    let is_known = |id: &u32| !matches!(known.get(*id as usize), None | Some(Known::Unknown));
+    let decided_links = rule
+        .links
         .iter()
-        .any(|id| matches!(known.get(*id as usize), None | Some(Known::Unknown)))
-    {
+        .take_while(|link| reads(link).is_some_and(|reads| reads.iter().all(is_known)))
+        .count();
+    if decided_links == 0 {
         return None;
     }
     let mut state = scratch(config, known);
     let vars = load_vars(config);
-    evaluate_rule(
+    let mut buffers = Buffers::default();
+    if decided_links == rule.links.len() {
+        evaluate_rule(config, phase, rule, &vars, &mut state, &mut buffers).ok()?;
+    } else if chain_prefix_matches(
         config,
         phase,
         rule,
+        decided_links,
         &vars,
         &mut state,
-        &mut Buffers::default(),
+        &mut buffers,
     )
-    .ok()?;
+    .ok()?
+    {
+        // The chain goes on to a link that reads what only a request has.
+        return None;
+    }
     if !replayable(&state) {
         return None;
     }
@@ -290,8 +305,8 @@ fn replayable(state: &State) -> bool {
         && state.tx.dynamic().next().is_none()
 }
 
-/// The numbered `TX` names `rule` reads, if that is all it reads.
-fn reads(rule: &Rule) -> Option<Vec<u32>> {
+/// The numbered `TX` names `link` reads, if that is all it reads.
+fn reads(link: &Link) -> Option<Vec<u32>> {
     let mut reads = Vec::new();
     let macro_reads = |m: &Macro, reads: &mut Vec<u32>| -> Option<()> {
         for part in &m.parts {
@@ -304,37 +319,33 @@ fn reads(rule: &Rule) -> Option<Vec<u32>> {
         }
         Some(())
     };
-    for link in &rule.links {
-        // A `ctl` changes how the rest of the request is evaluated (the engine mode, body
-        // access, rule removal): nothing a block could replay.
-        let ctl = link.ctls.iter().any(|c| !matches!(c, Ctl::Ignored));
-        if ctl || !link.initcols.is_empty() || link.unsupported.is_some() {
+    // A `ctl` changes how the rest of the request is evaluated (the engine mode, body
+    // access, rule removal): nothing a block could replay.
+    let ctl = link.ctls.iter().any(|c| !matches!(c, Ctl::Ignored));
+    if ctl || !link.initcols.is_empty() || link.unsupported.is_some() {
+        return None;
+    }
+    for target in &link.targets {
+        match (&target.collection, &target.selector) {
+            (Collection::Tx, Selector::Tx(id)) if target.exclusions.is_empty() => reads.push(*id),
+            _ => return None,
+        }
+    }
+    if let Some(param) = link.operator.param() {
+        macro_reads(param, &mut reads)?;
+    }
+    for setvar in &link.setvars {
+        if setvar.collection != Collection::Tx {
             return None;
         }
-        for target in &link.targets {
-            match (&target.collection, &target.selector) {
-                (Collection::Tx, Selector::Tx(id)) if target.exclusions.is_empty() => {
-                    reads.push(*id)
-                }
-                _ => return None,
+        let slot = setvar.slot?;
+        match &setvar.op {
+            SetOp::Set(m) => macro_reads(m, &mut reads)?,
+            SetOp::Add(m) | SetOp::Sub(m) => {
+                reads.push(slot);
+                macro_reads(m, &mut reads)?;
             }
-        }
-        if let Some(param) = link.operator.param() {
-            macro_reads(param, &mut reads)?;
-        }
-        for setvar in &link.setvars {
-            if setvar.collection != Collection::Tx {
-                return None;
-            }
-            let slot = setvar.slot?;
-            match &setvar.op {
-                SetOp::Set(m) => macro_reads(m, &mut reads)?,
-                SetOp::Add(m) | SetOp::Sub(m) => {
-                    reads.push(slot);
-                    macro_reads(m, &mut reads)?;
-                }
-                SetOp::Unset => {}
-            }
+            SetOp::Unset => {}
         }
     }
     Some(reads)
