@@ -18,13 +18,13 @@ use std::ptr::{self, NonNull};
 
 use pcre2_sys::{
     PCRE2_CASELESS, PCRE2_DOTALL, PCRE2_ERROR_JIT_STACKLIMIT, PCRE2_ERROR_NOMATCH,
-    PCRE2_ERROR_NOMEMORY, PCRE2_INFO_CAPTURECOUNT, PCRE2_INFO_FIRSTCODETYPE,
-    PCRE2_INFO_FIRSTCODEUNIT, PCRE2_INFO_LASTCODETYPE, PCRE2_INFO_LASTCODEUNIT,
-    PCRE2_INFO_MINLENGTH, PCRE2_JIT_COMPLETE, PCRE2_MULTILINE, PCRE2_NO_JIT, PCRE2_UNSET,
-    pcre2_code_8, pcre2_code_free_8, pcre2_compile_8, pcre2_get_error_message_8,
-    pcre2_get_ovector_count_8, pcre2_get_ovector_pointer_8, pcre2_jit_compile_8, pcre2_jit_match_8,
-    pcre2_match_8, pcre2_match_data_8, pcre2_match_data_create_8, pcre2_match_data_free_8,
-    pcre2_pattern_info_8,
+    PCRE2_ERROR_NOMEMORY, PCRE2_INFO_CAPTURECOUNT, PCRE2_INFO_FIRSTBITMAP,
+    PCRE2_INFO_FIRSTCODETYPE, PCRE2_INFO_FIRSTCODEUNIT, PCRE2_INFO_LASTCODETYPE,
+    PCRE2_INFO_LASTCODEUNIT, PCRE2_INFO_MINLENGTH, PCRE2_JIT_COMPLETE, PCRE2_MULTILINE,
+    PCRE2_NO_JIT, PCRE2_UNSET, pcre2_code_8, pcre2_code_free_8, pcre2_compile_8,
+    pcre2_get_error_message_8, pcre2_get_ovector_count_8, pcre2_get_ovector_pointer_8,
+    pcre2_jit_compile_8, pcre2_jit_match_8, pcre2_match_8, pcre2_match_data_8,
+    pcre2_match_data_create_8, pcre2_match_data_free_8, pcre2_pattern_info_8,
 };
 
 /// A compiled pattern.
@@ -51,6 +51,9 @@ struct Needs {
     /// `LASTCODEUNIT`) when ASCII, each with its other case: PCRE2 does not report whether the
     /// pattern matches it caselessly (`(?i)` inside the pattern), so either case counts.
     units: [Option<(u8, u8)>; 2],
+    /// `PCRE2_INFO_FIRSTBITMAP`, when the pattern has no fixed first unit: the code units a
+    /// match can start with (both cases of a caseless letter), a bit each.
+    starts: Option<[u8; 32]>,
 }
 
 impl Needs {
@@ -76,12 +79,24 @@ impl Needs {
             };
             Some((byte, other))
         };
+        let mut bitmap: *const u8 = ptr::null();
+        // SAFETY: FIRSTBITMAP writes one pointer, to a 32-byte table inside the compiled code
+        // or null; the table is copied here, while `code` is alive.
+        let starts = unsafe {
+            let rc = pcre2_pattern_info_8(
+                code.as_ptr(),
+                PCRE2_INFO_FIRSTBITMAP,
+                (&raw mut bitmap).cast(),
+            );
+            (rc == 0 && !bitmap.is_null()).then(|| *bitmap.cast::<[u8; 32]>())
+        };
         Needs {
             min_length: info(PCRE2_INFO_MINLENGTH).map_or(0, |n| n as usize),
             units: [
                 unit(PCRE2_INFO_FIRSTCODETYPE, PCRE2_INFO_FIRSTCODEUNIT),
                 unit(PCRE2_INFO_LASTCODETYPE, PCRE2_INFO_LASTCODEUNIT),
             ],
+            starts,
         }
     }
 
@@ -92,6 +107,11 @@ impl Needs {
                 .iter()
                 .flatten()
                 .all(|&(a, b)| memchr::memchr2(a, b, subject).is_some())
+            && self.starts.as_ref().is_none_or(|starts| {
+                subject
+                    .iter()
+                    .any(|&b| starts[usize::from(b >> 3)] & (1 << (b & 7)) != 0)
+            })
     }
 }
 
@@ -376,9 +396,21 @@ mod tests {
             needs("abc"),
             Needs {
                 min_length: 3,
-                units: [Some((b'a', b'A')), Some((b'c', b'C'))]
+                units: [Some((b'a', b'A')), Some((b'c', b'C'))],
+                starts: None,
             }
         );
+        // No single first unit, a set of them: both cases of a caseless letter.
+        let set = needs("(?i)(?:runtime|processbuilder)");
+        assert_eq!(set.units[0], None);
+        assert!(set.starts.is_some());
+        assert!(!set.met_by(b"127.0.0.1:8080"));
+        assert!(set.met_by(b"xPROCESSBUILDER"));
+        assert!(
+            set.met_by(b"x r 1234567"),
+            "a start unit is enough for the check"
+        );
+        assert!(!needs("[\\n\\r]").met_by(b"/index.html"));
         assert_eq!(needs("(?i)select.+from").min_length, 11);
         assert_eq!(needs("x|y").units, [None, None], "no single first unit");
         assert_eq!(needs("^.*$").min_length, 0);
@@ -391,8 +423,12 @@ mod tests {
     /// subjects, half of them with a match planted inside.
     #[test]
     fn a_subject_the_checks_refuse_never_matches() {
-        let patterns: [(&str, bool, &[u8]); 9] = [
+        let patterns: [(&str, bool, &[u8]); 12] = [
             ("abc", false, b"abc"),
+            // Start-unit sets (no fixed first unit).
+            ("(?:union|select)", true, b"SeLeCt"),
+            ("[\\n\\x80]a", false, b"\na"),
+            ("(?:ab|xc)z|\\.\\d", false, b"x.1"),
             ("abc", true, b"aBc"),
             ("(?i)union\\s+select", false, b"UNION\tSelect"),
             ("a\\d+z", false, b"a019z"),
