@@ -14,6 +14,7 @@ use fleetgate_shared::model::{HmacAlgorithm, HmacAuth as Config, Phase};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::credentials;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
@@ -33,12 +34,10 @@ static CONTENT_SHA256_NAME: HeaderName = HeaderName::from_static(CONTENT_SHA256_
 /// with 413: it cannot vouch for bytes it has not seen, and buffering more per request would
 /// let signed-request endpoints pin memory. 1 MiB fits webhooks and API payloads.
 pub const BODY_LIMIT: u64 = 1024 * 1024;
-/// SHA-256 of no bytes: the digest every bodiless signed request (GET, HEAD) carries, not
-/// recomputed per request.
-const EMPTY_BODY_SHA256: [u8; 32] = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
-];
+/// SHA-256 of no bytes in hex: the digest every bodiless signed request (GET, HEAD) carries,
+/// compared as text (either case) rather than decoded and recomputed per request.
+const EMPTY_BODY_SHA256_HEX: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// Longest accepted nonce; 16 random bytes in base64 are 24 characters.
 pub const MAX_NONCE_LEN: usize = 128;
 /// Longest accepted key id.
@@ -203,12 +202,12 @@ fn canonical_request(
 }
 
 /// The names of a `signedHeaders` list, trimmed, in the order they were listed: split once
-/// per request into a fixed array (no allocation), since the check reads the list several
-/// times (required headers, the date, the canonical request).
+/// per request, since the check reads the list several times (required headers, the date,
+/// the canonical request). Up to 8 are kept inline (no allocation); a 64-slot array would
+/// cost more to fill and move than the whole parse.
 #[derive(Debug)]
 struct SignedNames<'a> {
-    names: [&'a str; MAX_SIGNED_HEADERS],
-    len: usize,
+    names: SmallVec<[&'a str; 8]>,
 }
 
 impl<'a> SignedNames<'a> {
@@ -216,15 +215,14 @@ impl<'a> SignedNames<'a> {
     /// regard to case). An empty list has no names.
     fn parse(list: &'a str) -> Result<Self, String> {
         let mut parsed = SignedNames {
-            names: [""; MAX_SIGNED_HEADERS],
-            len: 0,
+            names: SmallVec::new(),
         };
-        let list = list.trim();
+        let list = list.trim_ascii();
         if list.is_empty() {
             return Ok(parsed);
         }
-        for name in list.split(';').map(str::trim) {
-            if parsed.len == MAX_SIGNED_HEADERS {
+        for name in split_on(list, b';').map(str::trim_ascii) {
+            if parsed.names.len() == MAX_SIGNED_HEADERS {
                 return Err(format!(
                     "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
                 ));
@@ -238,14 +236,13 @@ impl<'a> SignedNames<'a> {
                     name.to_ascii_lowercase()
                 ));
             }
-            parsed.names[parsed.len] = name;
-            parsed.len += 1;
+            parsed.names.push(name);
         }
         Ok(parsed)
     }
 
     fn as_slice(&self) -> &[&'a str] {
-        &self.names[..self.len]
+        &self.names
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -256,18 +253,66 @@ impl<'a> SignedNames<'a> {
 /// Whether `name` is a field name (RFC 9110 5.1: a token), as `HeaderName` would accept it
 /// in any case, without building one.
 fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| TCHAR[usize::from(b)])
+}
+
+/// RFC 9110's `tchar`, a flag per byte.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// `s` split at each `sep` (an ASCII byte), like `str::split` with a char, which goes through
+/// a general searcher per piece: the verifier splits a handful of short lists per request.
+fn split_on(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(sep.is_ascii());
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == sep) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// `s` split at its first `sep` (an ASCII byte), like `str::split_once` with a char.
+fn split_once_on(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
 }
 
 fn put_lowercase(out: &mut Vec<u8>, name: &str) {
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        out.extend_from_slice(name.to_ascii_lowercase().as_bytes());
-    } else {
-        out.extend_from_slice(name.as_bytes());
-    }
+    out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
 }
 
 /// Query pairs split on `&` (empty pairs dropped), each split at its first `=` (a bare name
@@ -277,10 +322,9 @@ fn canonical_query(out: &mut Vec<u8>, query: Option<&str>) {
     let Some(query) = query else {
         return;
     };
-    let mut pairs: Vec<(&str, &str)> = query
-        .split('&')
+    let mut pairs: Vec<(&str, &str)> = split_on(query, b'&')
         .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|p| split_once_on(p, b'=').unwrap_or((p, "")))
         .collect();
     pairs.sort_unstable();
     for (i, (name, value)) in pairs.iter().enumerate() {
@@ -301,7 +345,14 @@ fn header_value(
     uri: &Uri,
     name: &str,
 ) -> Result<(), String> {
-    let mut values = headers.get_all(name).iter().peekable();
+    // The request's few headers compared by name, in the map's order (a name's values
+    // together, as sent): `get_all(&str)` would parse and hash the name first, which costs
+    // more than the comparisons.
+    let mut values = headers
+        .iter()
+        .filter(|(key, _)| key.as_str().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
+        .peekable();
     if values.peek().is_none() {
         if name.eq_ignore_ascii_case("host")
             && let Some(authority) = uri.authority()
@@ -318,7 +369,7 @@ fn header_value(
         if i > 0 {
             out.extend_from_slice(b",");
         }
-        out.extend_from_slice(text.trim().as_bytes());
+        out.extend_from_slice(text.trim_ascii().as_bytes());
     }
     Ok(())
 }
@@ -352,23 +403,21 @@ impl Authorization<'_> {
     }
 }
 
+/// Parses the header value (visible ASCII, as `HeaderValue::to_str` passes it: trimming ASCII
+/// whitespace is all `str::trim` would do, at less cost).
 fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
-    let (scheme, params) = value
-        .trim()
-        .split_once(' ')
-        .ok_or("no parameters after the scheme")?;
+    let (scheme, params) =
+        split_once_on(value.trim_ascii(), b' ').ok_or("no parameters after the scheme")?;
     let algorithm = algorithm_of_scheme(scheme).ok_or("unknown scheme")?;
     let (mut key_id, mut signed, mut nonce, mut signature) = (None, None, None, None);
-    for param in params.split(',') {
-        let (name, raw) = param
-            .trim()
-            .split_once('=')
-            .ok_or_else(|| format!("`{}` is not name=value", param.trim()))?;
+    for param in split_on(params, b',') {
+        let (name, raw) = split_once_on(param.trim_ascii(), b'=')
+            .ok_or_else(|| format!("`{}` is not name=value", param.trim_ascii()))?;
         let value = raw
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(raw);
-        let slot = match name.trim() {
+        let slot = match name.trim_ascii() {
             "keyId" => &mut key_id,
             "signedHeaders" => &mut signed,
             "nonce" => &mut nonce,
@@ -377,7 +426,7 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, String> {
             _ => continue,
         };
         if slot.replace(value).is_some() {
-            return Err(format!("`{}` is given twice", name.trim()));
+            return Err(format!("`{}` is given twice", name.trim_ascii()));
         }
     }
     let key_id = key_id.ok_or("keyId is missing")?;
@@ -496,7 +545,7 @@ impl HmacAuth {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find(|v| {
-                v.trim_start()
+                v.trim_ascii_start()
                     .get(..8)
                     .is_some_and(|s| s.eq_ignore_ascii_case("FG-HMAC-"))
             })
@@ -611,7 +660,7 @@ impl HmacAuth {
             ctx.headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::trim)
+                .map(str::trim_ascii)
         };
         if auth.signs(DATE_HEADER)
             && let Some(value) = get(&DATE_NAME)
@@ -649,7 +698,7 @@ impl HmacAuth {
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(|v| v.trim_ascii().parse::<u64>().ok());
         if declared.is_some_and(|len| len > BODY_LIMIT) {
             return Some(too_large());
         }
@@ -671,17 +720,17 @@ impl HmacAuth {
             .headers
             .get(&CONTENT_SHA256_NAME)
             .and_then(|v| v.to_str().ok())
-            .map(str::trim)
+            .map(str::trim_ascii)
             .unwrap_or_default();
-        // Compared as bytes: the claim is decoded instead of the body's digest being encoded
-        // on every request (hex digits in either case, like the text comparison it replaces).
+        // Hex digits in either case. A body's digest is compared as bytes: the claim is
+        // decoded instead of the digest being encoded.
         let mut claimed_digest = [0u8; 32];
-        let matches = hex::decode_to_slice(claimed, &mut claimed_digest).is_ok()
-            && if body.is_empty() {
-                claimed_digest == EMPTY_BODY_SHA256
-            } else {
-                digest::digest(&digest::SHA256, body).as_ref() == claimed_digest
-            };
+        let matches = if body.is_empty() {
+            claimed.eq_ignore_ascii_case(EMPTY_BODY_SHA256_HEX)
+        } else {
+            hex::decode_to_slice(claimed, &mut claimed_digest).is_ok()
+                && digest::digest(&digest::SHA256, body).as_ref() == claimed_digest
+        };
         if matches {
             None
         } else {
@@ -1224,8 +1273,8 @@ mod tests {
     #[test]
     fn the_empty_body_digest_is_sha256_of_nothing() {
         assert_eq!(
-            digest::digest(&digest::SHA256, b"").as_ref(),
-            EMPTY_BODY_SHA256
+            hex::encode(digest::digest(&digest::SHA256, b"").as_ref()),
+            EMPTY_BODY_SHA256_HEX
         );
     }
 
