@@ -285,14 +285,14 @@ static TCHAR: [bool; 256] = {
     table
 };
 
-/// `s` split at each `sep` (an ASCII byte), like `str::split` with a char, which goes through
-/// a general searcher per piece: the verifier splits a handful of short lists per request.
+/// `s` split at each `sep` (an ASCII byte), like `str::split` with a char, which sets up a
+/// general searcher per piece: the verifier splits a handful of short lists per request.
 fn split_on(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     debug_assert!(sep.is_ascii());
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let r = rest?;
-        match r.bytes().position(|b| b == sep) {
+        match memchr::memchr(sep, r.as_bytes()) {
             Some(i) => {
                 rest = Some(&r[i + 1..]);
                 Some(&r[..i])
@@ -307,7 +307,7 @@ fn split_on(s: &str, sep: u8) -> impl Iterator<Item = &str> {
 
 /// `s` split at its first `sep` (an ASCII byte), like `str::split_once` with a char.
 fn split_once_on(s: &str, sep: u8) -> Option<(&str, &str)> {
-    let i = s.bytes().position(|b| b == sep)?;
+    let i = memchr::memchr(sep, s.as_bytes())?;
     Some((&s[..i], &s[i + 1..]))
 }
 
