@@ -2,6 +2,7 @@
 # answering every request with a fixed 13-byte body (the same shape as the peer benchmark's).
 #
 #   start_origin DIR PORT   # writes DIR/origin/nginx.conf, starts nginx, appends its pid to pids
+#   ORIGIN_CPU="taskset -c 1" start_origin ...   # runs nginx under that prefix
 start_origin() {
   local dir=$1 port=$2
   mkdir -p "$dir/origin"
@@ -11,5 +12,5 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$port; location / { return 200 "hello world!\n"; } } }
 NGINX
-  /usr/sbin/nginx -p "$dir/origin/" -c "$dir/origin/nginx.conf" & pids+=($!)
+  ${ORIGIN_CPU:-} /usr/sbin/nginx -p "$dir/origin/" -c "$dir/origin/nginx.conf" & pids+=($!)
 }

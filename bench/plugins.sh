@@ -18,9 +18,18 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+# Where each process runs: PIN=1 gives every agent core 0 and nginx and wrk core 1 (the
+# agent's core is its own, as on a gateway host); by default the scheduler places them all.
+# docs/benchmarks.md (session 14) has both for the WAF.
+if [ "${PIN:-0}" = 1 ]; then
+  AGENT_CPU="taskset -c 0" PEER_CPU="taskset -c 1"
+else
+  AGENT_CPU="" PEER_CPU=""
+fi
+
 # The origin: nginx, one worker, a fixed 13-byte body.
 source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
-start_origin "$RUN" 18180
+ORIGIN_CPU=$PEER_CPU start_origin "$RUN" 18180
 
 # Configs and the headers each variant's client sends, written by python (stdlib only).
 python3 - "$RUN" <<'PY'
@@ -79,8 +88,8 @@ PY
 variants=${VARIANTS:-off jwt key hmac waf}  # e.g. VARIANTS="off hmac" REPS=10 for one policy
 for v in $variants; do
   port=$(cat "$RUN/$v.port")
-  "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" \
-    --workers 1 --access-log off 2>"$RUN/$v.log" & pids+=($!)
+  $AGENT_CPU "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" \
+    --admin "127.0.0.1:$((port + 10))" --workers 1 --access-log off 2>"$RUN/$v.log" & pids+=($!)
   echo $! > "$RUN/$v.pid"
 done
 sleep 2
@@ -97,9 +106,9 @@ measure() {
   local port pid args=() out rps requests ticks0 ticks1 cpu non2xx
   port=$(cat "$RUN/$1.port") pid=$(cat "$RUN/$1.pid")
   while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
-  wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
+  $PEER_CPU wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
   ticks0=$(agent_ticks "$pid")
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/")
+  out=$($PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/")
   ticks1=$(agent_ticks "$pid")
   rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
   requests=$(awk '/requests in/{print $1}' <<<"$out")
