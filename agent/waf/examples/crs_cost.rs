@@ -3,6 +3,8 @@
 //! ```sh
 //! cargo run --release -p fleetgate-agent-waf --example crs_cost -- [HOST] [N] [CRS FILE...]
 //! T=2 cargo run ...   # evaluations on two threads at once
+//! COLD=8 cargo run ...   # 8 MiB written between evaluations (as a proxy's network path
+//!                        # evicts the rule set between requests), each evaluation timed alone
 //! ENGINE=native cargo run ...   # the native engine instead of libmodsecurity
 //! ENGINE=native FOLD=0 cargo run ...   # ... evaluating every rule per request (no folding)
 //! ```
@@ -78,19 +80,48 @@ fn main() {
     for _ in 0..200 {
         evaluate();
     }
-    let started = Instant::now();
+    let cold_bytes: usize = std::env::var("COLD")
+        .ok()
+        .and_then(|mb| mb.parse::<usize>().ok())
+        .map_or(0, |mb| mb << 20);
+    // Evaluations timed one by one when the caches are cleared between them (the writes stay
+    // outside the timed part), all together otherwise.
+    let total = std::sync::Mutex::new(std::time::Duration::ZERO);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                for _ in 0..n {
-                    evaluate();
+                let mut buffer = vec![0u8; cold_bytes];
+                let mut spent = std::time::Duration::ZERO;
+                if cold_bytes == 0 {
+                    let started = Instant::now();
+                    for _ in 0..n {
+                        evaluate();
+                    }
+                    spent = started.elapsed();
+                } else {
+                    for round in 0..n {
+                        // Every cache line of the buffer written.
+                        for line in buffer.chunks_mut(64) {
+                            line[0] = line[0].wrapping_add(round as u8);
+                        }
+                        std::hint::black_box(&buffer);
+                        let started = Instant::now();
+                        evaluate();
+                        spent += started.elapsed();
+                    }
                 }
+                *total.lock().expect("no thread panics holding it") += spent;
             });
         }
     });
-    let per = started.elapsed().as_secs_f64() * 1e6 / (n * threads) as f64;
+    let per = total.into_inner().expect("not poisoned").as_secs_f64() * 1e6 / (n * threads) as f64;
     println!(
-        "{per:7.1} µs per evaluation (wall, {threads} thread(s)); {} rules; matched {matched:?}; files {}",
+        "{per:7.1} µs per evaluation (wall, {threads} thread(s), {}); {} rules; matched {matched:?}; files {}",
+        if cold_bytes == 0 {
+            "warm caches".to_owned()
+        } else {
+            format!("{} MiB written between", cold_bytes >> 20)
+        },
         engine.rule_count(),
         if files.is_empty() {
             "all REQUEST-*".to_owned()

@@ -312,7 +312,12 @@ fn split_once_on(s: &str, sep: u8) -> Option<(&str, &str)> {
 }
 
 fn put_lowercase(out: &mut Vec<u8>, name: &str) {
-    out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+    // Clients sign lower-case names (docs/policies.md), so the copy is nearly always plain.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+    } else {
+        out.extend_from_slice(name.as_bytes());
+    }
 }
 
 /// Query pairs split on `&` (empty pairs dropped), each split at its first `=` (a bare name
