@@ -8,6 +8,8 @@
 #
 #   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
 #                                    # (../shared/bench/run.sh setup installs both)
+#   PIN=1 VARIANTS="off waf" bench/plugins.sh   # agents on core 0, nginx and wrk on core 1
+#   cargo bench -p fleetgate-agent-policy --bench plugins   # each policy's own cost in-process
 # Uses ports 18180-18199 on 127.0.0.1. Every variant runs with --workers 1 --access-log off.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -220,7 +220,10 @@ fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Optio
         .iter()
         .take_while(|link| reads(link).is_some_and(|reads| reads.iter().all(is_known)))
         .count();
-    if decided_links == 0 {
+    // A `SecAction` always runs its actions (`Eval::unconditional`): a chain it starts is
+    // decided only if it is decided whole.
+    let unconditional = rule.links[0].unconditional;
+    if decided_links == 0 || (unconditional && decided_links < rule.links.len()) {
         return None;
     }
     let mut state = scratch(config, known);
