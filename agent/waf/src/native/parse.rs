@@ -911,6 +911,14 @@ impl Config {
             }
         }
         self.intern_tx(&mut link);
+        if chain && rule.is_none() {
+            // libmodsecurity adds a SecAction on its own, so the rule after it is an id-less
+            // rule and the set does not load.
+            return err(
+                origin,
+                "`chain` on a SecAction: only a SecRule starts a chain",
+            );
+        }
         match pending {
             Some(parent) => {
                 if id.is_some() || phase.is_some() {
@@ -1491,6 +1499,9 @@ mod tests {
         assert!(e.0.contains("unknown variable NOPE"), "{}", e.0);
         let e = Config::parse("SecRule ARGS \"@rx a\" \"id:1,chain\"").unwrap_err();
         assert!(e.0.contains("has no rule after it"), "{}", e.0);
+        let e = Config::parse("SecAction \"id:1,chain\"\nSecRule ARGS \"@rx a\" \"t:none\"")
+            .unwrap_err();
+        assert!(e.0.contains("`chain` on a SecAction"), "{}", e.0);
     }
 
     /// Pieces of SecLang, valid and not, that a generated rule text is made of.

@@ -220,8 +220,9 @@ fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Optio
         .iter()
         .take_while(|link| reads(link).is_some_and(|reads| reads.iter().all(is_known)))
         .count();
-    // A `SecAction` always runs its actions (`Eval::unconditional`): a chain it starts is
-    // decided only if it is decided whole.
+    // A `SecAction` always runs its actions (`Eval::unconditional`): a chain it started would
+    // be decided only whole (the parser refuses `chain` on a SecAction, as libmodsecurity
+    // does; this keeps the analysis right without relying on that).
     let unconditional = rule.links[0].unconditional;
     if decided_links == 0 || (unconditional && decided_links < rule.links.len()) {
         return None;
