@@ -220,11 +220,9 @@ fn decide(config: &Config, phase: usize, rule: &Rule, known: &Abstract) -> Optio
         .iter()
         .take_while(|link| reads(link).is_some_and(|reads| reads.iter().all(is_known)))
         .count();
-    // A `SecAction` always runs its actions (`Eval::unconditional`): a chain it started would
-    // be decided only whole (the parser refuses `chain` on a SecAction, as libmodsecurity
-    // does; this keeps the analysis right without relying on that).
-    let unconditional = rule.links[0].unconditional;
-    if decided_links == 0 || (unconditional && decided_links < rule.links.len()) {
+    // (A `SecAction`, which always runs its actions, never starts a chain: the parser refuses
+    // that, as libmodsecurity does.)
+    if decided_links == 0 {
         return None;
     }
     let mut state = scratch(config, known);
