@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use fleetgate_shared::model::{HmacAlgorithm, HmacAuth as Config, Phase};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -27,9 +27,6 @@ pub const DATE_HEADER: &str = "x-fleetgate-date";
 /// The header carrying the hex SHA-256 of the body.
 pub const CONTENT_SHA256_HEADER: &str = "x-fleetgate-content-sha256";
 
-/// The two as header names, so looking them up parses nothing per request.
-static DATE_NAME: HeaderName = HeaderName::from_static(DATE_HEADER);
-static CONTENT_SHA256_NAME: HeaderName = HeaderName::from_static(CONTENT_SHA256_HEADER);
 /// Bodies up to this size are digested. hmac-auth with `validate_body` answers a larger body
 /// with 413: it cannot vouch for bytes it has not seen, and buffering more per request would
 /// let signed-request endpoints pin memory. 1 MiB fits webhooks and API payloads.
@@ -130,7 +127,7 @@ pub fn sign(
         nonce,
         method,
         uri,
-        headers,
+        &Fields::of(headers),
         &names,
     )?;
     let key = hmac::Key::new(digest_of(credentials.algorithm), credentials.secret);
@@ -177,7 +174,7 @@ fn canonical_request(
     nonce: &str,
     method: &Method,
     uri: &Uri,
-    headers: &HeaderMap,
+    fields: &Fields,
     names: &[&str],
 ) -> Result<(), String> {
     for part in [scheme, key_id, nonce, method.as_str(), uri.path()] {
@@ -196,7 +193,7 @@ fn canonical_request(
         out.extend_from_slice(b"\n");
         put_lowercase(out, name);
         out.extend_from_slice(b":");
-        header_value(out, headers, uri, name)?;
+        header_value(out, fields, uri, name)?;
     }
     Ok(())
 }
@@ -344,20 +341,8 @@ fn canonical_query(out: &mut Vec<u8>, query: Option<&str>) {
 
 /// Every value of header `name`, trimmed, joined with `,`. `host` falls back to the URI's
 /// authority (HTTP/2 requests carry `:authority` instead of a Host header).
-fn header_value(
-    out: &mut Vec<u8>,
-    headers: &HeaderMap,
-    uri: &Uri,
-    name: &str,
-) -> Result<(), String> {
-    // The request's few headers compared by name, in the map's order (a name's values
-    // together, as sent): `get_all(&str)` would parse and hash the name first, which costs
-    // more than the comparisons.
-    let mut values = headers
-        .iter()
-        .filter(|(key, _)| key.as_str().eq_ignore_ascii_case(name))
-        .map(|(_, value)| value)
-        .peekable();
+fn header_value(out: &mut Vec<u8>, fields: &Fields, uri: &Uri, name: &str) -> Result<(), String> {
+    let mut values = fields.all(name).peekable();
     if values.peek().is_none() {
         if name.eq_ignore_ascii_case("host")
             && let Some(authority) = uri.authority()
@@ -377,6 +362,38 @@ fn header_value(
         out.extend_from_slice(text.trim_ascii().as_bytes());
     }
     Ok(())
+}
+
+/// A request's fields as (name, value) pairs in the map's order (a name's values together,
+/// as sent), read once. The verifier looks up the `Authorization` header, the date, the body
+/// digest and every signed header: comparing a request's dozen names costs less than parsing
+/// and hashing each looked-up name, which `HeaderMap::get` does per call.
+struct Fields<'a> {
+    pairs: SmallVec<[(&'a str, &'a HeaderValue); 16]>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        Fields {
+            pairs: headers.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+        }
+    }
+
+    /// Every value of `name` (any case; the map's names are lower-case), in order.
+    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a HeaderValue> + 's {
+        self.pairs
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| *value)
+    }
+
+    /// The first value of `name`, as visible ASCII without surrounding whitespace.
+    fn text(&self, name: &str) -> Option<&'a str> {
+        self.all(name)
+            .next()
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim_ascii)
+    }
 }
 
 /// Most headers one signature may cover. Far above what a client signs (host, a date, the
@@ -544,10 +561,9 @@ impl HmacAuth {
     }
 
     fn check(&self, ctx: &mut RequestCtx) -> Verdict {
-        let Some(value) = ctx
-            .headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
+        let fields = Fields::of(&ctx.headers);
+        let Some(value) = fields
+            .all(header::AUTHORIZATION.as_str())
             .filter_map(|v| v.to_str().ok())
             .find(|v| {
                 v.trim_ascii_start()
@@ -582,7 +598,7 @@ impl HmacAuth {
             );
         }
         let now = unix_secs(ctx.now);
-        let date = match self.signed_date(ctx, &auth) {
+        let date = match signed_date(&fields, &auth) {
             Ok(date) => date,
             Err(message) => return self.unauthorized("missing_date", &message),
         };
@@ -611,7 +627,7 @@ impl HmacAuth {
                 auth.nonce.unwrap_or_default(),
                 &ctx.method,
                 &ctx.uri,
-                &ctx.headers,
+                &fields,
                 auth.signed.as_slice(),
             )?;
             // Constant time: aws-lc compares the tags without an early exit.
@@ -625,7 +641,7 @@ impl HmacAuth {
             Ok(true) => {}
         }
         if self.validate_body
-            && let Some(answer) = self.check_body(ctx)
+            && let Some(answer) = self.check_body(&ctx.body, &fields)
         {
             return Verdict::Respond(answer);
         }
@@ -658,39 +674,8 @@ impl HmacAuth {
         Verdict::Continue
     }
 
-    /// The signed date: `x-fleetgate-date` (unix seconds) if signed, else `date` (RFC 9110
-    /// IMF-fixdate) if signed.
-    fn signed_date(&self, ctx: &RequestCtx, auth: &Authorization) -> Result<u64, String> {
-        let get = |name: &HeaderName| {
-            ctx.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim_ascii)
-        };
-        if auth.signs(DATE_HEADER)
-            && let Some(value) = get(&DATE_NAME)
-        {
-            if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("`{DATE_HEADER}` must be unix seconds"));
-            }
-            return value
-                .parse()
-                .map_err(|_| format!("`{DATE_HEADER}` must be unix seconds"));
-        }
-        if auth.signs("date")
-            && let Some(value) = get(&header::DATE)
-        {
-            return httpdate::parse_http_date(value)
-                .map(unix_secs)
-                .map_err(|_| "`date` is not an HTTP date".to_owned());
-        }
-        Err(format!(
-            "sign a date: `{DATE_HEADER}` (unix seconds) or `date`"
-        ))
-    }
-
     /// Compares the signed body digest with the body. `None` when they match.
-    fn check_body(&self, ctx: &RequestCtx) -> Option<Response<Bytes>> {
+    fn check_body(&self, body: &BodyPrefix, fields: &Fields) -> Option<Response<Bytes>> {
         let too_large = || {
             reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -699,15 +684,13 @@ impl HmacAuth {
                 &self.name,
             )
         };
-        let declared = ctx
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_ascii().parse::<u64>().ok());
+        let declared = fields
+            .text(header::CONTENT_LENGTH.as_str())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > BODY_LIMIT) {
             return Some(too_large());
         }
-        let body = match &ctx.body {
+        let body = match body {
             BodyPrefix::Complete(body) => body,
             BodyPrefix::Partial(_) => return Some(too_large()),
             // The proxy reads the body for every chain that declares a limit, which this
@@ -721,12 +704,7 @@ impl HmacAuth {
                 ));
             }
         };
-        let claimed = ctx
-            .headers
-            .get(&CONTENT_SHA256_NAME)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim_ascii)
-            .unwrap_or_default();
+        let claimed = fields.text(CONTENT_SHA256_HEADER).unwrap_or_default();
         // Hex digits in either case. A body's digest is compared as bytes: the claim is
         // decoded instead of the digest being encoded.
         let mut claimed_digest = [0u8; 32];
@@ -747,6 +725,31 @@ impl HmacAuth {
             ))
         }
     }
+}
+
+/// The signed date: `x-fleetgate-date` (unix seconds) if signed, else `date` (RFC 9110
+/// IMF-fixdate) if signed.
+fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
+    if auth.signs(DATE_HEADER)
+        && let Some(value) = fields.text(DATE_HEADER)
+    {
+        if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("`{DATE_HEADER}` must be unix seconds"));
+        }
+        return value
+            .parse()
+            .map_err(|_| format!("`{DATE_HEADER}` must be unix seconds"));
+    }
+    if auth.signs("date")
+        && let Some(value) = fields.text(header::DATE.as_str())
+    {
+        return httpdate::parse_http_date(value)
+            .map(unix_secs)
+            .map_err(|_| "`date` is not an HTTP date".to_owned());
+    }
+    Err(format!(
+        "sign a date: `{DATE_HEADER}` (unix seconds) or `date`"
+    ))
 }
 
 fn unix_secs(time: SystemTime) -> u64 {
@@ -1298,7 +1301,7 @@ mod tests {
             "nonce",
             &Method::GET,
             &uri,
-            &headers,
+            &Fields::of(&headers),
             &["X-Fleetgate-Date", "x-multi"],
         )
         .unwrap();
