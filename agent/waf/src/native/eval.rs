@@ -1182,7 +1182,11 @@ impl<'e> Eval<'e, '_> {
         // targets before it ran their captures and setvars, as libmodsecurity reads them.
         let mut matched = false;
         for target in &link.targets {
-            matched |= self.test_target(link, index, target, removals, buffers)?;
+            // As for the whole link: a target that reads only what the request lacks yields
+            // no value.
+            if target.reads & !self.vars.empty != 0 {
+                matched |= self.test_target(link, index, target, removals, buffers)?;
+            }
         }
         if !matched {
             self.state.matched_clear();

@@ -237,6 +237,9 @@ pub(crate) struct Target {
     pub count: bool,
     /// Keys removed from this target by `!COLLECTION:key` elements of the same list.
     pub exclusions: Vec<Selector>,
+    /// What it reads, as in [`Link::reads`] (every bit when it counts members): a target
+    /// whose bits are all empty for a request has no value to test and is passed over.
+    pub reads: u128,
 }
 
 /// A string that may contain `%{...}` macros, split at parse time.
@@ -567,11 +570,14 @@ impl Config {
             for item in items {
                 if let Item::Rule(rule) = item {
                     for link in &mut rule.links {
-                        link.reads = if link.targets.iter().any(|t| t.count) {
-                            u128::MAX
-                        } else {
-                            link.targets.iter().fold(0, |m, t| m | header_keys.bit(t))
-                        };
+                        for target in &mut link.targets {
+                            target.reads = if target.count {
+                                u128::MAX
+                            } else {
+                                header_keys.bit(target)
+                            };
+                        }
+                        link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
                             all.append(&mut link.transforms);
@@ -1176,6 +1182,7 @@ fn parse_targets(text: &str, origin: &Origin) -> Result<Vec<Target>, ParseError>
                 selector,
                 count,
                 exclusions: Vec::new(),
+                reads: 0,
             });
         }
     }
