@@ -140,3 +140,25 @@ SecRule &ARGS "@eq 0" "id:4,phase:1,deny,status:403,log,msg:'no arguments'"
     let got = both(rules, &[get("/", &[(b"Host", b"h")])]);
     assert_eq!(got[0].1, Some((403, Some(4))));
 }
+
+#[test]
+fn a_count_of_an_empty_collection_is_tested_as_zero_through_transformations_and_macros() {
+    // The engine decides at load which counts cannot match when their collection is empty
+    // (rules 1 and 2 here); the others still test the 0: rule 3 matches it, rule 4 after
+    // t:length turns it into 1, rule 5 against a TX value set at run time. Then the same rule
+    // set with the members present.
+    let rules = r#"SecRuleEngine On
+SecAction "id:10,phase:1,pass,nolog,setvar:tx.zero=0"
+SecRule &REQUEST_HEADERS:X-Foo "!@eq 0" "id:1,phase:1,pass,log,msg:'x-foo sent'"
+SecRule &ARGS "@gt 0" "id:2,phase:1,pass,log,msg:'arguments'"
+SecRule &ARGS "@eq 0" "id:3,phase:1,pass,log,msg:'no arguments'"
+SecRule &ARGS "@eq 1" "id:4,phase:1,pass,log,msg:'length of the count',t:length"
+SecRule &ARGS "@eq %{tx.zero}" "id:5,phase:1,pass,log,msg:'count is tx.zero'"
+"#;
+    let bare: [(&[u8], &[u8]); 1] = [(b"Host", b"h")];
+    let with_foo: [(&[u8], &[u8]); 2] = [(b"Host", b"h"), (b"X-Foo", b"1")];
+    let got = both(rules, &[get("/", &bare), get("/?a=1", &with_foo)]);
+    let ids = |s: &Summary| s.0.clone();
+    assert_eq!(ids(&got[0]), vec![3, 4, 5]);
+    assert_eq!(ids(&got[1]), vec![1, 2, 4]);
+}

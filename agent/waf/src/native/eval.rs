@@ -141,6 +141,69 @@ impl Vars<'_> {
     }
 }
 
+/// A count target (`&COLLECTION`) has a value to test even when its collection is empty: 0.
+/// Where a link's test is known at load to fail on "0" (its transformations, then an operator
+/// without macros), its count targets read only their collections instead (see
+/// [`Link::reads`]): a request that has none of the members passes over them as over any empty
+/// target, rather than testing the 0. The CRS asks `&REQUEST_HEADERS:Transfer-Encoding "!@eq 0"`
+/// and `&MULTIPART_PART_HEADERS "@gt 0"` of every request.
+pub(crate) fn narrow_counts(config: &mut Config) {
+    let header_keys = &config.header_keys;
+    for items in &mut config.phases {
+        for item in items {
+            let Item::Rule(rule) = item else { continue };
+            for link in &mut rule.links {
+                if !link.targets.iter().any(|t| t.count) || !fails_on_zero(link) {
+                    continue;
+                }
+                for target in link.targets.iter_mut().filter(|t| t.count) {
+                    target.reads = header_keys.reads(target);
+                }
+                link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
+            }
+            if let Some(first) = rule.links.first().filter(|l| !l.unconditional) {
+                rule.reads = first.reads;
+            }
+        }
+    }
+}
+
+/// Whether `link`'s test, run on the value "0", is known not to match. Not known for
+/// `multiMatch` (every transformation stage is tested), an operator whose parameter holds a
+/// macro, or one the engine cannot run.
+fn fails_on_zero(link: &Link) -> bool {
+    /// Expands macro-free parameters; notes any other.
+    struct Literal {
+        opaque: bool,
+    }
+    impl Context for Literal {
+        fn expand<'m>(&mut self, m: &'m Macro) -> Bytes<'m> {
+            match m.parts.as_slice() {
+                [] => Bytes::Borrowed(b""),
+                [MacroPart::Text(text)] => Bytes::Borrowed(text.as_bytes()),
+                _ => {
+                    self.opaque = true;
+                    Bytes::Borrowed(b"")
+                }
+            }
+        }
+
+        fn capture(&mut self, _: usize, _: &[u8]) {}
+    }
+    if link.multi_match {
+        return false;
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let value = transform(&link.transforms, b"0", &mut a, &mut b);
+    let mut cx = Literal { opaque: false };
+    let hit = match link.operator.evaluate(value, false, &mut cx) {
+        operator::Outcome::Match => !link.negated,
+        operator::Outcome::NoMatch => link.negated,
+        operator::Outcome::Unsupported(_) => return false,
+    };
+    !cx.opaque && !hit
+}
+
 /// libmodsecurity's in-memory `ip` and `global` collections: per record (the key `initcol`
 /// gives, such as the CRS's client address and User-Agent hash), variables that keep their
 /// value across requests. libmodsecurity 3.0.9 never expires them (`expirevar` is parsed and
@@ -1942,6 +2005,37 @@ mod tests {
     use super::super::parse::Names;
     use super::super::transform::Transform;
     use super::{TransformMemo, Tx};
+
+    #[test]
+    fn a_count_is_read_only_from_its_collection_where_zero_is_known_to_fail_its_test() {
+        use super::super::parse::{Config, Item};
+        let text = r#"SecRule &REQUEST_HEADERS:X-Foo "!@eq 0" "id:1,phase:1,pass,nolog"
+SecRule &MULTIPART_PART_HEADERS "@gt 0" "id:2,phase:1,pass,nolog"
+SecRule &ARGS "@eq 0" "id:3,phase:1,pass,nolog"
+SecRule &ARGS "@eq 1" "id:4,phase:1,pass,nolog,t:length"
+SecRule &ARGS "@eq %{tx.zero}" "id:5,phase:1,pass,nolog"
+SecRule &ARGS "@gt 0" "id:6,phase:1,pass,nolog,multiMatch"
+"#;
+        let mut config = Config::parse(text).expect("parses");
+        super::narrow_counts(&mut config);
+        let reads: Vec<(u32, u128)> = config.phases[0]
+            .iter()
+            .filter_map(|item| match item {
+                Item::Rule(rule) => Some((rule.id, rule.reads)),
+                Item::Marker(_) => None,
+            })
+            .collect();
+        let narrowed: Vec<u32> = reads
+            .iter()
+            .filter(|(_, r)| *r != u128::MAX)
+            .map(|(id, _)| *id)
+            .collect();
+        // 3 matches 0; 4's length of "0" is 1, which matches; 5's parameter is a macro; 6
+        // tests every stage.
+        assert_eq!(narrowed, [1, 2], "{reads:?}");
+        let foo = config.header_keys.absent([b"host".as_slice()].into_iter());
+        assert_ne!(reads[0].1 & foo, 0, "rule 1 reads X-Foo's own bit");
+    }
 
     #[test]
     fn run_time_tx_names_are_walked_only_as_this_evaluation_set_them() {

@@ -61,6 +61,7 @@ impl Engine {
     pub fn load(text: &str) -> Result<Engine, LoadError> {
         crate::engine::ensure_loaded()?;
         let mut config = parse::Config::parse(text).map_err(|e| LoadError::Rules(e.0))?;
+        eval::narrow_counts(&mut config);
         config.folds = eval::fold::fold(&config);
         Ok(Engine {
             config,

@@ -194,6 +194,17 @@ impl HeaderKeys {
         }
     }
 
+    /// What `target`'s collection holds for it: the bits [`HeaderKeys::bit`] gave it, with
+    /// no header numbered now.
+    pub fn reads(&self, target: &Target) -> u128 {
+        match (&target.selector, target.collection) {
+            (Selector::Key(key), Collection::RequestHeaders) => self
+                .find(key.as_bytes())
+                .map_or(target.collection.bit(), |n| 1 << (64 + n)),
+            (_, collection) => collection.bit(),
+        }
+    }
+
     fn number(&mut self, key: &[u8]) -> Option<u32> {
         if let Some(n) = self.find(key) {
             return Some(n);
@@ -571,11 +582,9 @@ impl Config {
                 if let Item::Rule(rule) = item {
                     for link in &mut rule.links {
                         for target in &mut link.targets {
-                            target.reads = if target.count {
-                                u128::MAX
-                            } else {
-                                header_keys.bit(target)
-                            };
+                            // A count's header is numbered too (see `HeaderKeys::reads`).
+                            let bits = header_keys.bit(target);
+                            target.reads = if target.count { u128::MAX } else { bits };
                         }
                         link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
                         if !link.has_none && !defaults.is_empty() {
