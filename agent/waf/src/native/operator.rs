@@ -14,7 +14,8 @@ use crate::pcre::{Found, Pattern};
 
 #[derive(Debug)]
 pub(crate) enum Operator {
-    Rx(Box<Rx>),
+    /// `@rx`: the compiled pattern, one pointer away (an [`Rx`] is a shared pointer itself).
+    Rx(Rx),
     /// `@rx` whose pattern contains a macro: compiled per evaluation.
     /// `@rx` with a macro: compiled when evaluated, the last pattern remembered (in the CRS the
     /// expansion is the same for every request).
@@ -156,9 +157,7 @@ fn rx(pattern: &str) -> Result<Operator, String> {
     if m.literal().is_none() {
         return Ok(Operator::RxMacro(m, std::sync::Mutex::new(None)));
     }
-    Ok(Operator::Rx(Box::new(Rx::new(compile_regex(
-        pattern, false,
-    )?))))
+    Ok(Operator::Rx(Rx::new(compile_regex(pattern, false)?)))
 }
 
 fn pm(phrases: Vec<String>, param: &str) -> Result<Operator, String> {
