@@ -1120,18 +1120,7 @@ fn evaluate_rule(
     state: &mut State,
     buffers: &mut Buffers,
 ) -> Result<(), Unsupported> {
-    state.save_message = true;
-    // A deny answers with its own rule's status (or the phase default), not one an earlier
-    // rule set (checked against libmodsecurity in tests/native_semantics.rs).
-    state.status = None;
-    let mut cx = Eval {
-        config,
-        rule,
-        links: rule.links.len(),
-        phase,
-        vars,
-        state,
-    };
+    let mut cx = Eval::start(config, phase, rule, rule.links.len(), vars, state);
     if rule.links[0].unconditional {
         cx.unconditional()?;
     } else if cx.link(0, buffers)? && cx.state.save_message {
@@ -1156,17 +1145,7 @@ fn chain_prefix_matches(
     state: &mut State,
     buffers: &mut Buffers,
 ) -> Result<bool, Unsupported> {
-    state.save_message = true;
-    state.status = None;
-    let mut cx = Eval {
-        config,
-        rule,
-        links: links.min(rule.links.len()),
-        phase,
-        vars,
-        state,
-    };
-    cx.link(0, buffers)
+    Eval::start(config, phase, rule, links, vars, state).link(0, buffers)
 }
 
 /// The index of the first marker `id` at or after `from` in `phase`, or the end.
@@ -1194,7 +1173,29 @@ struct Eval<'e, 'r> {
     state: &'e mut State,
 }
 
-impl<'e> Eval<'e, '_> {
+impl<'e, 'r> Eval<'e, 'r> {
+    /// The evaluation of `rule`'s first `links` links, its per-rule state reset.
+    fn start(
+        config: &'e Config,
+        phase: usize,
+        rule: &'e Rule,
+        links: usize,
+        vars: &'e Vars<'r>,
+        state: &'e mut State,
+    ) -> Self {
+        state.save_message = true;
+        // A deny answers with its own rule's status (or the phase default), not one an
+        // earlier rule set (checked against libmodsecurity in tests/native_semantics.rs).
+        state.status = None;
+        Eval {
+            config,
+            rule,
+            links: links.min(rule.links.len()),
+            phase,
+            vars,
+            state,
+        }
+    }
     fn log(&mut self) {
         if self.state.matches.len() < MAX_MATCHES {
             let message = self.rule.links[0]
