@@ -9,6 +9,7 @@
 #   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
 #                                    # (../shared/bench/run.sh setup installs both)
 #   PIN=1 VARIANTS="off waf" bench/plugins.sh   # agents on core 0, nginx and wrk on core 1
+#   MODE=concurrent bench/plugins.sh   # each variant measured at the same time as "off" (below)
 #   cargo bench -p fleetgate-agent-policy --bench plugins   # each policy's own cost in-process
 # Uses ports 18180-18199 on 127.0.0.1. Every variant runs with --workers 1 --access-log off.
 set -euo pipefail
@@ -22,8 +23,9 @@ trap cleanup EXIT
 
 # Where each process runs: PIN=1 gives every agent core 0 and nginx and wrk core 1 (the
 # agent's core is its own, as on a gateway host); by default the scheduler places them all.
-# docs/benchmarks.md (session 14) has both for the WAF.
-if [ "${PIN:-0}" = 1 ]; then
+# docs/benchmarks.md (session 14) has both for the WAF. MODE=concurrent pins that way too.
+MODE=${MODE:-alternating}
+if [ "${PIN:-0}" = 1 ] || [ "$MODE" = concurrent ]; then
   AGENT_CPU="taskset -c 0" PEER_CPU="taskset -c 1"
 else
   AGENT_CPU="" PEER_CPU=""
@@ -88,6 +90,11 @@ for i, (name, (policy, headers)) in enumerate(policies.items()):
 PY
 
 variants=${VARIANTS:-off jwt key hmac waf}  # e.g. VARIANTS="off hmac" REPS=10 for one policy
+if [ "$MODE" = concurrent ]; then
+  # A second policy-less agent: "off" measured against itself shows the method's own error.
+  cp "$RUN/off.yaml" "$RUN/off2.yaml"; : > "$RUN/off2.headers"; echo 18188 > "$RUN/off2.port"
+  variants="off off2 ${variants//off/}"
+fi
 for v in $variants; do
   port=$(cat "$RUN/$v.port")
   $AGENT_CPU "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" \
@@ -126,6 +133,63 @@ measure() {
 agent_ticks() {
   awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
+
+# MODE=concurrent: the host this runs on changes speed from one second to the next (other
+# guests), which moves alternating rounds by ±10 % or more. Here each variant's agent and the
+# policy-less one share core 0 and are loaded at the same time by two wrk (core 1), both sent
+# the variant's request: both see the same machine, and the scheduler gives each half the core.
+# Each agent's CPU time per request (from /proc/PID/schedstat, ns) is taken over the same
+# window; "off" over the variant is the throughput ratio of an agent whose core is the limit.
+# The wrk started first alternates per round (it gains ~1 %). off2 is a second policy-less
+# agent: its ratio to "off" is the method's error.
+if [ "$MODE" = concurrent ]; then
+  cpu_ns() { awk '{ print $1 }' "/proc/$1/schedstat"; }
+  # Runs wrk with variant $2's headers against agent $1 for DURATION; prints requests.
+  load() {
+    local args=()
+    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+    $PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$(cat "$RUN/$1.port")/" |
+      awk '/requests in/{ print $1 }'
+  }
+  for v in $variants; do
+    [ "$v" = off ] && continue
+    load off "$v" >/dev/null & load "$v" "$v" >/dev/null; wait $!  # warm-up, together
+  done
+  for r in $(seq 1 "$REPS"); do
+    for v in $variants; do
+      [ "$v" = off ] && continue
+      a=$(cat "$RUN/off.pid") b=$(cat "$RUN/$v.pid")
+      a0=$(cpu_ns "$a") b0=$(cpu_ns "$b")
+      if [ $((r % 2)) = 1 ]; then
+        load off "$v" > "$RUN/na" & first=$!; load "$v" "$v" > "$RUN/nb"; wait $first
+      else
+        load "$v" "$v" > "$RUN/nb" & first=$!; load off "$v" > "$RUN/na"; wait $first
+      fi
+      a1=$(cpu_ns "$a") b1=$(cpu_ns "$b")
+      na=$(cat "$RUN/na") nb=$(cat "$RUN/nb")
+      awk -v r="$r" -v v="$v" -v ca=$((a1 - a0)) -v cb=$((b1 - b0)) -v na="$na" -v nb="$nb" 'BEGIN {
+        printf "round %d %s: off %.2f µs/request, %s %.2f µs/request, CPU ratio %.3f, req ratio %.3f\n",
+          r, v, ca / na / 1e3, v, cb / nb / 1e3, (ca / na) / (cb / nb), nb / na }'
+      echo "$v $na $nb $((a1 - a0)) $((b1 - b0))" >> "$RUN/concurrent"
+    done
+  done
+  python3 - "$RUN/concurrent" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    v, na, nb, ca, cb = line.split()
+    rows.setdefault(v, []).append((int(na), int(nb), int(ca), int(cb)))
+print("| variant | its agent, µs CPU/request (median) | \"off\" beside it | CPU ratio off ÷ variant: median (min–max) | requests ratio: median |")
+print("|---|---|---|---|---|")
+for v, rs in rows.items():
+    cpu = [(ca / na) / (cb / nb) for na, nb, ca, cb in rs]
+    req = [nb / na for na, nb, _, _ in rs]
+    own = statistics.median(cb / nb / 1e3 for na, nb, ca, cb in rs)
+    off = statistics.median(ca / na / 1e3 for na, nb, ca, cb in rs)
+    print(f"| {v} | {own:.2f} | {off:.2f} | {statistics.median(cpu):.3f} ({min(cpu):.3f}–{max(cpu):.3f}) | {statistics.median(req):.3f} |")
+PY
+  exit 0
+fi
 
 # Each auth variant's client sends headers (a token, a signature) that cost something to parse
 # and forward with or without the policy: "off+V" is the policy-less agent receiving V's
