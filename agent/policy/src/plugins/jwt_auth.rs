@@ -152,8 +152,10 @@ pub struct JwtAuth {
     /// Tokens whose signature an inline key already verified, with what they mean here. Lives
     /// as long as this plugin, which a new config version rebuilds when the policy or the
     /// consumers change (so a key or consumer change empties it); bounded by
-    /// [`VERIFIED_CACHE`].
-    verified: dashmap::DashMap<String, Arc<Verified>>,
+    /// [`VERIFIED_CACHE`]. Hashed with foldhash (seeded per process): SipHash over a
+    /// ~200-byte token cost more than the rest of a remembered token's check, and only
+    /// verified tokens are ever inserted, so a client cannot fill it with colliding keys.
+    verified: dashmap::DashMap<String, Arc<Verified>, foldhash::fast::RandomState>,
 }
 
 /// Verified tokens remembered per policy: a client sends the same token on every request until
@@ -233,7 +235,7 @@ impl JwtAuth {
             claims_to_headers,
             consumer_claim: config.consumer_claim.clone(),
             allow: config.consumers.clone(),
-            verified: dashmap::DashMap::new(),
+            verified: dashmap::DashMap::with_hasher(foldhash::fast::RandomState::default()),
             consumers: consumers.clone(),
             challenge: credentials::challenge("Bearer", name),
             invalid_token_challenge: HeaderValue::from_str(&format!(
