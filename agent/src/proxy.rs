@@ -174,16 +174,17 @@ async fn route(
     // The target as the client sent it (a reference count, not a copy): policies may change
     // only its query.
     let client_target = req.uri().path_and_query().cloned();
-    let (req, policy_headers) = {
+    let mut req = req;
+    let policy_headers = {
         // Borrowed and precomputed unless the host's domain has policies of its own.
         let chain = generation.policies.chain(host, &route.name);
         // A route without policies never creates the chain's future (it would be copied
         // into this one's state on every request).
         if chain.is_empty() {
-            (req, http::HeaderMap::new())
+            http::HeaderMap::new()
         } else {
-            match run_policies(&chain, conn, req, record).await {
-                Ok(passed) => passed,
+            match run_policies(&chain, conn, &mut req, record).await {
+                Ok(headers) => headers,
                 Err(answer) => return Ok(answer),
             }
         }
@@ -239,46 +240,46 @@ async fn route(
     Ok(response)
 }
 
-/// Runs a (non-empty) policy chain on the request. Returns the request to forward (with the
-/// body prefix the chain read put back in front) and the headers the chain wants on the
-/// response, or the response a policy answered with.
+/// Runs a (non-empty) policy chain on the request, in place: the chain's changes to the
+/// headers and the query are left in it, and the body prefix the chain read is put back in
+/// front of the body (the request is not moved apart and back together: it is large). Returns
+/// the headers the chain wants on the response, or the response a policy answered with.
 async fn run_policies(
     chain: &Chain,
     conn: ConnInfo,
-    req: Request<Inbound>,
+    req: &mut Request<Inbound>,
     record: &mut AccessRecord,
-) -> Result<(Request<Inbound>, http::HeaderMap), Response<ResponseBody>> {
-    let (mut parts, body) = req.into_parts();
-    let headers = std::mem::take(&mut parts.headers);
-    let uri = std::mem::take(&mut parts.uri);
-    let mut ctx = RequestCtx::new(parts.method.clone(), uri, headers, conn.peer, conn.tls);
-    let body = match chain.body_limit() {
-        None => body,
-        Some(_) if body.is_end_stream() => {
-            ctx.body = BodyPrefix::Complete(Bytes::new());
-            body
+) -> Result<http::HeaderMap, Response<ResponseBody>> {
+    let headers = std::mem::take(req.headers_mut());
+    let uri = std::mem::take(req.uri_mut());
+    let mut ctx = RequestCtx::new(req.method().clone(), uri, headers, conn.peer, conn.tls);
+    match chain.body_limit() {
+        None => {}
+        Some(_) if req.body().is_end_stream() => ctx.body = BodyPrefix::Complete(Bytes::new()),
+        Some(limit) => {
+            let body = std::mem::replace(req.body_mut(), Inbound::Empty);
+            match body.read_prefix_of(limit).await {
+                Ok((read, inbound)) => {
+                    ctx.body = if read.complete {
+                        BodyPrefix::Complete(read.prefix)
+                    } else {
+                        BodyPrefix::Partial(read.prefix)
+                    };
+                    *req.body_mut() = inbound;
+                }
+                Err(e) => {
+                    record.error = Some("client_body_error");
+                    let answer = fleetgate_agent_policy::reject(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        &format!("request body could not be read: {e}"),
+                        "",
+                    );
+                    return Err(answer.map(full));
+                }
+            }
         }
-        Some(limit) => match body.read_prefix_of(limit).await {
-            Ok((read, inbound)) => {
-                ctx.body = if read.complete {
-                    BodyPrefix::Complete(read.prefix)
-                } else {
-                    BodyPrefix::Partial(read.prefix)
-                };
-                inbound
-            }
-            Err(e) => {
-                record.error = Some("client_body_error");
-                let answer = fleetgate_agent_policy::reject(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    &format!("request body could not be read: {e}"),
-                    "",
-                );
-                return Err(answer.map(full));
-            }
-        },
-    };
+    }
     if let Some(rejection) = chain.run(&mut ctx).await {
         record.error = Some("policy");
         record.policy = Some(rejection.policy);
@@ -287,11 +288,11 @@ async fn run_policies(
         return Err(answer);
     }
     record.consumer = ctx.consumer.clone();
-    parts.headers = ctx.headers;
+    *req.headers_mut() = ctx.headers;
     // Only the query of the URI counts from here on: the path forwarded or redirected to is
     // the routed one (see `upstream_target` and `redirect_location`'s callers).
-    parts.uri = ctx.uri;
-    Ok((Request::from_parts(parts, body), ctx.response_headers))
+    *req.uri_mut() = ctx.uri;
+    Ok(ctx.response_headers)
 }
 
 fn direct_response(direct: &DirectResponse) -> Response<ResponseBody> {
