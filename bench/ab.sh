@@ -71,7 +71,9 @@ done
 if [ "$MODE" = concurrent ]; then
   load() {
     $PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${headers[@]}" "http://127.0.0.1:$1/" |
-      awk '/requests in/{ print $1 }'
+      awk '/requests in/{ n = $1 } /Non-2xx/{ bad = $NF } END {
+        if (bad > 0) { print "wrk got " bad " answers that are not 2xx/3xx: a stale signature or token?" > "/dev/stderr"; exit 1 }
+        print n }'
   }
   cpu_ns() { awk '{ print $1 }' "/proc/$1/schedstat"; }
   load 18581 >/dev/null & load 18582 >/dev/null; wait $!  # warm-up, together

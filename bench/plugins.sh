@@ -149,7 +149,9 @@ if [ "$MODE" = concurrent ]; then
     local args=()
     while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
     $PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$(cat "$RUN/$1.port")/" |
-      awk '/requests in/{ print $1 }'
+      awk '/requests in/{ n = $1 } /Non-2xx/{ bad = $NF } END {
+        if (bad > 0) { print "wrk got " bad " answers that are not 2xx/3xx: a stale signature or token?" > "/dev/stderr"; exit 1 }
+        print n }'
   }
   for v in $variants; do
     [ "$v" = off ] && continue
