@@ -137,7 +137,7 @@ async fn route(
     conn: ConnInfo,
     host: &str,
     request_id: &HeaderValue,
-    req: Request<Inbound>,
+    mut req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let view = RequestView {
@@ -174,7 +174,6 @@ async fn route(
     // The target as the client sent it (a reference count, not a copy): policies may change
     // only its query.
     let client_target = req.uri().path_and_query().cloned();
-    let mut req = req;
     let policy_headers = {
         // Borrowed and precomputed unless the host's domain has policies of its own.
         let chain = generation.policies.chain(host, &route.name);
@@ -287,7 +286,7 @@ async fn run_policies(
         answer.headers_mut().extend(ctx.response_headers);
         return Err(answer);
     }
-    record.consumer = ctx.consumer.clone();
+    record.consumer = ctx.consumer;
     *req.headers_mut() = ctx.headers;
     // Only the query of the URI counts from here on: the path forwarded or redirected to is
     // the routed one (see `upstream_target` and `redirect_location`'s callers).

@@ -153,17 +153,13 @@ pub(crate) fn narrow_counts(config: &mut Config) {
         for item in items {
             let Item::Rule(rule) = item else { continue };
             for link in &mut rule.links {
-                if !link.targets.iter().any(|t| t.count) || !fails_on_zero(link) {
-                    continue;
+                if link.targets.iter().any(|t| t.count) && fails_on_zero(link) {
+                    for target in link.targets.iter_mut().filter(|t| t.count) {
+                        target.reads = header_keys.reads(target);
+                    }
                 }
-                for target in link.targets.iter_mut().filter(|t| t.count) {
-                    target.reads = header_keys.reads(target);
-                }
-                link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
             }
-            if let Some(first) = rule.links.first().filter(|l| !l.unconditional) {
-                rule.reads = first.reads;
-            }
+            rule.gather_reads();
         }
     }
 }

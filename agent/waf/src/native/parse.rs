@@ -186,16 +186,16 @@ impl HeaderKeys {
 
     /// What `target` reads, numbering its header if it names one and there is room.
     fn bit(&mut self, target: &Target) -> u128 {
-        match (&target.selector, target.collection) {
-            (Selector::Key(key), Collection::RequestHeaders) => self
-                .number(key.as_bytes())
-                .map_or(target.collection.bit(), |n| 1 << (64 + n)),
-            (_, collection) => collection.bit(),
+        if let (Selector::Key(key), Collection::RequestHeaders) =
+            (&target.selector, target.collection)
+        {
+            self.number(key.as_bytes());
         }
+        self.reads(target)
     }
 
-    /// What `target`'s collection holds for it: the bits [`HeaderKeys::bit`] gave it, with
-    /// no header numbered now.
+    /// What `target` reads as its headers are numbered now: its header's bit, or its
+    /// collection's.
     pub fn reads(&self, target: &Target) -> u128 {
         match (&target.selector, target.collection) {
             (Selector::Key(key), Collection::RequestHeaders) => self
@@ -442,6 +442,17 @@ pub(crate) struct Rule {
 }
 
 impl Rule {
+    /// Sets each link's [`Link::reads`] from its targets' and the rule's from its first link.
+    pub fn gather_reads(&mut self) {
+        for link in &mut self.links {
+            link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
+        }
+        self.reads = match self.links.first() {
+            Some(first) if !first.unconditional => first.reads,
+            _ => u128::MAX,
+        };
+    }
+
     pub fn has_tag(&self, tag: &str) -> bool {
         self.links
             .first()
@@ -582,21 +593,17 @@ impl Config {
                 if let Item::Rule(rule) = item {
                     for link in &mut rule.links {
                         for target in &mut link.targets {
-                            // A count's header is numbered too (see `HeaderKeys::reads`).
+                            // A count's header is numbered too (see `eval::narrow_counts`).
                             let bits = header_keys.bit(target);
                             target.reads = if target.count { u128::MAX } else { bits };
                         }
-                        link.reads = link.targets.iter().fold(0, |m, t| m | t.reads);
                         if !link.has_none && !defaults.is_empty() {
                             let mut all = defaults.clone();
                             all.append(&mut link.transforms);
                             link.transforms = all;
                         }
                     }
-                    rule.reads = match rule.links.first() {
-                        Some(first) if !first.unconditional => first.reads,
-                        _ => u128::MAX,
-                    };
+                    rule.gather_reads();
                 }
             }
         }
