@@ -69,26 +69,17 @@ done
 # next); each one's CPU time per request comes from /proc/PID/schedstat over the same window.
 # The wrk started first alternates per round. Prints B's cost per request over A's.
 if [ "$MODE" = concurrent ]; then
-  load() {
-    $PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${headers[@]}" "http://127.0.0.1:$1/" |
-      awk '/requests in/{ n = $1 } /Non-2xx/{ bad = $NF } END {
-        if (bad > 0) { print "wrk got " bad " answers that are not 2xx/3xx: a stale signature or token?" > "/dev/stderr"; exit 1 }
-        print n }'
+  source "$(dirname "${BASH_SOURCE[0]}")/concurrent.sh"
+  pair() {
+    pair_round "$1" "$pid_a" http://127.0.0.1:18581/ "$pid_b" http://127.0.0.1:18582/ "${headers[@]}"
   }
-  cpu_ns() { awk '{ print $1 }' "/proc/$1/schedstat"; }
-  load 18581 >/dev/null & load 18582 >/dev/null; wait $!  # warm-up, together
+  pair 1 >/dev/null  # warm-up, together
   for r in $(seq 1 "$ROUNDS"); do
-    a0=$(cpu_ns "$pid_a") b0=$(cpu_ns "$pid_b")
-    if [ $((r % 2)) = 1 ]; then
-      load 18581 > "$RUN/na" & first=$!; load 18582 > "$RUN/nb"; wait $first
-    else
-      load 18582 > "$RUN/nb" & first=$!; load 18581 > "$RUN/na"; wait $first
-    fi
-    a1=$(cpu_ns "$pid_a") b1=$(cpu_ns "$pid_b")
-    echo "$(cat "$RUN/na") $(cat "$RUN/nb") $((a1 - a0)) $((b1 - b0))" >> "$RUN/concurrent"
-    awk -v r="$r" -v na="$(cat "$RUN/na")" -v nb="$(cat "$RUN/nb")" -v ca=$((a1 - a0)) \
-      -v cb=$((b1 - b0)) 'BEGIN { printf "round %d  a=%.2f µs/request  b=%.2f µs/request\n",
-      r, ca / na / 1e3, cb / nb / 1e3 }'
+    line=$(pair "$r")
+    read -r na nb ca cb <<<"$line"
+    echo "$na $nb $ca $cb" >> "$RUN/concurrent"
+    awk -v r="$r" -v na="$na" -v nb="$nb" -v ca="$ca" -v cb="$cb" 'BEGIN {
+      printf "round %d  a=%.2f µs/request  b=%.2f µs/request\n", r, ca / na / 1e3, cb / nb / 1e3 }'
   done
   python3 - "$RUN/concurrent" <<'PY'
 import statistics, sys

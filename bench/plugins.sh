@@ -143,36 +143,26 @@ agent_ticks() {
 # The wrk started first alternates per round (it gains ~1 %). off2 is a second policy-less
 # agent: its ratio to "off" is the method's error.
 if [ "$MODE" = concurrent ]; then
-  cpu_ns() { awk '{ print $1 }' "/proc/$1/schedstat"; }
-  # Runs wrk with variant $2's headers against agent $1 for DURATION; prints requests.
-  load() {
+  source "$(dirname "${BASH_SOURCE[0]}")/concurrent.sh"
+  # One window of "off" and variant $2, both sent $2's request; round $1.
+  pair() {
     local args=()
     while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
-    $PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$(cat "$RUN/$1.port")/" |
-      awk '/requests in/{ n = $1 } /Non-2xx/{ bad = $NF } END {
-        if (bad > 0) { print "wrk got " bad " answers that are not 2xx/3xx: a stale signature or token?" > "/dev/stderr"; exit 1 }
-        print n }'
+    pair_round "$1" "$(cat "$RUN/off.pid")" "http://127.0.0.1:$(cat "$RUN/off.port")/" \
+      "$(cat "$RUN/$2.pid")" "http://127.0.0.1:$(cat "$RUN/$2.port")/" "${args[@]}"
   }
   for v in $variants; do
-    [ "$v" = off ] && continue
-    load off "$v" >/dev/null & load "$v" "$v" >/dev/null; wait $!  # warm-up, together
+    [ "$v" = off ] || pair 1 "$v" >/dev/null  # warm-up, together
   done
   for r in $(seq 1 "$REPS"); do
     for v in $variants; do
       [ "$v" = off ] && continue
-      a=$(cat "$RUN/off.pid") b=$(cat "$RUN/$v.pid")
-      a0=$(cpu_ns "$a") b0=$(cpu_ns "$b")
-      if [ $((r % 2)) = 1 ]; then
-        load off "$v" > "$RUN/na" & first=$!; load "$v" "$v" > "$RUN/nb"; wait $first
-      else
-        load "$v" "$v" > "$RUN/nb" & first=$!; load off "$v" > "$RUN/na"; wait $first
-      fi
-      a1=$(cpu_ns "$a") b1=$(cpu_ns "$b")
-      na=$(cat "$RUN/na") nb=$(cat "$RUN/nb")
-      awk -v r="$r" -v v="$v" -v ca=$((a1 - a0)) -v cb=$((b1 - b0)) -v na="$na" -v nb="$nb" 'BEGIN {
+      line=$(pair "$r" "$v")
+      read -r na nb ca cb <<<"$line"
+      awk -v r="$r" -v v="$v" -v ca="$ca" -v cb="$cb" -v na="$na" -v nb="$nb" 'BEGIN {
         printf "round %d %s: off %.2f µs/request, %s %.2f µs/request, CPU ratio %.3f, req ratio %.3f\n",
           r, v, ca / na / 1e3, v, cb / nb / 1e3, (ca / na) / (cb / nb), nb / na }'
-      echo "$v $na $nb $((a1 - a0)) $((b1 - b0))" >> "$RUN/concurrent"
+      echo "$v $na $nb $ca $cb" >> "$RUN/concurrent"
     done
   done
   python3 - "$RUN/concurrent" <<'PY'
