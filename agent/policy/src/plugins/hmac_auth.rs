@@ -1389,16 +1389,60 @@ mod tests {
         /// Whatever a client sends, parsing answers Ok or Err, and what it accepts holds
         /// the invariants the verifier relies on.
         #[test]
-        fn any_authorization_header_parses_or_is_refused(value in "\\PC{0,300}") {
+        fn any_authorization_header_parses_or_is_refused(
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
             if let Ok(auth) = parse_authorization(&value) {
                 proptest::prop_assert!(check_token("key id", auth.key_id, MAX_KEY_ID_LEN).is_ok());
                 let signed = names(&auth);
                 proptest::prop_assert!(signed.len() <= MAX_SIGNED_HEADERS);
                 for (i, name) in signed.iter().enumerate() {
                     proptest::prop_assert!(is_token(name.as_bytes()));
+                    proptest::prop_assert!(!name.bytes().any(|b| b.is_ascii_uppercase()));
                     proptest::prop_assert!(!signed[..i].iter().any(|n| n.eq_ignore_ascii_case(name)));
                 }
                 proptest::prop_assert!(auth.signature().len() <= MAX_TAG_LEN);
+            }
+        }
+
+        /// The one-pass parse of a `signedHeaders` list (its fast path for the usual list
+        /// included) agrees with the format read plainly: split at `;`, each piece trimmed,
+        /// a token, lower-cased, none twice; the names line is the names joined by `;`.
+        #[test]
+        fn signed_name_lists_parse_as_the_format_reads(list in "[a-zA-Z0-9;, \t_.-]{0,60}") {
+            let expected: Option<Vec<String>> = (|| {
+                let list = list.trim_matches([' ', '\t']);
+                let mut names: Vec<String> = Vec::new();
+                if list.is_empty() {
+                    return Some(names);
+                }
+                for piece in list.split(';') {
+                    let name = piece.trim_matches([' ', '\t']);
+                    let token = !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    let lower = name.to_ascii_lowercase();
+                    if !token || names.contains(&lower) {
+                        return None;
+                    }
+                    names.push(lower);
+                }
+                Some(names)
+            })();
+            match (SignedNames::parse(list.as_bytes()), expected) {
+                (Ok(parsed), Some(expected)) => {
+                    let got: Vec<&[u8]> = parsed.iter().collect();
+                    let want: Vec<&[u8]> = expected.iter().map(String::as_bytes).collect();
+                    proptest::prop_assert_eq!(got, want);
+                    let mut line = Vec::new();
+                    parsed.write_line(&mut line);
+                    proptest::prop_assert_eq!(line, expected.join(";").into_bytes());
+                }
+                (Err(_), None) => {}
+                (parsed, expected) => proptest::prop_assert!(
+                    false,
+                    "{list:?}: parsed {:?}, expected {expected:?}",
+                    parsed.map(|p| p.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>())
+                ),
             }
         }
 
