@@ -341,18 +341,13 @@ impl<'a> SignedNames<'a> {
         let plain = seen & (BLANK | OTHER) == 0;
         for span in &mut spans {
             let piece = &list[span.0 as usize..span.1 as usize];
-            let name = if plain {
-                piece
+            let (name, valid) = if plain {
+                (piece, !piece.is_empty())
             } else {
                 let lead = piece.len() - piece.trim_ascii_start().len();
                 let name = piece[lead..].trim_ascii_end();
                 *span = (span.0 + lead as u32, span.0 + (lead + name.len()) as u32);
-                name
-            };
-            let valid = if plain {
-                !name.is_empty()
-            } else {
-                is_token(name)
+                (name, is_token(name))
             };
             if !valid {
                 return Err(format!(
