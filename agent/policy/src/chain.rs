@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::Response;
 use http::header::HeaderName;
 
-use crate::context::{RequestCtx, Verdict};
+use crate::context::{ConsumerEntry, RequestCtx, Verdict};
 use crate::plugin::{Plugin, Step};
 
 /// The header that tells the upstream which consumer was authenticated. Any value a client
@@ -44,9 +44,11 @@ impl Chain {
     }
 
     /// Runs every plugin in order. Returns the response to send instead of forwarding, if a
-    /// plugin answered. On success the authenticated consumer's headers are added.
+    /// plugin answered. On success the authenticated consumer's headers are set, replacing
+    /// any a client sent; without a consumer, a client's [`CONSUMER_HEADER`] is removed. Both
+    /// happen after the plugins (which see the request as sent): one change to the header
+    /// map, not a removal up front and an insert after, each hashing the name.
     pub async fn run(&self, ctx: &mut RequestCtx) -> Option<Rejection> {
-        ctx.headers.remove(&CONSUMER_HEADER);
         for plugin in &self.plugins {
             let verdict = match plugin.on_request(ctx) {
                 Step::Done(verdict) => verdict,
@@ -58,6 +60,15 @@ impl Chain {
                     response,
                 });
             }
+        }
+        // The consumer's first header is the consumer header itself unless its name is not
+        // a valid header value (`ConsumerEntry::names_itself`).
+        if !ctx
+            .consumer
+            .as_deref()
+            .is_some_and(ConsumerEntry::names_itself)
+        {
+            ctx.headers.remove(&CONSUMER_HEADER);
         }
         if let Some(consumer) = &ctx.consumer {
             for (name, value) in consumer.request_headers() {

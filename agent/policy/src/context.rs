@@ -49,6 +49,14 @@ impl ConsumerEntry {
     pub fn request_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.request_headers
     }
+
+    /// Whether [`Self::request_headers`] starts with [`CONSUMER_HEADER`]: false only for a name
+    /// that is not a valid header value.
+    pub fn names_itself(&self) -> bool {
+        self.request_headers
+            .first()
+            .is_some_and(|(name, _)| *name == CONSUMER_HEADER)
+    }
 }
 
 /// What the proxy read of the request body before running the chain.

@@ -13,18 +13,22 @@ use crate::plugin::Plugin;
 use crate::plugins;
 use crate::state::PolicyState;
 
+/// A map an auth plugin reads on every request, hashed with foldhash (seeded per process):
+/// SipHash over a key or subject cost as much as the rest of key-auth's lookup.
+pub type ConsumerMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Every consumer and the credentials that identify it, indexed for the auth plugins.
 #[derive(Debug, Default)]
 pub struct Consumers {
-    pub by_name: HashMap<String, Arc<ConsumerEntry>>,
+    pub by_name: ConsumerMap<Arc<ConsumerEntry>>,
     /// API key → consumer.
-    pub by_key: HashMap<String, Arc<ConsumerEntry>>,
+    pub by_key: ConsumerMap<Arc<ConsumerEntry>>,
     /// JWT subject → consumer.
-    pub by_jwt_subject: HashMap<String, Arc<ConsumerEntry>>,
+    pub by_jwt_subject: ConsumerMap<Arc<ConsumerEntry>>,
     /// HMAC key id → (secret, consumer).
-    pub by_hmac_key: HashMap<String, (String, Arc<ConsumerEntry>)>,
+    pub by_hmac_key: ConsumerMap<(String, Arc<ConsumerEntry>)>,
     /// Basic-auth username → (password hash, consumer).
-    pub by_basic_user: HashMap<String, (String, Arc<ConsumerEntry>)>,
+    pub by_basic_user: ConsumerMap<(String, Arc<ConsumerEntry>)>,
 }
 
 impl Consumers {
@@ -316,6 +320,18 @@ name: api
 spec:
   direct_response: {status: 200}
   policies: [keys]
+---
+kind: Policy
+name: small-bodies
+spec:
+  type: request-size-limit
+  config: {max_body_bytes: 1024}
+---
+kind: Route
+name: open
+spec:
+  direct_response: {status: 200}
+  policies: [small-bodies]
 "#;
 
     fn snapshot() -> Snapshot {
@@ -372,5 +388,40 @@ spec:
         let with_new_key = PolicySet::compile_from(&consumer_changed, &state, &rebuilt).unwrap();
         assert!(!Arc::ptr_eq(plugin(&rebuilt), plugin(&with_new_key)));
         assert!(with_new_key.consumers().by_key.contains_key("acme-key-2"));
+    }
+
+    /// `x-fleetgate-consumer` is the gateway's to set: a value a client sends never reaches
+    /// the upstream, whether a policy identified a consumer (replaced by its name) or not
+    /// (removed); a refused request is answered by the policy that refused it.
+    #[tokio::test]
+    async fn the_consumer_header_is_set_by_the_gateway_alone() {
+        use crate::chain::CONSUMER_HEADER;
+        use crate::context::RequestCtx;
+        use http::{HeaderMap, HeaderValue, Method, Uri};
+
+        let set = PolicySet::compile(&snapshot(), &PolicyState::default()).unwrap();
+        let request = |key: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONSUMER_HEADER, HeaderValue::from_static("spoofed"));
+            if let Some(key) = key {
+                headers.insert("x-api-key", HeaderValue::from_static(key));
+            }
+            let peer = "127.0.0.1:9".parse().unwrap();
+            RequestCtx::new(Method::GET, Uri::from_static("/"), headers, peer, false)
+        };
+
+        let mut identified = request(Some("acme-key-1"));
+        assert!(set.chain("h", "api").run(&mut identified).await.is_none());
+        let values: Vec<_> = identified.headers.get_all(CONSUMER_HEADER).iter().collect();
+        assert_eq!(values, ["acme"]);
+
+        let mut anonymous = request(None);
+        assert!(set.chain("h", "open").run(&mut anonymous).await.is_none());
+        assert!(!anonymous.headers.contains_key(CONSUMER_HEADER));
+
+        let mut refused = request(Some("not-a-key"));
+        let rejection = set.chain("h", "api").run(&mut refused).await.unwrap();
+        assert_eq!(rejection.policy, "keys");
+        assert_eq!(rejection.response.status(), http::StatusCode::UNAUTHORIZED);
     }
 }
