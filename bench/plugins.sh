@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The cost of each policy on the request path: one agent per variant (no policy, jwt-auth,
-# key-auth, hmac-auth, waf), all forwarding to the same nginx origin, measured with wrk in
-# alternating rounds in one run. Prints req/s medians, each variant's ratio to "off", and for
-# the auth variants the ratio to "off" receiving the same request headers (the policy's own
-# cost, without the cost of carrying a token or signature through the proxy); then the same
-# as the agent's CPU time per request (from /proc), which noise from other guests moves less.
+# key-auth, hmac-auth, waf; and "ipr" when named in VARIANTS: an ip-restriction allowing
+# loopback, the cost of running any chain at all), all forwarding to the same nginx origin,
+# measured with wrk in alternating rounds in one run. Prints req/s medians, each variant's
+# ratio to "off", and for the auth variants the ratio to "off" receiving the same request
+# headers (the policy's own cost, without the cost of carrying a token or signature through the
+# proxy); then the same as the agent's CPU time per request (from /proc), which noise from other
+# guests moves less.
 #
 #   bench/plugins.sh                 # REPS=5 DURATION=5 CONNS=50; needs nginx and wrk
 #                                    # (../shared/bench/run.sh setup installs both)
@@ -65,6 +67,8 @@ policies = {
     "key": ("type: key-auth\n  config: {}", ["x-api-key: bench-key-0123456789abcdef"]),
     "hmac": ("type: hmac-auth\n  config: { require_nonce: false }", []),
     "waf": ("type: waf\n  config: { paranoia_level: 1 }", []),
+    # The fixed cost of having any policy: a chain whose one plugin compares the client address.
+    "ipr": ("type: ip-restriction\n  config: { allow: ['127.0.0.0/8'] }", []),
 }
 header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
 claims = b64url(json.dumps({"sub": "bench", "iat": now, "exp": now + 7200}).encode())
