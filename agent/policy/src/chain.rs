@@ -67,6 +67,9 @@ impl Chain {
             .consumer
             .as_deref()
             .is_some_and(ConsumerEntry::names_itself)
+            // Looked for before removing: comparing a request's few names costs less than
+            // hashing this one, and a client rarely sends it.
+            && ctx.headers.keys().any(|name| *name == CONSUMER_HEADER)
         {
             ctx.headers.remove(&CONSUMER_HEADER);
         }

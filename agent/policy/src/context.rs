@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -91,8 +92,9 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<ConsumerEntry>>,
     /// Headers added to the response the client gets (rate-limit state, CORS).
     pub response_headers: HeaderMap,
-    /// Wall-clock time of the request, read once by the proxy (JWT exp/nbf, HMAC dates).
-    pub now: SystemTime,
+    /// Wall-clock time of the request, read at the first [`Self::now`] (JWT exp/nbf, HMAC
+    /// dates, challenge cookies): most chains never ask, and a clock read costs ~70 ns here.
+    now: Cell<Option<SystemTime>>,
 }
 
 impl RequestCtx {
@@ -107,8 +109,22 @@ impl RequestCtx {
             body: BodyPrefix::NotRead,
             consumer: None,
             response_headers: HeaderMap::new(),
-            now: SystemTime::now(),
+            now: Cell::new(None),
         }
+    }
+
+    /// The request's wall-clock time: read once, the same for every plugin after.
+    pub fn now(&self) -> SystemTime {
+        self.now.get().unwrap_or_else(|| {
+            let now = SystemTime::now();
+            self.now.set(Some(now));
+            now
+        })
+    }
+
+    /// Sets the request's time, as a test or a replay of a recorded request needs it.
+    pub fn set_now(&mut self, now: SystemTime) {
+        self.now.set(Some(now));
     }
 
     /// The client IP as the TCP peer sees it, with an IPv4 client on a dual-stack socket

@@ -364,7 +364,7 @@ impl BotDetect {
 
     fn challenge_page(&self, ctx: &RequestCtx) -> Response<Bytes> {
         let ip = ctx.peer_ip();
-        let expiry = unix_seconds(ctx.now) + CHALLENGE_TTL.as_secs();
+        let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
         // Name and value are [A-Za-z0-9_.-]: safe inside the script's string and the page.
         let value = self.state.signer.token(&self.name, &ip.to_string(), expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
@@ -399,7 +399,7 @@ location.replace(location.href);</script></body></html>
                 &self.name,
                 &ctx.peer_ip().to_string(),
                 cookie,
-                unix_seconds(ctx.now),
+                unix_seconds(ctx.now()),
             )
         })
     }
@@ -712,7 +712,8 @@ mod tests {
 
         // Expiry: the same cookie after its lifetime is challenged again.
         let mut late = with("192.0.2.1:2", &cookie);
-        late.now += CHALLENGE_TTL + Duration::from_secs(1);
+        let later = late.now() + CHALLENGE_TTL + Duration::from_secs(1);
+        late.set_now(later);
         assert!(run(&p, &mut late).is_some());
 
         // Tampering with the expiry breaks the signature.

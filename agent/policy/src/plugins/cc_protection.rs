@@ -171,7 +171,7 @@ impl CcProtection {
     }
 
     fn challenge_page(&self, ctx: &RequestCtx, key: &str) -> Response<Bytes> {
-        let expiry = unix_seconds(ctx.now) + CHALLENGE_TTL.as_secs();
+        let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
         let value = self.state.signer.token(&self.name, key, expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
         let cookie = format!(
@@ -200,7 +200,7 @@ impl CcProtection {
             && ctx.cookie(COOKIE).is_some_and(|cookie| {
                 self.state
                     .signer
-                    .verify(&self.name, &key, cookie, unix_seconds(ctx.now))
+                    .verify(&self.name, &key, cookie, unix_seconds(ctx.now()))
             });
         let now = self.state.clients.now();
         let outcome = self

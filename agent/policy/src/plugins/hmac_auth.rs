@@ -894,7 +894,7 @@ impl HmacAuth {
                 &format!("header `{missing}` must be signed"),
             );
         }
-        let now = unix_secs(ctx.now);
+        let now = unix_secs(ctx.now());
         let date = match signed_date(&fields, &auth) {
             Ok(date) => date,
             Err(message) => return self.unauthorized("missing_date", &message),
@@ -1222,7 +1222,7 @@ mod tests {
             true,
         );
         ctx.body = BodyPrefix::Complete(Bytes::from_static(body.as_bytes()));
-        ctx.now = UNIX_EPOCH + Duration::from_secs(NOW);
+        ctx.set_now(UNIX_EPOCH + Duration::from_secs(NOW));
         ctx
     }
 
@@ -1367,7 +1367,7 @@ mod tests {
         assert_eq!(outcome(next.on_request(&mut other).await).0, StatusCode::OK);
         // Once the date is out of the window, the date check refuses it instead.
         let mut late = signed(HmacAlgorithm::HmacSha256, "k-partner", "once", NOW, "{}");
-        late.now = UNIX_EPOCH + Duration::from_secs(NOW + 302);
+        late.set_now(UNIX_EPOCH + Duration::from_secs(NOW + 302));
         assert_eq!(outcome(next.on_request(&mut late).await).1, "stale_request");
     }
 
@@ -1439,7 +1439,7 @@ mod tests {
             false,
         );
         c.body = BodyPrefix::Complete(Bytes::new());
-        c.now = UNIX_EPOCH + Duration::from_secs(NOW);
+        c.set_now(UNIX_EPOCH + Duration::from_secs(NOW));
         assert_eq!(outcome(p.on_request(&mut c).await).1, "header_not_signed");
     }
 
@@ -1474,7 +1474,7 @@ mod tests {
             "127.0.0.1:5".parse().unwrap(),
             false,
         );
-        c.now = now;
+        c.set_now(now);
         assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
         assert_eq!(c.consumer.unwrap().name, "other");
     }

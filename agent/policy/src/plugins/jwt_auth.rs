@@ -310,7 +310,7 @@ impl JwtAuth {
             Err((code, message)) => return Err(Refusal::unauthorized(code, message.clone())),
         };
         let now = ctx
-            .now
+            .now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs_f64();
@@ -812,7 +812,7 @@ mod tests {
             "127.0.0.1:7".parse().unwrap(),
             true,
         );
-        ctx.now = UNIX_EPOCH + Duration::from_secs(now);
+        ctx.set_now(UNIX_EPOCH + Duration::from_secs(now));
         ctx
     }
 
