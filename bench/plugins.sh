@@ -12,6 +12,7 @@
 #                                    # (../shared/bench/run.sh setup installs both)
 #   PIN=1 VARIANTS="off waf" bench/plugins.sh   # agents on core 0, nginx and wrk on core 1
 #   MODE=concurrent bench/plugins.sh   # each variant measured at the same time as "off" (below)
+#   MODE=instructions DURATION=8 bench/plugins.sh   # instructions per request, by callgrind
 #   cargo bench -p fleetgate-agent-policy --bench plugins   # each policy's own cost in-process
 # Uses ports 18180-18199 on 127.0.0.1. Every variant runs with --workers 1 --access-log off.
 set -euo pipefail
@@ -99,6 +100,50 @@ if [ "$MODE" = concurrent ]; then
   cp "$RUN/off.yaml" "$RUN/off2.yaml"; : > "$RUN/off2.headers"; echo 18188 > "$RUN/off2.port"
   variants="off off2 ${variants//off/}"
 fi
+# MODE=instructions: what each variant's agent executes per request, counted by callgrind
+# instead of timed, so the host's speed does not enter (needs valgrind). One agent at a time runs
+# under callgrind, is warmed by wrk, has its counters zeroed, serves one wrk window and dumps
+# them; the total over the requests wrk completed is the figure. An auth variant is compared with
+# the policy-less agent sent its headers. Counts move by a few hundred with how many requests a
+# wake-up finds; the software SHA-256 valgrind runs (its CPU has no SHA instructions) is in
+# hmac-auth's (~17 k per request).
+if [ "$MODE" = instructions ]; then
+  command -v valgrind >/dev/null || { echo "MODE=instructions needs valgrind" >&2; exit 1; }
+  # Instructions per request of variant $1's agent sent variant $2's headers.
+  count() {
+    local port out pid args=() code n total
+    port=$(cat "$RUN/$1.port") out="$RUN/callgrind.$1.$2"
+    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$AGENT" --config "$RUN/$1.yaml" \
+      --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" --workers 1 \
+      --access-log off 2>"$RUN/$1.callgrind.log" & pid=$!
+    for _ in $(seq 1 60); do
+      code=$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}" "http://127.0.0.1:$port/" || true)
+      [ "$code" = 200 ] && break
+      sleep 1
+    done
+    [ "$code" = 200 ] || { echo "variant $1 answers $code; see $RUN/$1.callgrind.log" >&2; exit 1; }
+    wrk -t1 -c4 -d3s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    n=$(wrk -t1 -c4 -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+    echo $((total / n))
+  }
+  echo "| variant | instructions per request | \"off\" sent its headers | difference |"
+  echo "|---|---|---|---|"
+  off=$(count off off)
+  echo "| off | $off | | |"
+  for v in $variants; do
+    [ "$v" = off ] && continue
+    own=$(count "$v" "$v") base=$off
+    [ -s "$RUN/$v.headers" ] && base=$(count off "$v")
+    echo "| $v | $own | $base | $((own - base)) |"
+  done
+  exit 0
+fi
+
 for v in $variants; do
   port=$(cat "$RUN/$v.port")
   $AGENT_CPU "$AGENT" --config "$RUN/$v.yaml" --listen "127.0.0.1:$port" \
