@@ -7,8 +7,8 @@ use http::header::HeaderName;
 use crate::context::{ConsumerEntry, RequestCtx, Verdict};
 use crate::plugin::{Plugin, Step};
 
-/// The header that tells the upstream which consumer was authenticated. Any value a client
-/// sends is removed first, so the upstream can trust it.
+/// The header that tells the upstream which consumer was authenticated. A value a client sends
+/// is replaced or removed once the chain has run, so the upstream can trust it.
 pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-fleetgate-consumer");
 
 /// A request a policy answered itself, and which policy it was.
@@ -61,14 +61,13 @@ impl Chain {
                 });
             }
         }
-        // The consumer's first header is the consumer header itself unless its name is not
-        // a valid header value (`ConsumerEntry::names_itself`).
+        // An identified consumer's headers start with this one (unless its name is not a
+        // valid header value), which replaces a client's. Otherwise a client's is removed,
+        // looked for first: comparing a request's few names costs less than hashing this one.
         if !ctx
             .consumer
             .as_deref()
             .is_some_and(ConsumerEntry::names_itself)
-            // Looked for before removing: comparing a request's few names costs less than
-            // hashing this one, and a client rarely sends it.
             && ctx.headers.keys().any(|name| *name == CONSUMER_HEADER)
         {
             ctx.headers.remove(&CONSUMER_HEADER);

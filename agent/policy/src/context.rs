@@ -122,7 +122,7 @@ impl RequestCtx {
         })
     }
 
-    /// Sets the request's time, as a test or a replay of a recorded request needs it.
+    /// Fixes the request's time, for tests that need a given clock.
     pub fn set_now(&mut self, now: SystemTime) {
         self.now.set(Some(now));
     }
