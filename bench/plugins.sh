@@ -34,6 +34,13 @@ else
   AGENT_CPU="" PEER_CPU=""
 fi
 
+# A headers file (one "name: value" a line) as wrk and curl arguments, in the array `args`.
+header_args() {
+  local h
+  args=()
+  while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$1"
+}
+
 # The origin: nginx, one worker, a fixed 13-byte body.
 source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
 ORIGIN_CPU=$PEER_CPU start_origin "$RUN" 18180
@@ -113,7 +120,7 @@ if [ "$MODE" = instructions ]; then
   count() {
     local port out pid args=() code n total
     port=$(cat "$RUN/$1.port") out="$RUN/callgrind.$1.$2"
-    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+    header_args "$RUN/$2.headers"
     valgrind --tool=callgrind --callgrind-out-file="$out" "$AGENT" --config "$RUN/$1.yaml" \
       --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 10))" --workers 1 \
       --access-log off 2>"$RUN/$1.callgrind.log" & pid=$!
@@ -152,8 +159,8 @@ for v in $variants; do
 done
 sleep 2
 for v in $variants; do
-  port=$(cat "$RUN/$v.port"); args=()
-  while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$v.headers"
+  port=$(cat "$RUN/$v.port")
+  header_args "$RUN/$v.headers"
   code=$(curl -s -o /dev/null -w '%{http_code}' "${args[@]}" "http://127.0.0.1:$port/")
   [ "$code" = 200 ] || { echo "variant $v answers $code; see $RUN/$v.log" >&2; exit 1; }
 done
@@ -163,7 +170,7 @@ done
 measure() {
   local port pid args=() out rps requests ticks0 ticks1 cpu non2xx
   port=$(cat "$RUN/$1.port") pid=$(cat "$RUN/$1.pid")
-  while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+  header_args "$RUN/$2.headers"
   $PEER_CPU wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$port/" >/dev/null  # warm-up
   ticks0=$(agent_ticks "$pid")
   out=$($PEER_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" "${args[@]}" "http://127.0.0.1:$port/")
@@ -196,7 +203,7 @@ if [ "$MODE" = concurrent ]; then
   # One window of "off" and variant $2, both sent $2's request; round $1.
   pair() {
     local args=()
-    while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$RUN/$2.headers"
+    header_args "$RUN/$2.headers"
     pair_round "$1" "$(cat "$RUN/off.pid")" "http://127.0.0.1:$(cat "$RUN/off.port")/" \
       "$(cat "$RUN/$2.pid")" "http://127.0.0.1:$(cat "$RUN/$2.port")/" "${args[@]}"
   }

@@ -6,7 +6,8 @@
 //! - the model itself ([`model`]),
 //! - reading bundles of documents from YAML or JSON files and directories ([`bundle`]),
 //! - validation that reports every problem at once with its field path ([`validate`]),
-//! - snapshots, deltas, content checksums and placement selection ([`snapshot`]).
+//! - snapshots, deltas, content checksums and placement selection ([`snapshot`]),
+//! - comparing secrets in constant time ([`constant_time`]).
 //!
 //! It is pure: no sockets, no clocks, no async runtime. The manager and the agent both depend on
 //! it and on nothing of each other.
@@ -14,6 +15,7 @@
 pub mod bundle;
 pub mod checksum;
 mod claims;
+pub mod constant_time;
 pub mod duration;
 pub mod model;
 pub mod password;

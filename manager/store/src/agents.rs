@@ -76,7 +76,7 @@ impl AgentRegistry {
         let token = self
             .join_tokens
             .get(id)
-            .filter(|t| constant_time_eq(t.sha256.as_bytes(), sha256.as_bytes()))
+            .filter(|t| fleetgate_shared::constant_time::eq(t.sha256.as_bytes(), sha256.as_bytes()))
             .ok_or_else(|| Reason::UnknownJoinToken(id.to_owned()))?;
         if time_ms >= token.expires_ms {
             return Err(Reason::JoinTokenExpired(id.to_owned()));
@@ -138,11 +138,6 @@ impl AgentRegistry {
             .get_mut(id)
             .ok_or_else(|| Reason::UnknownAgent(id.to_owned()))
     }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

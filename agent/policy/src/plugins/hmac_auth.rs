@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use fleetgate_shared::constant_time;
 use fleetgate_shared::model::{HmacAlgorithm, HmacAuth as Config, Phase};
 use hmac::{Hmac, Mac};
 use http::header::{self, HeaderValue};
@@ -110,11 +111,12 @@ impl MacKey {
         }
     }
 
-    /// Whether `tag` is the tag of `message`, compared in constant time ([`constant_time_eq`]:
-    /// `Mac::verify_slice`'s comparison, with a barrier per byte, took ~220 instructions).
+    /// Whether `tag` is the tag of `message`, compared in constant time
+    /// ([`constant_time::eq`]: `Mac::verify_slice`'s comparison, with a barrier per byte, took
+    /// ~220 instructions).
     fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
         fn check<M: Mac + Clone>(key: &M, message: &[u8], tag: &[u8]) -> bool {
-            constant_time_eq(
+            constant_time::eq(
                 &key.clone().chain_update(message).finalize().into_bytes(),
                 tag,
             )
@@ -235,12 +237,17 @@ fn canonical_request(
     names: &SignedNames,
 ) -> Result<(), String> {
     // Single bytes are pushed: a copy of one byte costs a call.
-    for part in [scheme.as_bytes(), key_id, nonce, method.as_str().as_bytes()] {
+    let path = uri.path().as_bytes();
+    for part in [
+        scheme.as_bytes(),
+        key_id,
+        nonce,
+        method.as_str().as_bytes(),
+        path,
+    ] {
         out.extend_from_slice(part);
         out.push(b'\n');
     }
-    out.extend_from_slice(uri.path().as_bytes());
-    out.push(b'\n');
     canonical_query(out, uri.query());
     out.push(b'\n');
     names.write_line(out);
@@ -588,7 +595,7 @@ impl Authorization<'_> {
 }
 
 /// The raw values of an `Authorization` header's parameters, quotes removed, not yet checked.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct Params<'a> {
     key_id: Option<&'a [u8]>,
     signed: Option<&'a [u8]>,
@@ -724,44 +731,28 @@ fn decode_base64(text: &[u8], out: &mut [u8; MAX_TAG_LEN]) -> Option<usize> {
         return None;
     }
     let (groups, tail) = symbols.split_at(symbols.len() / 4 * 4);
-    let value = |symbol: u8| BASE64_VALUES[usize::from(symbol)];
     let mut invalid = 0u8;
+    // A group's symbols as 24 bits from the top, a missing symbol counting 0; a symbol outside
+    // the alphabet marks `invalid`.
+    let mut bits_of = |group: &[u8]| {
+        group.iter().enumerate().fold(0u32, |bits, (i, &symbol)| {
+            let value = BASE64_VALUES[usize::from(symbol)];
+            invalid |= value;
+            bits | u32::from(value & 0x3f) << (18 - 6 * i)
+        })
+    };
     // Whole groups: four symbols, three bytes (`len` fits `out`, so every group has room).
     for (group, bytes) in groups.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
-        let [a, b, c, d] = [
-            value(group[0]),
-            value(group[1]),
-            value(group[2]),
-            value(group[3]),
-        ];
-        invalid |= a | b | c | d;
-        let bits = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
-        bytes.copy_from_slice(&bits.to_be_bytes()[1..]);
+        bytes.copy_from_slice(&bits_of(group).to_be_bytes()[1..]);
     }
     // A padded last group: two symbols for one byte or three for two, the bits past them zero.
     if !tail.is_empty() {
-        let mut bits = 0u32;
-        for (i, &symbol) in tail.iter().enumerate() {
-            let v = value(symbol);
-            invalid |= v;
-            bits |= u32::from(v & 0x3f) << (18 - 6 * i);
-        }
+        let bits = bits_of(tail);
         let n = tail.len() - 1;
-        let start = len - n;
-        out[start..len].copy_from_slice(&bits.to_be_bytes()[1..=n]);
+        out[len - n..len].copy_from_slice(&bits.to_be_bytes()[1..=n]);
         invalid |= u8::from(bits << (8 * n) & 0x00ff_ffff != 0) * NOT_BASE64;
     }
     (invalid & NOT_BASE64 == 0).then_some(len)
-}
-
-/// Whether `a` and `b` are equal, in time that depends on their lengths only: no exit at the
-/// first differing byte, which would tell a forger how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 /// One consumer key, prepared for each algorithm the policy accepts.
