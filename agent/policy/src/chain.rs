@@ -48,7 +48,7 @@ impl Chain {
     /// any a client sent; without a consumer, a client's [`CONSUMER_HEADER`] is removed. Both
     /// happen after the plugins (which see the request as sent): one change to the header
     /// map, not a removal up front and an insert after, each hashing the name.
-    pub async fn run(&self, ctx: &mut RequestCtx) -> Option<Rejection> {
+    pub async fn run(&self, ctx: &mut RequestCtx<'_>) -> Option<Rejection> {
         for plugin in &self.plugins {
             let verdict = match plugin.on_request(ctx) {
                 Step::Done(verdict) => verdict,

@@ -72,17 +72,48 @@ pub enum BodyPrefix {
     Partial(Bytes),
 }
 
+/// A part of the request a context holds: its own (a context built by itself, as tests and
+/// benchmarks do) or borrowed from the request the proxy is handling. Borrowing moves nothing:
+/// the proxy's request stays where it is while the chain reads and edits it, where moving its
+/// header map and target into a context and back cost ~300 instructions per request.
+/// Plugins use it as the part itself (it dereferences to it).
+#[derive(Debug)]
+pub enum Held<'r, T> {
+    Owned(T),
+    Borrowed(&'r mut T),
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match self {
+            Held::Owned(part) => part,
+            Held::Borrowed(part) => part,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        match self {
+            Held::Owned(part) => part,
+            Held::Borrowed(part) => part,
+        }
+    }
+}
+
 /// One request on its way through the chain. Plugins read and change it; the proxy forwards
 /// what is left.
 #[derive(Debug)]
-pub struct RequestCtx {
+pub struct RequestCtx<'r> {
     pub method: Method,
     /// The request target. A plugin may change its query (key-auth drops a key sent as a
     /// query parameter) and the proxy forwards that; the path was routed already: the proxy
     /// forwards (or redirects to) the routed path whatever a plugin does to this one.
-    pub uri: Uri,
+    pub uri: Held<'r, Uri>,
     /// Request headers as they will be forwarded (plugins strip credentials, add claims).
-    pub headers: HeaderMap,
+    pub headers: Held<'r, HeaderMap>,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Whether the client connection is TLS.
@@ -97,9 +128,38 @@ pub struct RequestCtx {
     now: Cell<Option<SystemTime>>,
 }
 
-impl RequestCtx {
-    /// A context for a request with no body read, no consumer and the current time.
+impl<'r> RequestCtx<'r> {
+    /// A context owning its request's parts, with no body read, no consumer and the current
+    /// time.
     pub fn new(method: Method, uri: Uri, headers: HeaderMap, peer: SocketAddr, tls: bool) -> Self {
+        Self::holding(method, Held::Owned(uri), Held::Owned(headers), peer, tls)
+    }
+
+    /// A context over the target and headers of a request that stays with its owner, who
+    /// finds the chain's changes in them.
+    pub fn borrowing(
+        method: Method,
+        uri: &'r mut Uri,
+        headers: &'r mut HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Self {
+        Self::holding(
+            method,
+            Held::Borrowed(uri),
+            Held::Borrowed(headers),
+            peer,
+            tls,
+        )
+    }
+
+    fn holding(
+        method: Method,
+        uri: Held<'r, Uri>,
+        headers: Held<'r, HeaderMap>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Self {
         Self {
             method,
             uri,

@@ -18,7 +18,7 @@ mod set;
 mod state;
 
 pub use chain::{CONSUMER_HEADER, Chain, Rejection};
-pub use context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, canonical_ip, reject};
+pub use context::{BodyPrefix, ConsumerEntry, Held, RequestCtx, Verdict, canonical_ip, reject};
 pub use plugin::{Plugin, PluginFuture, Step};
 pub use set::{Consumers, PolicySet};
 pub use state::PolicyState;

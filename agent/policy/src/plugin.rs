@@ -55,5 +55,5 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     }
 
     /// Inspects (and may change) the request; answers it or lets it through.
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a>;
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a>;
 }

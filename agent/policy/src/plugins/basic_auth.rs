@@ -85,7 +85,7 @@ impl BasicAuth {
         ))
     }
 
-    async fn check(&self, ctx: &mut RequestCtx) -> Verdict {
+    async fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let Some(encoded) = basic_credentials(ctx) else {
             return self.unauthorized("missing_credentials", "HTTP Basic credentials are required");
         };
@@ -116,7 +116,7 @@ impl BasicAuth {
         self.admit(ctx, consumer)
     }
 
-    fn admit(&self, ctx: &mut RequestCtx, consumer: &Arc<ConsumerEntry>) -> Verdict {
+    fn admit(&self, ctx: &mut RequestCtx<'_>, consumer: &Arc<ConsumerEntry>) -> Verdict {
         if !credentials::allowed(&self.allow, Some(consumer)) {
             return Verdict::Respond(credentials::forbidden(&self.name, Some(consumer)));
         }
@@ -129,7 +129,7 @@ impl BasicAuth {
 }
 
 /// The token of the first `Authorization: Basic <token>` header.
-fn basic_credentials(ctx: &RequestCtx) -> Option<&str> {
+fn basic_credentials<'c>(ctx: &'c RequestCtx<'_>) -> Option<&'c str> {
     ctx.headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -234,7 +234,7 @@ impl Plugin for BasicAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         Step::Wait(Box::pin(self.check(ctx)))
     }
 }
@@ -275,7 +275,7 @@ mod tests {
         BasicAuth::build("basic", &config, &consumers(), state)
     }
 
-    fn ctx(authorization: Option<String>) -> RequestCtx {
+    fn ctx(authorization: Option<String>) -> RequestCtx<'static> {
         let mut headers = HeaderMap::new();
         if let Some(value) = authorization {
             headers.insert(header::AUTHORIZATION, value.parse().unwrap());

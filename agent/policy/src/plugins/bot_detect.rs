@@ -362,7 +362,7 @@ impl BotDetect {
         reasons
     }
 
-    fn challenge_page(&self, ctx: &RequestCtx) -> Response<Bytes> {
+    fn challenge_page(&self, ctx: &RequestCtx<'_>) -> Response<Bytes> {
         let ip = ctx.peer_ip();
         let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
         // Name and value are [A-Za-z0-9_.-]: safe inside the script's string and the page.
@@ -393,7 +393,7 @@ location.replace(location.href);</script></body></html>
         response
     }
 
-    fn passed_challenge(&self, ctx: &RequestCtx) -> bool {
+    fn passed_challenge(&self, ctx: &RequestCtx<'_>) -> bool {
         ctx.cookie(&self.cookie).is_some_and(|cookie| {
             self.state.signer.verify(
                 &self.name,
@@ -404,7 +404,7 @@ location.replace(location.href);</script></body></html>
         })
     }
 
-    fn decide(&self, ctx: &mut RequestCtx) -> Verdict {
+    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         ctx.headers.remove(&BOT_HEADER);
         let reasons = self.reasons(&ctx.headers, ctx.tls);
         if reasons.is_empty() {
@@ -439,7 +439,7 @@ impl Plugin for BotDetect {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let verdict = self.decide(ctx);
         Step::Done(verdict)
     }
@@ -471,7 +471,7 @@ mod tests {
     }
 
     /// A browser-shaped request from `peer` with `ua` (none when empty) and extra headers.
-    fn request(peer: &str, ua: &str, extra: &[(&str, &str)]) -> RequestCtx {
+    fn request(peer: &str, ua: &str, extra: &[(&str, &str)]) -> RequestCtx<'static> {
         let mut headers = HeaderMap::new();
         if !ua.is_empty() {
             headers.insert(header::USER_AGENT, ua.parse().unwrap());
@@ -495,7 +495,7 @@ mod tests {
         RequestCtx::new(Method::GET, Uri::from_static("/page"), headers, peer, false)
     }
 
-    fn run(p: &BotDetect, ctx: &mut RequestCtx) -> Option<Response<Bytes>> {
+    fn run(p: &BotDetect, ctx: &mut RequestCtx<'_>) -> Option<Response<Bytes>> {
         match p.decide(ctx) {
             Verdict::Continue => None,
             Verdict::Respond(r) => Some(r),

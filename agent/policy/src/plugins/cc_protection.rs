@@ -170,7 +170,7 @@ impl CcProtection {
         }
     }
 
-    fn challenge_page(&self, ctx: &RequestCtx, key: &str) -> Response<Bytes> {
+    fn challenge_page(&self, ctx: &RequestCtx<'_>, key: &str) -> Response<Bytes> {
         let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
         let value = self.state.signer.token(&self.name, key, expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
@@ -194,7 +194,7 @@ impl CcProtection {
         response
     }
 
-    fn decide(&self, ctx: &RequestCtx) -> Verdict {
+    fn decide(&self, ctx: &RequestCtx<'_>) -> Verdict {
         let key = store_key(key_value(&self.key, ctx).as_deref());
         let verified = self.challenge
             && ctx.cookie(COOKIE).is_some_and(|cookie| {
@@ -249,7 +249,7 @@ impl Plugin for CcProtection {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let verdict = self.decide(ctx);
         Step::Done(verdict)
     }
@@ -278,7 +278,7 @@ mod tests {
         CcProtection::build("cc", &config, state).unwrap()
     }
 
-    fn request(peer: &str, cookie: Option<&str>) -> RequestCtx {
+    fn request(peer: &str, cookie: Option<&str>) -> RequestCtx<'static> {
         let mut headers = HeaderMap::new();
         if let Some(c) = cookie {
             headers.insert(header::COOKIE, c.parse().unwrap());

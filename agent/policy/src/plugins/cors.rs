@@ -72,7 +72,7 @@ impl Plugin for Cors {
         Phase::Authz
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let origin = ctx
             .headers
             .get(header::ORIGIN)

@@ -53,7 +53,7 @@ impl Sources {
 /// (`Bearer `) only counts when the value starts with it (compared without regard to case, as
 /// HTTP auth schemes are); the prefix is stripped. Query values are percent-decoded (`+` stays
 /// `+`: keys are not form-encoded text). Empty values count as absent.
-pub fn find<'c>(sources: &Sources, ctx: &'c RequestCtx) -> Option<Cow<'c, str>> {
+pub fn find<'c>(sources: &Sources, ctx: &'c RequestCtx<'_>) -> Option<Cow<'c, str>> {
     sources.0.iter().find_map(|source| match source {
         Source::Header { name, prefix } => ctx
             .headers
@@ -136,7 +136,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 
 /// Removes every configured source from the request: the headers, the query parameters (all
 /// occurrences; `ctx.uri` is rewritten and the proxy forwards its query) and the cookies.
-pub fn strip(sources: &Sources, ctx: &mut RequestCtx) {
+pub fn strip(sources: &Sources, ctx: &mut RequestCtx<'_>) {
     for source in &sources.0 {
         match source {
             Source::Header { name, .. } => {
@@ -180,7 +180,7 @@ fn path_only(pq: &Option<PathAndQuery>) -> String {
 }
 
 /// Removes cookie `name` from every `Cookie` header, dropping headers left empty.
-fn remove_cookie(ctx: &mut RequestCtx, name: &str) {
+fn remove_cookie(ctx: &mut RequestCtx<'_>, name: &str) {
     if ctx.cookie(name).is_none() {
         return;
     }
@@ -250,7 +250,7 @@ mod tests {
     use super::*;
     use http::{HeaderMap, Method};
 
-    fn ctx(uri: &str, headers: &[(&str, &str)]) -> RequestCtx {
+    fn ctx(uri: &str, headers: &[(&str, &str)]) -> RequestCtx<'static> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(

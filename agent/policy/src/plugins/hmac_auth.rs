@@ -847,7 +847,7 @@ impl HmacAuth {
         ))
     }
 
-    fn check(&self, ctx: &mut RequestCtx) -> Verdict {
+    fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let fields = Fields::of(&ctx.headers);
         let Some(value) = fields
             .all(header::AUTHORIZATION.as_str().as_bytes())
@@ -1125,7 +1125,7 @@ impl Plugin for HmacAuth {
         self.validate_body.then_some(BODY_LIMIT + 1)
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let verdict = self.check(ctx);
         Step::Done(verdict)
     }
@@ -1179,7 +1179,7 @@ mod tests {
         nonce: &str,
         date: u64,
         body: &'static str,
-    ) -> RequestCtx {
+    ) -> RequestCtx<'static> {
         let uri: Uri = "/v1/orders?b=2&a=1&a=0".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("host", "api.example.com".parse().unwrap());
@@ -1302,14 +1302,14 @@ mod tests {
             (StatusCode::UNAUTHORIZED, "invalid_signature".into())
         );
         let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n2", NOW, "{}");
-        c.uri = "/v1/orders?b=2&a=1&a=9".parse().unwrap();
+        *c.uri = "/v1/orders?b=2&a=1&a=9".parse().unwrap();
         assert_eq!(outcome(p.on_request(&mut c).await).1, "invalid_signature");
         let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n3", NOW, "{}");
         c.method = Method::PUT;
         assert_eq!(outcome(p.on_request(&mut c).await).1, "invalid_signature");
         // Query order does not matter: the canonical query is sorted.
         let mut c = signed(HmacAlgorithm::HmacSha256, "k-partner", "n4", NOW, "{}");
-        c.uri = "/v1/orders?a=0&a=1&b=2".parse().unwrap();
+        *c.uri = "/v1/orders?a=0&a=1&b=2".parse().unwrap();
         assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
     }
 

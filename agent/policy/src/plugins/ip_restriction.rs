@@ -78,7 +78,7 @@ impl Plugin for IpRestriction {
         Phase::Authz
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let ip = client_ip(&self.source, &ctx.headers, ctx.peer_ip());
         let verdict = if self.permits(ip) {
             Verdict::Continue

@@ -304,7 +304,7 @@ impl JwtAuth {
 
     /// Applies a verified token to the request: its time window against the request's clock,
     /// then the allow-list, then the claim headers and the consumer.
-    fn admit(&self, verified: &Verified, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    fn admit(&self, verified: &Verified, ctx: &mut RequestCtx<'_>) -> Result<(), Refusal> {
         let (exp, nbf) = match &verified.validity {
             Ok(window) => *window,
             Err((code, message)) => return Err(Refusal::unauthorized(code, message.clone())),
@@ -590,7 +590,7 @@ impl Plugin for JwtAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         // Claim headers are ours to set: whatever the client sent under those names goes,
         // even when the token lacks the claim.
         for (_, header) in &self.claims_to_headers {
@@ -797,7 +797,7 @@ mod tests {
         JwtAuth::build("jwt", config, &consumers(), &PolicyState::default()).unwrap()
     }
 
-    fn ctx_with(headers: &[(&str, &str)], uri: &str, now: u64) -> RequestCtx {
+    fn ctx_with(headers: &[(&str, &str)], uri: &str, now: u64) -> RequestCtx<'static> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -816,7 +816,7 @@ mod tests {
         ctx
     }
 
-    fn bearer(token: &str) -> RequestCtx {
+    fn bearer(token: &str) -> RequestCtx<'static> {
         ctx_with(&[("authorization", &format!("Bearer {token}"))], "/", NOW)
     }
 

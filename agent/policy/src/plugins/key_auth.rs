@@ -34,7 +34,7 @@ impl KeyAuth {
         }
     }
 
-    fn check(&self, ctx: &mut RequestCtx) -> Verdict {
+    fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let Some(key) = credentials::find(&self.sources, ctx) else {
             return Verdict::Respond(credentials::unauthorized(
                 &self.name,
@@ -71,7 +71,7 @@ impl Plugin for KeyAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let verdict = self.check(ctx);
         Step::Done(verdict)
     }
@@ -118,7 +118,7 @@ mod tests {
         KeyAuth::build("keys", &config, &consumers())
     }
 
-    fn ctx(uri: &str, key_header: Option<&str>) -> RequestCtx {
+    fn ctx(uri: &str, key_header: Option<&str>) -> RequestCtx<'static> {
         let mut headers = HeaderMap::new();
         if let Some(key) = key_header {
             headers.insert("x-api-key", key.parse().unwrap());
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(c.consumer.as_ref().unwrap().name, "alice");
         assert!(c.headers.get("x-api-key").is_none());
         assert_eq!(c.headers.get("x-other").unwrap(), "kept");
-        assert_eq!(c.uri, "/x?a=1");
+        assert_eq!(*c.uri, "/x?a=1");
     }
 
     #[tokio::test]
@@ -157,7 +157,7 @@ mod tests {
         let mut c = ctx("/x?a=1&api_key=bob-key-1&b=2", None);
         assert!(matches!(p.on_request(&mut c).await, Verdict::Continue));
         assert_eq!(c.consumer.as_ref().unwrap().name, "bob");
-        assert_eq!(c.uri, "/x?a=1&b=2");
+        assert_eq!(*c.uri, "/x?a=1&b=2");
     }
 
     #[tokio::test]
@@ -167,7 +167,7 @@ mod tests {
         assert!(matches!(p.on_request(&mut c).await, Verdict::Continue));
         assert_eq!(c.consumer.as_ref().unwrap().name, "alice", "header first");
         assert_eq!(c.headers.get("x-api-key").unwrap(), "alice-key-1");
-        assert_eq!(c.uri, "/x?api_key=bob-key-1");
+        assert_eq!(*c.uri, "/x?api_key=bob-key-1");
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@ const MISSING_KEY: &str = "!missing";
 const OVERFLOW_KEY: &str = "!overflow";
 
 /// The value of `key` in the request, if present and not empty.
-pub(crate) fn key_value(key: &LimitKey, ctx: &RequestCtx) -> Option<String> {
+pub(crate) fn key_value(key: &LimitKey, ctx: &RequestCtx<'_>) -> Option<String> {
     let value = match key {
         LimitKey::Header(name) => ctx
             .headers
@@ -412,7 +412,7 @@ impl KeyRateLimit {
             .unwrap_or(self.rate)
     }
 
-    async fn check(&self, ctx: &mut RequestCtx) -> Verdict {
+    async fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let value = key_value(&self.key, ctx);
         if value.is_none() && self.reject_missing_key {
             return Verdict::Respond(reject(
@@ -507,7 +507,7 @@ impl Plugin for KeyRateLimit {
         Phase::RateLimit
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         Step::Wait(Box::pin(self.check(ctx)))
     }
 }
@@ -540,7 +540,7 @@ mod tests {
         }
     }
 
-    fn ctx(tenant: Option<&str>, peer: &str) -> RequestCtx {
+    fn ctx(tenant: Option<&str>, peer: &str) -> RequestCtx<'static> {
         let mut headers = HeaderMap::new();
         if let Some(t) = tenant {
             headers.insert("x-tenant", t.parse().unwrap());
@@ -554,11 +554,11 @@ mod tests {
         )
     }
 
-    fn tenant_ctx(tenant: &str) -> RequestCtx {
+    fn tenant_ctx(tenant: &str) -> RequestCtx<'static> {
         ctx(Some(tenant), "192.0.2.1:4000")
     }
 
-    async fn allowed(plugin: &KeyRateLimit, mut ctx: RequestCtx) -> bool {
+    async fn allowed(plugin: &KeyRateLimit, mut ctx: RequestCtx<'_>) -> bool {
         matches!(plugin.on_request(&mut ctx).await, Verdict::Continue)
     }
 
@@ -571,7 +571,7 @@ mod tests {
         passed
     }
 
-    fn header(ctx: &RequestCtx, name: &HeaderName) -> u64 {
+    fn header(ctx: &RequestCtx<'_>, name: &HeaderName) -> u64 {
         ctx.response_headers[name]
             .to_str()
             .unwrap()

@@ -43,7 +43,7 @@ impl Plugin for RequestSizeLimit {
         Some(self.max.saturating_add(1))
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let declared = ctx
             .headers
             .get(header::CONTENT_LENGTH)

@@ -252,7 +252,7 @@ struct Input {
 }
 
 impl Input {
-    fn new(ctx: &RequestCtx, native_tried: bool) -> Self {
+    fn new(ctx: &RequestCtx<'_>, native_tried: bool) -> Self {
         Self {
             native_tried,
             id: next_id(),
@@ -333,7 +333,7 @@ pub const INLINE_BODY_LIMIT: usize = 4096;
 pub const INLINE_HEAD_LIMIT: usize = 8192;
 
 /// The bytes of target and headers the rules read.
-fn head_size(ctx: &RequestCtx) -> usize {
+fn head_size(ctx: &RequestCtx<'_>) -> usize {
     let headers: usize = ctx
         .headers
         .iter()
@@ -390,7 +390,7 @@ impl Waf {
         response
     }
 
-    fn verdict(&self, ctx: &RequestCtx, result: Result<Outcome, Failure>) -> Verdict {
+    fn verdict(&self, ctx: &RequestCtx<'_>, result: Result<Outcome, Failure>) -> Verdict {
         let enforce = self.mode == WafMode::Block;
         let path = ctx.uri.path();
         let client = ctx.peer.ip();
@@ -458,7 +458,7 @@ impl Plugin for Waf {
         Some(self.body_limit.saturating_add(1))
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let body: &[u8] = match &ctx.body {
             BodyPrefix::NotRead => &[],
             BodyPrefix::Complete(b) | BodyPrefix::Partial(b) => b,
