@@ -140,8 +140,8 @@ async fn route(
     req: Request<Inbound>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Apart once: the policy chain borrows the target and the headers while the body may be
-    // read, and the parts go upstream from here without being put back together.
+    // Split once: the policy chain borrows the target and the headers (the body may be read
+    // meanwhile), and the parts go upstream from here without being put back together.
     let (mut parts, mut body) = req.into_parts();
     let view = RequestView {
         host,
@@ -165,9 +165,12 @@ async fn route(
         );
         return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &location));
     }
-    // Everything that reads the request as the client sent it happens before the policy
-    // chain, which may change headers (strip credentials, add claims) and the query (strip a
-    // key sent as a query parameter).
+    // What routes the request reads it as the client sent it, before the policy chain, which
+    // may change headers (strip credentials, add claims, name the consumer) and the query
+    // (strip a key sent as a query parameter). From the chain on, the request is what it
+    // left: the query of the upstream target and of a redirect (their path is the routed one,
+    // whatever a policy did to the path), the headers forwarded and those a consistent hash
+    // reads (so a hash may key on the consumer the chain named).
     let canary = route.canary_for(&view);
     // `None`: the path goes upstream as the client sent it.
     let rewritten_path = match route.rewritten_path(&matched, parts.uri.path()) {
@@ -298,8 +301,6 @@ async fn run_policies(
         answer.headers_mut().extend(ctx.response_headers);
         return Err(answer);
     }
-    // Only the query of the URI counts from here on: the path forwarded or redirected to is
-    // the routed one (see `upstream_target` and `redirect_location`'s callers).
     record.consumer = ctx.consumer;
     Ok(ctx.response_headers)
 }
@@ -437,8 +438,9 @@ async fn forward_request(
         .ok_or_else(|| ProxyError::MissingService(backend.service.clone()))?;
     let key = hash_key(service, &parts.headers, conn);
     let upgrade = headers::is_upgrade(&parts.headers) && parts.version == Version::HTTP_11;
-    // What `hyper::upgrade::on` takes from a request: none when the connection cannot be
-    // upgraded, and then no tunnel is opened.
+    // What `hyper::upgrade::on` takes from a request. hyper's HTTP/1.1 server puts it on every
+    // request asking for an upgrade (the agent's own server hands those requests to hyper);
+    // without it no tunnel is opened, and a 101 from the upstream reaches the client alone.
     let downstream_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();

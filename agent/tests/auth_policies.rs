@@ -19,10 +19,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use fleetgate_agent_policy::plugins::hmac_auth::{self, CONTENT_SHA256_HEADER, DATE_HEADER};
 use fleetgate_shared::model::HmacAlgorithm;
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{Backend, HttpClient, Reply, start_gateway};
+use support::{Backend, HttpClient, Reply, TestGateway, WsBackend, start_gateway};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::info;
 
 const HOST: &str = "api.test";
@@ -234,12 +236,19 @@ fn error_code(reply: &Reply) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn auth_policies_guard_their_routes_end_to_end() {
+/// A backend, and a gateway in front of it with every route and policy of [`config`]; with
+/// the private key of jwt-auth's public one.
+async fn every_policy() -> (Backend, TestGateway, String) {
     support::init_tracing();
     let backend = Backend::start("web").await;
     let (private_pem, public_pem) = ec_key();
     let gateway = start_gateway(&config(&backend, &public_pem)).await;
+    (backend, gateway, private_pem)
+}
+
+#[tokio::test]
+async fn auth_policies_guard_their_routes_end_to_end() {
+    let (_backend, gateway, private_pem) = every_policy().await;
     let client = gateway.client();
 
     info!("--- jwt-auth");
@@ -421,4 +430,102 @@ async fn auth_policies_guard_their_routes_end_to_end() {
     let headers = signed_post("nobody-hmac", "nonce-4", path, body);
     let reply = post(&client, path, &headers, body).await;
     assert_eq!(error_code(&reply), "unknown_key_id");
+}
+
+/// A WebSocket on a route with a policy: the handshake passes through the chain like any
+/// request (no key: 401, no tunnel), and once the key (sent in the query, as browsers must)
+/// lets it through, the upgraded connection carries messages both ways.
+#[tokio::test]
+async fn a_websocket_passes_through_the_policy_chain_before_it_upgrades() {
+    support::init_tracing();
+    let echo = WsBackend::start("echo").await;
+    let gateway = start_gateway(&format!(
+        r#"
+kind: Service
+name: chat
+spec: {{endpoints: [{{address: "{}"}}]}}
+---
+kind: Consumer
+name: acme
+spec: {{credentials: {{keys: [acme-chat-key-0123456]}}}}
+---
+kind: Policy
+name: keys
+spec:
+  type: key-auth
+  config:
+    key_from: [{{query: {{name: api_key}}}}]
+---
+kind: Route
+name: chat
+spec:
+  forward: {{backends: [{{service: chat}}]}}
+  policies: [keys]
+"#,
+        echo.addr
+    ))
+    .await;
+
+    info!("--- without the key the handshake is answered 401");
+    match support::ws_connect(gateway.http, HOST, "/ws").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("a WebSocket without a key should get a 401, got {other:?}"),
+    }
+    assert_eq!(gateway.gateway.telemetry.open_tunnels(), 0);
+
+    info!("--- with it the connection upgrades and echoes");
+    let mut ws = support::ws_connect(gateway.http, HOST, "/ws?api_key=acme-chat-key-0123456")
+        .await
+        .unwrap();
+    for text in ["hello", "again"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let reply = support::within("an echo", ws.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, Message::text(format!("echo: {text}")));
+    }
+    support::eventually("the tunnel to be counted", || {
+        gateway.gateway.telemetry.open_tunnels() == 1
+    })
+    .await;
+}
+
+/// A signed body longer than what the agent's server reads with the head (so it arrives as a
+/// stream): hmac-auth reads all of it to check its digest, and the upstream still gets every
+/// byte; the same body with one byte changed is refused.
+#[tokio::test]
+async fn a_streamed_signed_body_is_verified_and_forwarded_whole() {
+    let (backend, gateway, _) = every_policy().await;
+    let client = gateway.client();
+    let path = "/hmac/upload";
+    // 200 KiB of varied text: far past one read, under hmac-auth's 1 MiB body limit.
+    let body: String = (0..200 * 1024)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+
+    let headers = signed_post("acme-hmac", "nonce-big-1", path, &body);
+    let reply = post(&client, path, &headers, &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json()["body"].as_str().map(str::len),
+        Some(body.len()),
+        "the upstream got the whole body"
+    );
+    assert_eq!(reply.json()["body"], body.as_str());
+
+    let mut tampered = body.clone().into_bytes();
+    tampered[150 * 1024] = b'!';
+    let tampered = String::from_utf8(tampered).unwrap();
+    let headers = signed_post("acme-hmac", "nonce-big-2", path, &body);
+    let reply = post(&client, path, &headers, &tampered).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&reply), "body_digest_mismatch");
+    assert_eq!(
+        backend.requests(),
+        1,
+        "the tampered body never reached the upstream"
+    );
 }

@@ -73,12 +73,15 @@ pub enum BodyPrefix {
 }
 
 /// A part of the request a context holds: its own (a context built by itself, as tests and
-/// benchmarks do) or borrowed from the request the proxy is handling. Borrowing moves nothing:
-/// the proxy's request stays where it is while the chain reads and edits it, where moving its
-/// header map and target into a context and back cost ~300 instructions per request.
-/// Plugins use it as the part itself (it dereferences to it).
+/// benchmarks do) or borrowed from the request the proxy is handling, so that the chain edits
+/// that request in place and nothing is moved into the context and back. Plugins use it as
+/// the part itself: read and edit it through the dereference. It cannot be replaced from
+/// outside this module (a replaced part would not reach the borrowed request).
 #[derive(Debug)]
-pub enum Held<'r, T> {
+pub struct Held<'r, T>(Part<'r, T>);
+
+#[derive(Debug)]
+enum Part<'r, T> {
     Owned(T),
     Borrowed(&'r mut T),
 }
@@ -87,18 +90,18 @@ impl<T> std::ops::Deref for Held<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        match self {
-            Held::Owned(part) => part,
-            Held::Borrowed(part) => part,
+        match &self.0 {
+            Part::Owned(part) => part,
+            Part::Borrowed(part) => part,
         }
     }
 }
 
 impl<T> std::ops::DerefMut for Held<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        match self {
-            Held::Owned(part) => part,
-            Held::Borrowed(part) => part,
+        match &mut self.0 {
+            Part::Owned(part) => part,
+            Part::Borrowed(part) => part,
         }
     }
 }
@@ -132,7 +135,13 @@ impl<'r> RequestCtx<'r> {
     /// A context owning its request's parts, with no body read, no consumer and the current
     /// time.
     pub fn new(method: Method, uri: Uri, headers: HeaderMap, peer: SocketAddr, tls: bool) -> Self {
-        Self::holding(method, Held::Owned(uri), Held::Owned(headers), peer, tls)
+        Self::holding(
+            method,
+            Held(Part::Owned(uri)),
+            Held(Part::Owned(headers)),
+            peer,
+            tls,
+        )
     }
 
     /// A context over the target and headers of a request that stays with its owner, who
@@ -146,8 +155,8 @@ impl<'r> RequestCtx<'r> {
     ) -> Self {
         Self::holding(
             method,
-            Held::Borrowed(uri),
-            Held::Borrowed(headers),
+            Held(Part::Borrowed(uri)),
+            Held(Part::Borrowed(headers)),
             peer,
             tls,
         )

@@ -101,9 +101,9 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
     );
 }
 
-/// One request through `chain` as the proxy runs it: a fresh context (its headers a copy of
-/// the client's), an empty body when the chain reads bodies, then every plugin. Returns
-/// whether the request passed.
+/// One request through `chain` as the proxy runs it: a fresh context, an empty body when the
+/// chain reads bodies, then every plugin. The context owns a copy of the client's headers
+/// where the proxy's borrows the request's. Returns whether the request passed.
 pub fn one_request(
     runtime: &tokio::runtime::Runtime,
     chain: &Chain,
