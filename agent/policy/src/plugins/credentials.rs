@@ -95,8 +95,8 @@ pub fn find<'c>(sources: &Sources, ctx: &'c RequestCtx<'_>) -> Option<Cow<'c, st
 /// `value` without `prefix` (ASCII case-insensitive), if it starts with it.
 fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
     let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &value[prefix.len()..])
+    // As written first: a whole compare, where a case-blind one goes byte by byte.
+    (head == prefix || head.eq_ignore_ascii_case(prefix)).then(|| &value[prefix.len()..])
 }
 
 /// Decodes `%XX` escapes; an invalid escape or non-UTF-8 result leaves the text as sent.

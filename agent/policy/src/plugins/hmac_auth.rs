@@ -61,14 +61,24 @@ pub fn scheme(algorithm: HmacAlgorithm) -> &'static str {
     }
 }
 
+/// The algorithm a scheme names, in any case. The schemes as written are compared whole first
+/// (a few wide compares, where a case-blind compare goes byte by byte).
 fn algorithm_of_scheme(scheme: &[u8]) -> Option<HmacAlgorithm> {
-    [
+    const ALGORITHMS: [HmacAlgorithm; 3] = [
         HmacAlgorithm::HmacSha256,
         HmacAlgorithm::HmacSha384,
         HmacAlgorithm::HmacSha512,
-    ]
-    .into_iter()
-    .find(|a| self::scheme(*a).as_bytes().eq_ignore_ascii_case(scheme))
+    ];
+    let named = |a: &HmacAlgorithm| self::scheme(*a).as_bytes();
+    ALGORITHMS
+        .iter()
+        .find(|a| named(a) == scheme)
+        .or_else(|| {
+            ALGORITHMS
+                .iter()
+                .find(|a| named(a).eq_ignore_ascii_case(scheme))
+        })
+        .copied()
 }
 
 /// A secret keyed for one algorithm. Keying hashes the padded secret once (at config load):
@@ -732,22 +742,30 @@ fn decode_base64(text: &[u8], out: &mut [u8; MAX_TAG_LEN]) -> Option<usize> {
     }
     let (groups, tail) = symbols.split_at(symbols.len() / 4 * 4);
     let mut invalid = 0u8;
-    // A group's symbols as 24 bits from the top, a missing symbol counting 0; a symbol outside
-    // the alphabet marks `invalid`.
-    let mut bits_of = |group: &[u8]| {
-        group.iter().enumerate().fold(0u32, |bits, (i, &symbol)| {
-            let value = BASE64_VALUES[usize::from(symbol)];
-            invalid |= value;
-            bits | u32::from(value & 0x3f) << (18 - 6 * i)
-        })
+    // Four symbols as 24 bits; a symbol outside the alphabet marks `invalid`. A whole array,
+    // so the four lookups and shifts are laid out without a loop.
+    let mut bits_of = |group: [u8; 4]| {
+        let values = group.map(|symbol| BASE64_VALUES[usize::from(symbol)]);
+        invalid |= values[0] | values[1] | values[2] | values[3];
+        values
+            .iter()
+            .fold(0u32, |bits, &value| bits << 6 | u32::from(value & 0x3f))
     };
     // Whole groups: four symbols, three bytes (`len` fits `out`, so every group has room).
-    for (group, bytes) in groups.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
-        bytes.copy_from_slice(&bits_of(group).to_be_bytes()[1..]);
+    for (group, bytes) in groups
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .zip(out.chunks_exact_mut(3))
+    {
+        bytes.copy_from_slice(&bits_of(*group).to_be_bytes()[1..]);
     }
-    // A padded last group: two symbols for one byte or three for two, the bits past them zero.
+    // A padded last group: two symbols for one byte or three for two, completed with `A`
+    // (value 0); the bits past the symbols sent must be zero.
     if !tail.is_empty() {
-        let bits = bits_of(tail);
+        let mut group = [b'A'; 4];
+        group[..tail.len()].copy_from_slice(tail);
+        let bits = bits_of(group);
         let n = tail.len() - 1;
         out[len - n..len].copy_from_slice(&bits.to_be_bytes()[1..=n]);
         invalid |= u8::from(bits << (8 * n) & 0x00ff_ffff != 0) * NOT_BASE64;
@@ -855,7 +873,7 @@ impl HmacAuth {
             .find(|v| {
                 v.trim_ascii_start()
                     .get(..8)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"FG-HMAC-"))
+                    .is_some_and(|s| s == b"FG-HMAC-" || s.eq_ignore_ascii_case(b"FG-HMAC-"))
             })
         else {
             return self.unauthorized("missing_signature", "an FG-HMAC signature is required");
@@ -1245,6 +1263,36 @@ mod tests {
             let mut c = signed(alg, "k-partner", &format!("n-{i}"), NOW - 10, "{\"a\":1}");
             assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
             assert_eq!(c.consumer.as_ref().unwrap().name, "partner");
+        }
+    }
+
+    /// Auth schemes are case-blind (RFC 9110 11.1): the scheme as the client wrote it is
+    /// found and named in any case, while the canonical request signs it as specified.
+    #[tokio::test]
+    async fn the_scheme_may_be_written_in_any_case() {
+        let state = PolicyState::default();
+        let p = plugin(&config(), &state);
+        for (i, (alg, written)) in [
+            (HmacAlgorithm::HmacSha256, "fg-hmac-sha256"),
+            (HmacAlgorithm::HmacSha512, "Fg-Hmac-Sha512"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut c = signed(alg, "k-partner", &format!("case-{i}"), NOW - 10, "{}");
+            let sent = c.headers[header::AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let (_, params) = sent.split_once(' ').unwrap();
+            let rewritten = format!("{written} {params}");
+            c.headers
+                .insert(header::AUTHORIZATION, rewritten.parse().unwrap());
+            assert_eq!(
+                outcome(p.on_request(&mut c).await),
+                (StatusCode::OK, String::new()),
+                "{rewritten}"
+            );
         }
     }
 
