@@ -279,11 +279,58 @@ fn canonical_request(
 struct SignedNames<'a> {
     /// The list, lower-cased (a copy only when it had capitals): ASCII.
     list: Cow<'a, [u8]>,
-    /// Each name's bytes in `list`. Up to 8 inline, no allocation.
-    spans: SmallVec<[(u32, u32); 8]>,
+    /// Each name's bytes in `list`.
+    spans: NameSpans,
     /// Whether `list` is exactly the names joined by `;` (nothing to trim).
     compact: bool,
 }
+
+/// How many lists [`RecentLists`] keeps per thread.
+const RECENT_LIST_COUNT: usize = 4;
+
+/// The `signedHeaders` lists this thread parsed last (those borrowed as sent: lower-case), with
+/// what parsing found. A client signs the same headers on each of its requests, so a request's
+/// list is nearly always one of these and its parse is a compare; parsing is a function of the
+/// bytes alone, so a list equal to a remembered one has its spans. Four, replaced in turn:
+/// clients with different lists on one thread each keep theirs.
+#[derive(Default)]
+struct RecentLists {
+    entries: [RecentList; RECENT_LIST_COUNT],
+    next: usize,
+}
+
+/// One list as sent and what parsing it found.
+#[derive(Default)]
+struct RecentList {
+    list: Vec<u8>,
+    spans: NameSpans,
+    compact: bool,
+}
+
+impl RecentLists {
+    fn find(&self, list: &[u8]) -> Option<(NameSpans, bool)> {
+        self.entries
+            .iter()
+            .find(|known| !known.list.is_empty() && known.list == list)
+            .map(|known| (known.spans.clone(), known.compact))
+    }
+
+    fn remember(&mut self, list: &[u8], parsed: &SignedNames) {
+        let entry = &mut self.entries[self.next];
+        entry.list.clear();
+        entry.list.extend_from_slice(list);
+        entry.spans.clone_from(&parsed.spans);
+        entry.compact = parsed.compact;
+        self.next = (self.next + 1) % RECENT_LIST_COUNT;
+    }
+}
+
+thread_local!(static RECENT_LISTS: std::cell::RefCell<RecentLists> =
+    std::cell::RefCell::new(RecentLists::default()));
+
+/// Where each name of a `signedHeaders` list is in it: start and end. Up to 8 inline, no
+/// allocation.
+type NameSpans = SmallVec<[(u32, u32); 8]>;
 
 /// What a byte can be in a `signedHeaders` list: a flag per class, or-ed over the list.
 const NAME_BYTE: u8 = 1;
@@ -344,6 +391,22 @@ impl<'a> SignedNames<'a> {
     /// regard to case). An empty list has no names.
     fn parse(list: &'a [u8]) -> Result<Self, String> {
         let list = list.trim_ascii();
+        if let Some((spans, compact)) = RECENT_LISTS.with_borrow(|recent| recent.find(list)) {
+            return Ok(SignedNames {
+                list: Cow::Borrowed(list),
+                spans,
+                compact,
+            });
+        }
+        let parsed = Self::parse_new(list)?;
+        if let Cow::Borrowed(_) = parsed.list {
+            RECENT_LISTS.with_borrow_mut(|recent| recent.remember(list, &parsed));
+        }
+        Ok(parsed)
+    }
+
+    /// [`Self::parse`] of a list not among [`RECENT_LISTS`], already trimmed.
+    fn parse_new(list: &'a [u8]) -> Result<Self, String> {
         // The list clients send: lower-case letters, digits and `-` between `;`s, checked
         // without a branch per byte. Any other list has its bytes classed one by one.
         let usual = list.iter().fold(true, |ok, &b| {
@@ -355,7 +418,7 @@ impl<'a> SignedNames<'a> {
             list.iter()
                 .fold(0u8, |seen, &b| seen | BYTE_CLASSES[usize::from(b)])
         };
-        let mut spans: SmallVec<[(u32, u32); 8]> = SmallVec::new();
+        let mut spans = NameSpans::new();
         if !list.is_empty() {
             let ends = memchr::memchr_iter(b';', list).chain([list.len()]);
             let mut start = 0;
@@ -1538,6 +1601,46 @@ mod tests {
         assert_eq!(
             outcome(p.on_request(&mut c).await),
             (StatusCode::OK, String::new())
+        );
+    }
+
+    /// A list this thread parsed before is read from what it remembered: the same names as a
+    /// fresh parse, for lists one byte apart too, and again after it was pushed out by others.
+    #[test]
+    fn remembered_lists_read_as_fresh_ones() {
+        let names_of = |list: &[u8]| -> (Vec<Vec<u8>>, bool) {
+            let parsed = SignedNames::parse(list).unwrap();
+            (parsed.iter().map(<[u8]>::to_vec).collect(), parsed.compact)
+        };
+        let usual = b"host;x-fleetgate-date;x-fleetgate-content-sha256".as_slice();
+        let spaced = b" host ; x-fleetgate-date ".as_slice();
+        let expected = |names: &[&str], compact| {
+            (
+                names
+                    .iter()
+                    .map(|n| n.as_bytes().to_vec())
+                    .collect::<Vec<_>>(),
+                compact,
+            )
+        };
+        let usual_names = expected(&["host", DATE_HEADER, CONTENT_SHA256_HEADER], true);
+        let spaced_names = expected(&["host", DATE_HEADER], false);
+        for _ in 0..2 {
+            assert_eq!(names_of(usual), usual_names);
+            assert_eq!(names_of(spaced), spaced_names);
+        }
+        assert_eq!(names_of(b"host;x-a"), expected(&["host", "x-a"], true));
+        assert_eq!(names_of(b"host;x-b"), expected(&["host", "x-b"], true));
+        assert_eq!(names_of(b"host;x-bc"), expected(&["host", "x-bc"], true));
+        for i in 0..2 * RECENT_LIST_COUNT {
+            let list = format!("host;x-{i}");
+            assert_eq!(names_of(list.as_bytes()).0.len(), 2);
+        }
+        assert_eq!(names_of(usual), usual_names);
+        assert!(SignedNames::parse(b"host;host").is_err());
+        assert!(
+            SignedNames::parse(b"host;host").is_err(),
+            "a refused list stays refused"
         );
     }
 
