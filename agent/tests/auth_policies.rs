@@ -236,19 +236,19 @@ fn error_code(reply: &Reply) -> String {
         .to_owned()
 }
 
-/// A backend, and a gateway in front of it with every route and policy of [`config`]; with
-/// the private key of jwt-auth's public one.
-async fn every_policy() -> (Backend, TestGateway, String) {
+/// A backend, and a gateway in front of it with every route and policy of [`config`] and the
+/// resources of `extra` (YAML documents); with the private key of jwt-auth's public one.
+async fn every_policy(extra: &str) -> (Backend, TestGateway, String) {
     support::init_tracing();
     let backend = Backend::start("web").await;
     let (private_pem, public_pem) = ec_key();
-    let gateway = start_gateway(&config(&backend, &public_pem)).await;
+    let gateway = start_gateway(&format!("{}{extra}", config(&backend, &public_pem))).await;
     (backend, gateway, private_pem)
 }
 
 #[tokio::test]
 async fn auth_policies_guard_their_routes_end_to_end() {
-    let (_backend, gateway, private_pem) = every_policy().await;
+    let (_backend, gateway, private_pem) = every_policy("").await;
     let client = gateway.client();
 
     info!("--- jwt-auth");
@@ -437,28 +437,18 @@ async fn auth_policies_guard_their_routes_end_to_end() {
 /// lets it through, the upgraded connection carries messages both ways.
 #[tokio::test]
 async fn a_websocket_passes_through_the_policy_chain_before_it_upgrades() {
-    support::init_tracing();
     let echo = WsBackend::start("echo").await;
-    let gateway = start_gateway(&format!(
-        r#"
+    // A chat route behind `config`'s key-auth policy, whose keys may come in the query.
+    let (_backend, gateway, _) = every_policy(&format!(
+        r#"---
 kind: Service
 name: chat
 spec: {{endpoints: [{{address: "{}"}}]}}
 ---
-kind: Consumer
-name: acme
-spec: {{credentials: {{keys: [acme-chat-key-0123456]}}}}
----
-kind: Policy
-name: keys
-spec:
-  type: key-auth
-  config:
-    key_from: [{{query: {{name: api_key}}}}]
----
 kind: Route
 name: chat
 spec:
+  matches: [{{path: {{prefix: /ws}}}}]
   forward: {{backends: [{{service: chat}}]}}
   policies: [keys]
 "#,
@@ -476,7 +466,7 @@ spec:
     assert_eq!(gateway.gateway.telemetry.open_tunnels(), 0);
 
     info!("--- with it the connection upgrades and echoes");
-    let mut ws = support::ws_connect(gateway.http, HOST, "/ws?api_key=acme-chat-key-0123456")
+    let mut ws = support::ws_connect(gateway.http, HOST, "/ws?api_key=acme-key-0001-abcdef")
         .await
         .unwrap();
     for text in ["hello", "again"] {
@@ -498,7 +488,7 @@ spec:
 /// byte; the same body with one byte changed is refused.
 #[tokio::test]
 async fn a_streamed_signed_body_is_verified_and_forwarded_whole() {
-    let (backend, gateway, _) = every_policy().await;
+    let (backend, gateway, _) = every_policy("").await;
     let client = gateway.client();
     let path = "/hmac/upload";
     // 200 KiB of varied text: far past one read, under hmac-auth's 1 MiB body limit.

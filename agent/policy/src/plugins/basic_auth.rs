@@ -136,7 +136,7 @@ fn basic_credentials<'c>(ctx: &'c RequestCtx<'_>) -> Option<&'c str> {
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("basic").then(|| token.trim())
+            credentials::same_ignoring_case(scheme.as_bytes(), b"Basic").then(|| token.trim())
         })
 }
 

@@ -95,8 +95,14 @@ pub fn find<'c>(sources: &Sources, ctx: &'c RequestCtx<'_>) -> Option<Cow<'c, st
 /// `value` without `prefix` (ASCII case-insensitive), if it starts with it.
 fn strip_prefix_ignore_case<'v>(value: &'v str, prefix: &str) -> Option<&'v str> {
     let head = value.get(..prefix.len())?;
-    // As written first: a whole compare, where a case-blind one goes byte by byte.
-    (head == prefix || head.eq_ignore_ascii_case(prefix)).then(|| &value[prefix.len()..])
+    same_ignoring_case(head.as_bytes(), prefix.as_bytes()).then(|| &value[prefix.len()..])
+}
+
+/// Whether `sent` is `written` in any ASCII case, as auth schemes and token prefixes are
+/// compared. `written` is the usual spelling, which clients send: it is compared whole first,
+/// where a case-blind compare goes byte by byte.
+pub fn same_ignoring_case(sent: &[u8], written: &[u8]) -> bool {
+    sent == written || sent.eq_ignore_ascii_case(written)
 }
 
 /// Decodes `%XX` escapes; an invalid escape or non-UTF-8 result leaves the text as sent.

@@ -61,24 +61,15 @@ pub fn scheme(algorithm: HmacAlgorithm) -> &'static str {
     }
 }
 
-/// The algorithm a scheme names, in any case. The schemes as written are compared whole first
-/// (a few wide compares, where a case-blind compare goes byte by byte).
+/// The algorithm a scheme names, in any case.
 fn algorithm_of_scheme(scheme: &[u8]) -> Option<HmacAlgorithm> {
-    const ALGORITHMS: [HmacAlgorithm; 3] = [
+    [
         HmacAlgorithm::HmacSha256,
         HmacAlgorithm::HmacSha384,
         HmacAlgorithm::HmacSha512,
-    ];
-    let named = |a: &HmacAlgorithm| self::scheme(*a).as_bytes();
-    ALGORITHMS
-        .iter()
-        .find(|a| named(a) == scheme)
-        .or_else(|| {
-            ALGORITHMS
-                .iter()
-                .find(|a| named(a).eq_ignore_ascii_case(scheme))
-        })
-        .copied()
+    ]
+    .into_iter()
+    .find(|a| credentials::same_ignoring_case(scheme, self::scheme(*a).as_bytes()))
 }
 
 /// A secret keyed for one algorithm. Keying hashes the padded secret once (at config load):
@@ -936,7 +927,7 @@ impl HmacAuth {
             .find(|v| {
                 v.trim_ascii_start()
                     .get(..8)
-                    .is_some_and(|s| s == b"FG-HMAC-" || s.eq_ignore_ascii_case(b"FG-HMAC-"))
+                    .is_some_and(|s| credentials::same_ignoring_case(s, b"FG-HMAC-"))
             })
         else {
             return self.unauthorized("missing_signature", "an FG-HMAC signature is required");
