@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -270,10 +271,19 @@ fn canonical_request(
 struct SignedNames<'a> {
     /// The list, lower-cased (a copy only when it had capitals): ASCII.
     list: Cow<'a, [u8]>,
-    /// Each name's bytes in `list`.
+    /// Shared with [`RECENT_LISTS`] when the list is remembered: a count, not a copy.
+    layout: Rc<Layout>,
+}
+
+/// Where a list's names are, and what parsing found about them.
+#[derive(Clone, Debug, Default)]
+struct Layout {
+    /// Each name's bytes in the list.
     spans: NameSpans,
-    /// Whether `list` is exactly the names joined by `;` (nothing to trim).
+    /// Whether the list is exactly the names joined by `;` (nothing to trim).
     compact: bool,
+    /// The [`Known`] fields listed, a [`Known::bit`] each.
+    known: u8,
 }
 
 /// How many lists [`RecentLists`] keeps per thread.
@@ -294,24 +304,22 @@ struct RecentLists {
 #[derive(Default)]
 struct RecentList {
     list: Vec<u8>,
-    spans: NameSpans,
-    compact: bool,
+    layout: Rc<Layout>,
 }
 
 impl RecentLists {
-    fn find(&self, list: &[u8]) -> Option<(NameSpans, bool)> {
+    fn find(&self, list: &[u8]) -> Option<Rc<Layout>> {
         self.entries
             .iter()
-            .find(|known| !known.list.is_empty() && known.list == list)
-            .map(|known| (known.spans.clone(), known.compact))
+            .find(|recent| !recent.list.is_empty() && recent.list == list)
+            .map(|recent| recent.layout.clone())
     }
 
     fn remember(&mut self, list: &[u8], parsed: &SignedNames) {
         let entry = &mut self.entries[self.next];
         entry.list.clear();
         entry.list.extend_from_slice(list);
-        entry.spans.clone_from(&parsed.spans);
-        entry.compact = parsed.compact;
+        entry.layout = Rc::clone(&parsed.layout);
         self.next = (self.next + 1) % RECENT_LIST_COUNT;
     }
 }
@@ -382,11 +390,10 @@ impl<'a> SignedNames<'a> {
     /// regard to case). An empty list has no names.
     fn parse(list: &'a [u8]) -> Result<Self, String> {
         let list = list.trim_ascii();
-        if let Some((spans, compact)) = RECENT_LISTS.with_borrow(|recent| recent.find(list)) {
+        if let Some(layout) = RECENT_LISTS.with_borrow(|recent| recent.find(list)) {
             return Ok(SignedNames {
                 list: Cow::Borrowed(list),
-                spans,
-                compact,
+                layout,
             });
         }
         let parsed = Self::parse_new(list)?;
@@ -447,25 +454,33 @@ impl<'a> SignedNames<'a> {
         } else {
             Cow::Owned(list.to_ascii_lowercase())
         };
-        let parsed = SignedNames {
-            list,
-            spans,
-            compact: seen & BLANK == 0,
-        };
-        for (i, name) in parsed.iter().enumerate() {
-            if parsed.iter().take(i).any(|n| n == name) {
+        let name = |&(start, end): &(u32, u32)| &list[start as usize..end as usize];
+        for (i, span) in spans.iter().enumerate() {
+            if spans[..i].iter().any(|earlier| name(earlier) == name(span)) {
                 return Err(format!(
                     "`{}` is listed twice in signedHeaders",
-                    String::from_utf8_lossy(name)
+                    String::from_utf8_lossy(name(span))
                 ));
             }
         }
-        Ok(parsed)
+        let known = spans
+            .iter()
+            .filter_map(|span| Known::named(name(span)))
+            .fold(0, |known, k| known | k.bit());
+        Ok(SignedNames {
+            list,
+            layout: Rc::new(Layout {
+                spans,
+                compact: seen & BLANK == 0,
+                known,
+            }),
+        })
     }
 
     /// The names, lower-case.
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.spans
+        self.layout
+            .spans
             .iter()
             .map(|&(start, end)| &self.list[start as usize..end as usize])
     }
@@ -476,9 +491,14 @@ impl<'a> SignedNames<'a> {
         self.iter().any(|n| n == name.as_bytes())
     }
 
+    /// Whether the [`Known`] field is listed.
+    fn lists(&self, known: Known) -> bool {
+        self.layout.known & known.bit() != 0
+    }
+
     /// The canonical request's names line: the names joined by `;`.
     fn write_line(&self, out: &mut Vec<u8>) {
-        if self.compact {
+        if self.layout.compact {
             out.extend_from_slice(&self.list);
             return;
         }
@@ -572,48 +592,160 @@ fn header_value(out: &mut Vec<u8>, fields: &Fields, uri: &Uri, name: &[u8]) -> R
     Ok(())
 }
 
-/// A request's fields as (name, value) pairs in the map's order (a name's values together,
-/// as sent), read once. The verifier looks up the `Authorization` header, the date, the body
-/// digest and every signed header: comparing a request's dozen names costs less than parsing
-/// and hashing each looked-up name, which `HeaderMap::get` does per call.
+/// The fields the verifier reads by name besides `Authorization`: the ones clients sign and
+/// the ones the checks read. Each has a slot in [`Fields`], filled by one walk over the
+/// request's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    Host,
+    Date,
+    FleetgateDate,
+    ContentSha256,
+    ContentLength,
+}
+
+impl Known {
+    const ALL: [Known; 5] = [
+        Known::Host,
+        Known::Date,
+        Known::FleetgateDate,
+        Known::ContentSha256,
+        Known::ContentLength,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Known::Host => "host",
+            Known::Date => "date",
+            Known::FleetgateDate => DATE_HEADER,
+            Known::ContentSha256 => CONTENT_SHA256_HEADER,
+            Known::ContentLength => "content-length",
+        }
+    }
+
+    /// The one named `name` (lower-case).
+    fn named(name: &[u8]) -> Option<Known> {
+        Known::ALL.into_iter().find(|k| k.name().as_bytes() == name)
+    }
+
+    /// This name's flag in a set of names ([`SignedNames::known`]).
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A request's fields as the verifier reads them: the first `Authorization` value with an
+/// `FG-HMAC-` scheme and the first value of each [`Known`] field, found in one walk over the
+/// map; any other field (or a known one sent twice) is looked up in the map. Comparing a
+/// request's dozen names costs less than hashing each looked-up name, which `HeaderMap::get`
+/// does per call.
 struct Fields<'a> {
-    pairs: SmallVec<[(&'a str, &'a HeaderValue); 16]>,
+    headers: &'a HeaderMap,
+    authorization: Option<&'a HeaderValue>,
+    first: [Option<&'a HeaderValue>; Known::ALL.len()],
+    /// The [`Known`] fields sent more than once.
+    repeated: u8,
 }
 
 impl<'a> Fields<'a> {
     fn of(headers: &'a HeaderMap) -> Self {
-        Fields {
-            pairs: headers.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+        let mut fields = Fields {
+            headers,
+            authorization: None,
+            first: [None; Known::ALL.len()],
+            repeated: 0,
+        };
+        for (name, value) in headers {
+            // Standard names compare as a tag; the two of this scheme as bytes.
+            let known = if name == header::AUTHORIZATION {
+                if fields.authorization.is_none() && is_hmac_authorization(value) {
+                    fields.authorization = Some(value);
+                }
+                continue;
+            } else if name == header::HOST {
+                Known::Host
+            } else if name == header::DATE {
+                Known::Date
+            } else if name == header::CONTENT_LENGTH {
+                Known::ContentLength
+            } else {
+                match name.as_str() {
+                    DATE_HEADER => Known::FleetgateDate,
+                    CONTENT_SHA256_HEADER => Known::ContentSha256,
+                    _ => continue,
+                }
+            };
+            let slot = &mut fields.first[known as usize];
+            if slot.is_none() {
+                *slot = Some(value);
+            } else {
+                fields.repeated |= known.bit();
+            }
         }
+        fields
     }
 
     /// Every value of `name`, in order. `name` is lower-case, as the map's names are.
-    fn all<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'a HeaderValue> + 's {
+    fn all(&self, name: &[u8]) -> Values<'a> {
         debug_assert!(!name.iter().any(u8::is_ascii_uppercase));
-        self.pairs
-            .iter()
-            .filter(move |(key, _)| key.as_bytes() == name)
-            .map(|(_, value)| *value)
+        match Known::named(name) {
+            Some(known) if self.repeated & known.bit() == 0 => {
+                Values::One(self.first[known as usize])
+            }
+            // A signed name is a token, so ASCII: `Err` is not reached.
+            _ => match std::str::from_utf8(name) {
+                Ok(name) => Values::Map(self.headers.get_all(name).into_iter()),
+                Err(_) => Values::One(None),
+            },
+        }
     }
 
-    /// The first value of `name`, if visible ASCII, without surrounding whitespace.
-    fn text(&self, name: &str) -> Option<&'a [u8]> {
-        self.all(name.as_bytes())
-            .next()
+    /// The first value of `known`, if visible ASCII, without surrounding whitespace.
+    fn text(&self, known: Known) -> Option<&'a [u8]> {
+        self.first[known as usize]
             .and_then(visible)
             .map(<[u8]>::trim_ascii)
     }
 }
 
+/// Whether an `Authorization` value has an `FG-HMAC-` scheme (in any case).
+fn is_hmac_authorization(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii_start()
+        .get(..8)
+        .is_some_and(|s| credentials::same_ignoring_case(s, b"FG-HMAC-"))
+}
+
+/// The values of one field: the one [`Fields`] found, or those in the map.
+enum Values<'a> {
+    One(Option<&'a HeaderValue>),
+    Map(header::ValueIter<'a, HeaderValue>),
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = &'a HeaderValue;
+
+    fn next(&mut self) -> Option<&'a HeaderValue> {
+        match self {
+            Values::One(value) => value.take(),
+            Values::Map(values) => values.next(),
+        }
+    }
+}
+
 /// The value's bytes if they are tab and visible ASCII, what `HeaderValue::to_str` accepts.
-/// Its byte-at-a-time loop with an exit per byte cost more than the rest of parsing a
-/// signature; this check has no branch per byte, so it runs 16 or 32 bytes per instruction.
+/// A `HeaderValue` holds no control byte but tab and no DEL (its constructors refuse them),
+/// so that is a value without bytes past ASCII: checked a word at a time, where `to_str`'s
+/// byte-at-a-time loop with an exit per byte cost more than the rest of parsing a signature.
 fn visible(value: &HeaderValue) -> Option<&[u8]> {
     let bytes = value.as_bytes();
-    let ok = bytes.iter().fold(true, |ok, &b| {
-        ok & (((0x20..0x7f).contains(&b)) | (b == b'\t'))
-    });
-    ok.then_some(bytes)
+    debug_assert!(
+        bytes
+            .iter()
+            .all(|&b| b >= 0x80 || b == b'\t' || (0x20..0x7f).contains(&b))
+    );
+    bytes.is_ascii().then_some(bytes)
 }
 
 /// Decimal digits (at least one) as a number; `None` for anything else or an overflow.
@@ -651,6 +783,11 @@ struct Authorization<'a> {
 impl Authorization<'_> {
     fn signs(&self, name: &str) -> bool {
         self.signed.contains(name)
+    }
+
+    /// [`Self::signs`] for a [`Known`] field: a bit test.
+    fn signs_known(&self, known: Known) -> bool {
+        self.signed.lists(known)
     }
 
     fn signature(&self) -> &[u8] {
@@ -842,11 +979,42 @@ impl std::fmt::Debug for KeyEntry {
     }
 }
 
+/// The headers a policy requires signed: the [`Known`] ones as a set of bits (a request's
+/// list has its own, so the common check is one `and`), the others by name.
+#[derive(Debug)]
+struct RequiredHeaders {
+    /// Every name, lower-case, sorted: the first missing one is named in the refusal.
+    names: Vec<String>,
+    known: u8,
+    other: Vec<String>,
+}
+
+impl RequiredHeaders {
+    fn new(mut names: Vec<String>) -> Self {
+        names.sort_unstable();
+        names.dedup();
+        let known = names
+            .iter()
+            .filter_map(|name| Known::named(name.as_bytes()))
+            .fold(0, |known, k| known | k.bit());
+        let other = names
+            .iter()
+            .filter(|name| Known::named(name.as_bytes()).is_none())
+            .cloned()
+            .collect();
+        Self {
+            names,
+            known,
+            other,
+        }
+    }
+}
+
 /// Verifies signed requests against the consumers' HMAC keys.
 #[derive(Debug)]
 pub struct HmacAuth {
     name: String,
-    required_headers: Vec<String>,
+    required: RequiredHeaders,
     skew_secs: u64,
     validate_body: bool,
     require_nonce: bool,
@@ -887,19 +1055,17 @@ impl HmacAuth {
                 ))
             })
             .collect::<Result<_, String>>()?;
-        let mut required_headers: Vec<String> = config
+        let mut required: Vec<String> = config
             .signed_headers
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
         if config.validate_body {
-            required_headers.push(CONTENT_SHA256_HEADER.to_owned());
+            required.push(CONTENT_SHA256_HEADER.to_owned());
         }
-        required_headers.sort_unstable();
-        required_headers.dedup();
         Ok(Self {
             name: name.to_owned(),
-            required_headers,
+            required: RequiredHeaders::new(required),
             skew_secs: config.clock_skew.to_std().as_secs().max(1),
             validate_body: config.validate_body,
             require_nonce: config.require_nonce,
@@ -921,15 +1087,7 @@ impl HmacAuth {
 
     fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let fields = Fields::of(&ctx.headers);
-        let Some(value) = fields
-            .all(header::AUTHORIZATION.as_str().as_bytes())
-            .map(HeaderValue::as_bytes)
-            .find(|v| {
-                v.trim_ascii_start()
-                    .get(..8)
-                    .is_some_and(|s| credentials::same_ignoring_case(s, b"FG-HMAC-"))
-            })
-        else {
+        let Some(value) = fields.authorization else {
             return self.unauthorized("missing_signature", "an FG-HMAC signature is required");
         };
         let auth = match parse_authorization(value) {
@@ -950,7 +1108,9 @@ impl HmacAuth {
                 &format!("{} is not accepted here", scheme(auth.algorithm)),
             );
         };
-        if let Some(missing) = self.required_headers.iter().find(|h| !auth.signs(h)) {
+        let all_signed = self.required.known & !auth.signed.layout.known == 0
+            && self.required.other.iter().all(|h| auth.signs(h));
+        if !all_signed && let Some(missing) = self.required.names.iter().find(|h| !auth.signs(h)) {
             return self.unauthorized(
                 "header_not_signed",
                 &format!("header `{missing}` must be signed"),
@@ -1042,9 +1202,7 @@ impl HmacAuth {
                 &self.name,
             )
         };
-        let declared = fields
-            .text(header::CONTENT_LENGTH.as_str())
-            .and_then(decimal);
+        let declared = fields.text(Known::ContentLength).and_then(decimal);
         if declared.is_some_and(|len| len > BODY_LIMIT) {
             return Some(too_large());
         }
@@ -1062,7 +1220,7 @@ impl HmacAuth {
                 ));
             }
         };
-        let claimed = fields.text(CONTENT_SHA256_HEADER).unwrap_or_default();
+        let claimed = fields.text(Known::ContentSha256).unwrap_or_default();
         // Hex digits in either case. A body's digest is compared as bytes: the claim is
         // decoded instead of the digest being encoded.
         let mut claimed_digest = [0u8; 32];
@@ -1090,15 +1248,15 @@ impl HmacAuth {
 /// The signed date: `x-fleetgate-date` (unix seconds) if signed, else `date` (RFC 9110
 /// IMF-fixdate) if signed.
 fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
-    if auth.signs(DATE_HEADER)
-        && let Some(value) = fields.text(DATE_HEADER)
+    if auth.signs_known(Known::FleetgateDate)
+        && let Some(value) = fields.text(Known::FleetgateDate)
     {
         return decimal(value)
             .filter(|_| value.len() <= 12)
             .ok_or_else(|| format!("`{DATE_HEADER}` must be unix seconds"));
     }
-    if auth.signs("date")
-        && let Some(value) = fields.text(header::DATE.as_str())
+    if auth.signs_known(Known::Date)
+        && let Some(value) = fields.text(Known::Date)
     {
         return std::str::from_utf8(value)
             .ok()
@@ -1601,7 +1759,10 @@ mod tests {
     fn remembered_lists_read_as_fresh_ones() {
         let names_of = |list: &[u8]| -> (Vec<Vec<u8>>, bool) {
             let parsed = SignedNames::parse(list).unwrap();
-            (parsed.iter().map(<[u8]>::to_vec).collect(), parsed.compact)
+            (
+                parsed.iter().map(<[u8]>::to_vec).collect(),
+                parsed.layout.compact,
+            )
         };
         let usual = b"host;x-fleetgate-date;x-fleetgate-content-sha256".as_slice();
         let spaced = b" host ; x-fleetgate-date ".as_slice();
@@ -1872,6 +2033,9 @@ mod tests {
         headers.insert(DATE_HEADER, "1800000000".parse().unwrap());
         headers.append("x-multi", " one ".parse().unwrap());
         headers.append("x-multi", "two".parse().unwrap());
+        // A field the verifier finds in its walk, sent twice: both values, as for any other.
+        headers.append("date", "first".parse().unwrap());
+        headers.append("date", " second".parse().unwrap());
         let mut canonical = Vec::new();
         canonical_request(
             &mut canonical,
@@ -1881,13 +2045,14 @@ mod tests {
             &Method::GET,
             &uri,
             &Fields::of(&headers),
-            &SignedNames::parse(b"X-Fleetgate-Date;x-multi").unwrap(),
+            &SignedNames::parse(b"X-Fleetgate-Date;x-multi;date").unwrap(),
         )
         .unwrap();
         assert_eq!(
             String::from_utf8(canonical).unwrap(),
             "FG-HMAC-SHA256\nkid\nnonce\nGET\n/p/a%20b\na=1&a=2&flag=&z=1\n\
-             x-fleetgate-date;x-multi\nx-fleetgate-date:1800000000\nx-multi:one,two"
+             x-fleetgate-date;x-multi;date\nx-fleetgate-date:1800000000\nx-multi:one,two\n\
+             date:first,second"
         );
     }
 
