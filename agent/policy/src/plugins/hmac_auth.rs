@@ -253,11 +253,11 @@ fn canonical_request(
     canonical_query(out, uri.query());
     out.push(b'\n');
     names.write_line(out);
-    for name in names.iter() {
+    for (name, known) in names.with_known() {
         out.push(b'\n');
         out.extend_from_slice(name);
         out.push(b':');
-        header_value(out, fields, uri, name)?;
+        header_value(out, fields, uri, name, known)?;
     }
     Ok(())
 }
@@ -327,9 +327,16 @@ impl RecentLists {
 thread_local!(static RECENT_LISTS: std::cell::RefCell<RecentLists> =
     std::cell::RefCell::new(RecentLists::default()));
 
-/// Where each name of a `signedHeaders` list is in it: start and end. Up to 8 inline, no
-/// allocation.
-type NameSpans = SmallVec<[(u32, u32); 8]>;
+/// Where each name of a `signedHeaders` list is in it. Up to 8 inline, no allocation.
+type NameSpans = SmallVec<[NameSpan; 8]>;
+
+/// One name of a list: its bytes' start and end, and which [`Known`] field it is, if any.
+#[derive(Clone, Copy, Debug)]
+struct NameSpan {
+    start: u32,
+    end: u32,
+    known: Option<Known>,
+}
 
 /// What a byte can be in a `signedHeaders` list: a flag per class, or-ed over the list.
 const NAME_BYTE: u8 = 1;
@@ -416,7 +423,7 @@ impl<'a> SignedNames<'a> {
             list.iter()
                 .fold(0u8, |seen, &b| seen | BYTE_CLASSES[usize::from(b)])
         };
-        let mut spans = NameSpans::new();
+        let mut spans = SmallVec::<[(u32, u32); 8]>::new();
         if !list.is_empty() {
             let ends = memchr::memchr_iter(b';', list).chain([list.len()]);
             let mut start = 0;
@@ -463,9 +470,17 @@ impl<'a> SignedNames<'a> {
                 ));
             }
         }
+        let spans: NameSpans = spans
+            .iter()
+            .map(|span| NameSpan {
+                start: span.0,
+                end: span.1,
+                known: Known::named(name(span)),
+            })
+            .collect();
         let known = spans
             .iter()
-            .filter_map(|span| Known::named(name(span)))
+            .filter_map(|span| span.known)
             .fold(0, |known, k| known | k.bit());
         Ok(SignedNames {
             list,
@@ -479,10 +494,17 @@ impl<'a> SignedNames<'a> {
 
     /// The names, lower-case.
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.layout
-            .spans
-            .iter()
-            .map(|&(start, end)| &self.list[start as usize..end as usize])
+        self.with_known().map(|(name, _)| name)
+    }
+
+    /// The names, lower-case, each with the [`Known`] field it is.
+    fn with_known(&self) -> impl Iterator<Item = (&[u8], Option<Known>)> {
+        self.layout.spans.iter().map(|span| {
+            (
+                &self.list[span.start as usize..span.end as usize],
+                span.known,
+            )
+        })
     }
 
     /// Whether `name`, in lower case, is listed.
@@ -567,13 +589,20 @@ fn canonical_query(out: &mut Vec<u8>, query: Option<&str>) {
     }
 }
 
-/// Every value of header `name`, trimmed, joined with `,`. `host` falls back to the URI's
-/// authority (HTTP/2 requests carry `:authority` instead of a Host header).
-fn header_value(out: &mut Vec<u8>, fields: &Fields, uri: &Uri, name: &[u8]) -> Result<(), String> {
-    let mut values = fields.all(name).peekable();
+/// Every value of header `name` (the [`Known`] field `known`), trimmed, joined with `,`.
+/// `host` falls back to the URI's authority (HTTP/2 requests carry `:authority` instead of a
+/// Host header).
+fn header_value(
+    out: &mut Vec<u8>,
+    fields: &Fields,
+    uri: &Uri,
+    name: &[u8],
+    known: Option<Known>,
+) -> Result<(), String> {
+    let mut values = fields.all(name, known).peekable();
     let shown = || String::from_utf8_lossy(name);
     if values.peek().is_none() {
-        if name == b"host"
+        if known == Some(Known::Host)
             && let Some(authority) = uri.authority()
         {
             out.extend_from_slice(authority.as_str().as_bytes());
@@ -685,10 +714,12 @@ impl<'a> Fields<'a> {
         fields
     }
 
-    /// Every value of `name`, in order. `name` is lower-case, as the map's names are.
-    fn all(&self, name: &[u8]) -> Values<'a> {
+    /// Every value of `name`, in order. `name` is lower-case, as the map's names are, and
+    /// `known` is the [`Known`] field it names (as parsing the list found it).
+    fn all(&self, name: &[u8], known: Option<Known>) -> Values<'a> {
         debug_assert!(!name.iter().any(u8::is_ascii_uppercase));
-        match Known::named(name) {
+        debug_assert_eq!(known, Known::named(name));
+        match known {
             Some(known) if self.repeated & known.bit() == 0 => {
                 Values::One(self.first[known as usize])
             }
@@ -750,13 +781,27 @@ fn visible(value: &HeaderValue) -> Option<&[u8]> {
 
 /// Decimal digits (at least one) as a number; `None` for anything else or an overflow.
 fn decimal(digits: &[u8]) -> Option<u64> {
+    /// Nineteen digits are below 2^64, so they are read without an overflow check per digit
+    /// and with no exit but at the end: dates and lengths are read on every signed request.
+    const SAFE_DIGITS: usize = 19;
     if digits.is_empty() {
         return None;
     }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
-    })
+    if digits.len() > SAFE_DIGITS {
+        return digits.iter().try_fold(0u64, |n, &d| {
+            d.is_ascii_digit()
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
+        });
+    }
+    let (n, all_digits) = digits.iter().fold((0u64, true), |(n, all_digits), &d| {
+        let digit = d.wrapping_sub(b'0');
+        // Wrapping: a non-digit byte can carry the sum past 2^64, and the sum is then unused.
+        (
+            n.wrapping_mul(10).wrapping_add(u64::from(digit)),
+            all_digits & (digit <= 9),
+        )
+    });
+    all_digits.then_some(n)
 }
 
 /// Most headers one signature may cover. Far above what a client signs (host, a date, the
@@ -1881,6 +1926,20 @@ mod tests {
                     parsed.map(|p| p.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>())
                 ),
             }
+        }
+
+        /// Dates and lengths read as `u64::from_str` reads a string of digits, up to the
+        /// largest number and past it; anything with another byte is no number.
+        #[test]
+        fn decimals_read_as_the_standard_parser_does(
+            text in "[0-9]{0,25}|18446744073709551[0-9]{3,5}|[0-9]{0,8}[^0-9][0-9]{0,12}",
+        ) {
+            let expected = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                text.parse::<u64>().ok()
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(decimal(text.as_bytes()), expected);
         }
 
         /// Headers that look almost right: the scheme and parameter names are kept, the
