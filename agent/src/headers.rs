@@ -22,6 +22,8 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The identified consumer's name ([`fleetgate_agent_policy::CONSUMER_HEADER`]).
+static X_FLEETGATE_CONSUMER: HeaderName = fleetgate_agent_policy::CONSUMER_HEADER;
 
 /// Whether the request asks to switch protocols (WebSocket and any HTTP/1.1 Upgrade).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -113,7 +115,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// The fields the proxy adds to a forwarded request: `X-Forwarded-For`, `-Proto`, `-Host`,
-/// `X-Request-Id` and a `Host` other than the client's. They travel beside the client's header
+/// `X-Request-Id`, a `Host` other than the client's and the consumer a policy identified
+/// (`X-Fleetgate-Consumer`, whose client copy the policy chain removed). They travel beside the client's header
 /// map instead of being inserted into it: the server sizes that map to the client's fields, so
 /// the first insert past them rebuilds it (about a twentieth of a proxied request's
 /// instructions went to these inserts). The HTTP/1.1 client writes them after the map's
@@ -126,6 +129,7 @@ pub struct Added {
     forwarded_host: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     host: Option<HeaderValue>,
+    consumer: Option<HeaderValue>,
 }
 
 impl Added {
@@ -136,6 +140,7 @@ impl Added {
         forwarded_host: None,
         request_id: None,
         host: None,
+        consumer: None,
     };
 
     /// The added fields, `Host` first.
@@ -146,9 +151,16 @@ impl Added {
             (&X_FORWARDED_PROTO, &self.forwarded_proto),
             (&X_FORWARDED_HOST, &self.forwarded_host),
             (&X_REQUEST_ID, &self.request_id),
+            (&X_FLEETGATE_CONSUMER, &self.consumer),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    /// Names the consumer a policy identified (the chain removed a client's field of that
+    /// name).
+    pub fn set_consumer(&mut self, consumer: Option<&fleetgate_agent_policy::ConsumerEntry>) {
+        self.consumer = consumer.and_then(|c| c.consumer_header()).cloned();
     }
 
     /// Whether a `Host` is among them.

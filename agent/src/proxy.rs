@@ -33,7 +33,7 @@ use crate::upstream::{
     ClientError, Endpoint, InFlight, Outcome, PooledBody, ServiceRuntime, UpstreamBody,
 };
 use crate::{BoxError, ResponseBody};
-use fleetgate_agent_policy::{BodyPrefix, Chain, RequestCtx};
+use fleetgate_agent_policy::{BodyPrefix, CONSUMER_HEADER, Chain, ConsumerEntry, RequestCtx};
 
 /// Request bodies up to this size are buffered when the route retries or mirrors, so that
 /// they can be sent more than once; larger or unsized bodies stream once and are not retried.
@@ -370,13 +370,24 @@ fn pick_backend(backends: &[Backend]) -> Option<&Backend> {
     })
 }
 
-fn hash_key(service: &ServiceRuntime, headers: &http::HeaderMap, conn: ConnInfo) -> Option<u64> {
+/// The consistent-hash key of a request to `service`, read after the policy chain: a header
+/// the chain left (`X-Fleetgate-Consumer` is the consumer it identified, which the proxy
+/// sends beside the header map), a cookie or the client's address.
+fn hash_key(
+    service: &ServiceRuntime,
+    headers: &http::HeaderMap,
+    consumer: Option<&ConsumerEntry>,
+    conn: ConnInfo,
+) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let LoadBalancing::ConsistentHash { hash_on } = &service.spec.load_balancing else {
         return None;
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match hash_on {
+        HashOn::Header(name) if name.eq_ignore_ascii_case(CONSUMER_HEADER.as_str()) => {
+            consumer?.consumer_header()?.as_bytes().hash(&mut h)
+        }
         HashOn::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut h),
         HashOn::Cookie(name) => fleetgate_agent_route::cookie(headers, name)?.hash(&mut h),
         HashOn::SourceIp => conn.peer.ip().hash(&mut h),
@@ -436,7 +447,7 @@ async fn forward_request(
         .services
         .get(&backend.service)
         .ok_or_else(|| ProxyError::MissingService(backend.service.clone()))?;
-    let key = hash_key(service, &parts.headers, conn);
+    let key = hash_key(service, &parts.headers, record.consumer.as_deref(), conn);
     let upgrade = headers::is_upgrade(&parts.headers) && parts.version == Version::HTTP_11;
     // What `hyper::upgrade::on` takes from a request. hyper's HTTP/1.1 server puts it on every
     // request asking for an upgrade (the agent's own server hands those requests to hyper);
@@ -473,6 +484,7 @@ async fn forward_request(
     if let Some(value) = host_header {
         added.set_host(&mut upstream_headers, value);
     }
+    added.set_consumer(record.consumer.as_deref());
     let edits = &route.spec.filters.request_headers;
     if !edits.is_empty() {
         // The route's edits apply to everything sent, the added fields included.

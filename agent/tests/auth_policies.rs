@@ -519,3 +519,65 @@ async fn a_streamed_signed_body_is_verified_and_forwarded_whole() {
         "the tampered body never reached the upstream"
     );
 }
+
+/// A service balanced by a consistent hash on `x-fleetgate-consumer` keys on the consumer the
+/// policy identified: every request of one consumer reaches one endpoint whatever value of
+/// that header the client sends (the gateway replaces it), so a client cannot pick its
+/// endpoint by naming another consumer.
+#[tokio::test]
+async fn a_consistent_hash_keys_on_the_consumer_a_policy_identified() {
+    let ring: Vec<Backend> = futures_util::future::join_all(
+        (0..4).map(|i| async move { Backend::start(&format!("ring-{i}")).await }),
+    )
+    .await;
+    let endpoints = ring
+        .iter()
+        .map(|b| format!("{{address: \"{}\"}}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (_backend, gateway, _) = every_policy(&format!(
+        r#"---
+kind: Service
+name: ring
+spec:
+  endpoints: [{endpoints}]
+  load_balancing: {{policy: consistent-hash, hash_on: {{header: x-fleetgate-consumer}}}}
+---
+kind: Policy
+name: any-key
+spec:
+  type: key-auth
+  config: {{}}
+---
+kind: Route
+name: ring
+spec:
+  matches: [{{path: {{prefix: /ring}}}}]
+  forward: {{backends: [{{service: ring}}]}}
+  policies: [any-key]
+"#
+    ))
+    .await;
+    let client = gateway.client();
+    for (key, consumer) in [
+        ("acme-key-0001-abcdef", "acme"),
+        ("globex-key-0001-abcdef", "globex"),
+    ] {
+        let mut reached = std::collections::BTreeSet::new();
+        for spoofed in ["acme", "globex", "initech", "a", "b", "c", "d", "e"] {
+            let reply = get(
+                &client,
+                "/ring",
+                &[("x-api-key", key), ("x-fleetgate-consumer", spoofed)],
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            assert_eq!(
+                reply.seen_header("x-fleetgate-consumer").as_deref(),
+                Some(consumer)
+            );
+            reached.insert(reply.backend());
+        }
+        assert_eq!(reached.len(), 1, "{consumer} reached {reached:?}");
+    }
+}

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::Response;
 use http::header::HeaderName;
 
-use crate::context::{ConsumerEntry, RequestCtx, Verdict};
+use crate::context::{RequestCtx, Verdict};
 use crate::plugin::{Plugin, Step};
 
 /// The header that tells the upstream which consumer was authenticated. A value a client sends
@@ -44,10 +44,11 @@ impl Chain {
     }
 
     /// Runs every plugin in order. Returns the response to send instead of forwarding, if a
-    /// plugin answered. On success the authenticated consumer's headers are set, replacing
-    /// any a client sent; without a consumer, a client's [`CONSUMER_HEADER`] is removed. Both
-    /// happen after the plugins (which see the request as sent): one change to the header
-    /// map, not a removal up front and an insert after, each hashing the name.
+    /// plugin answered. On success a client's [`CONSUMER_HEADER`] is removed (the header is the
+    /// gateway's: the caller sends an identified consumer's,
+    /// [`crate::ConsumerEntry::consumer_header`], beside the request's header map, where inserting it
+    /// would hash its name) and the identified consumer's other headers are set, replacing any
+    /// a client sent. Both happen after the plugins, which see the request as sent.
     pub async fn run(&self, ctx: &mut RequestCtx<'_>) -> Option<Rejection> {
         for plugin in &self.plugins {
             let verdict = match plugin.on_request(ctx) {
@@ -61,19 +62,12 @@ impl Chain {
                 });
             }
         }
-        // An identified consumer's headers start with this one (unless its name is not a
-        // valid header value), which replaces a client's. Otherwise a client's is removed,
-        // looked for first: comparing a request's few names costs less than hashing this one.
-        if !ctx
-            .consumer
-            .as_deref()
-            .is_some_and(ConsumerEntry::names_itself)
-            && ctx.headers.keys().any(|name| *name == CONSUMER_HEADER)
-        {
+        // Looked for first: comparing a request's few names costs less than hashing this one.
+        if ctx.headers.keys().any(|name| *name == CONSUMER_HEADER) {
             ctx.headers.remove(&CONSUMER_HEADER);
         }
         if let Some(consumer) = &ctx.consumer {
-            for (name, value) in consumer.request_headers() {
+            for (name, value) in consumer.extra_headers() {
                 ctx.headers.insert(name.clone(), value.clone());
             }
         }

@@ -17,10 +17,12 @@ use crate::chain::CONSUMER_HEADER;
 pub struct ConsumerEntry {
     pub name: String,
     pub rate_limits: BTreeMap<String, Rate>,
-    /// What an identified request carries upstream: [`CONSUMER_HEADER`] with the name, then
-    /// the consumer's own headers, parsed once here rather than per request (names or values
+    /// The value of [`CONSUMER_HEADER`] on an identified request: the name, or the consumer's
+    /// own header of that name; none for a name that is not a valid header value.
+    consumer_header: Option<HeaderValue>,
+    /// The consumer's other headers, parsed once here rather than per request (names or values
     /// that are not valid in HTTP are left out, as validation already reports them).
-    request_headers: Vec<(HeaderName, HeaderValue)>,
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ConsumerEntry {
@@ -29,34 +31,38 @@ impl ConsumerEntry {
         headers: &BTreeMap<String, String>,
         rate_limits: BTreeMap<String, Rate>,
     ) -> Self {
-        let named = HeaderValue::from_str(&name)
-            .ok()
-            .map(|value| (CONSUMER_HEADER, value));
-        let extra = headers.iter().filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_bytes()).ok()?,
-                HeaderValue::from_str(value).ok()?,
-            ))
-        });
-        let request_headers = named.into_iter().chain(extra).collect();
+        let mut consumer_header = HeaderValue::from_str(&name).ok();
+        let mut extra_headers = Vec::new();
+        for (name, value) in headers {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) else {
+                continue;
+            };
+            if name == CONSUMER_HEADER {
+                consumer_header = Some(value);
+            } else {
+                extra_headers.push((name, value));
+            }
+        }
         Self {
             name,
             rate_limits,
-            request_headers,
+            consumer_header,
+            extra_headers,
         }
     }
 
-    /// The headers an identified request carries upstream, in the order they are set.
-    pub fn request_headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.request_headers
+    /// What an identified request carries upstream as [`CONSUMER_HEADER`]. The proxy writes it
+    /// beside the request's header map (the chain has removed any a client sent).
+    pub fn consumer_header(&self) -> Option<&HeaderValue> {
+        self.consumer_header.as_ref()
     }
 
-    /// Whether [`Self::request_headers`] starts with [`CONSUMER_HEADER`]: false only for a name
-    /// that is not a valid header value.
-    pub fn names_itself(&self) -> bool {
-        self.request_headers
-            .first()
-            .is_some_and(|(name, _)| *name == CONSUMER_HEADER)
+    /// The consumer's other headers, which the chain sets on an identified request.
+    pub fn extra_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.extra_headers
     }
 }
 
@@ -248,4 +254,46 @@ pub fn reject(status: StatusCode, code: &str, message: &str, policy: &str) -> Re
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consumer names itself upstream unless its own headers set `x-fleetgate-consumer`,
+    /// which then wins (it is not sent twice); its other headers are its own, and a name or
+    /// value HTTP cannot carry is left out.
+    #[test]
+    fn a_consumer_names_itself_unless_its_headers_do() {
+        let headers = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let plain = ConsumerEntry::new(
+            "acme".into(),
+            &headers(&[("x-tenant", "acme"), ("bad name", "v")]),
+            BTreeMap::new(),
+        );
+        assert_eq!(plain.consumer_header().unwrap(), "acme");
+        let extra: Vec<_> = plain
+            .extra_headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(extra, [("x-tenant", "acme")]);
+
+        let renamed = ConsumerEntry::new(
+            "acme".into(),
+            &headers(&[("x-fleetgate-consumer", "tenant-7")]),
+            BTreeMap::new(),
+        );
+        assert_eq!(renamed.consumer_header().unwrap(), "tenant-7");
+        assert!(renamed.extra_headers().is_empty());
+
+        let unnameable =
+            ConsumerEntry::new("line\nbreak".into(), &BTreeMap::new(), BTreeMap::new());
+        assert_eq!(unnameable.consumer_header(), None);
+    }
 }
