@@ -205,19 +205,29 @@ fn check_token(what: &str, value: &str, max: usize) -> Result<(), String> {
     token(what, value.as_bytes(), max).map(drop)
 }
 
+/// The text of an error in what a client sent, formatted out of line: a valid request never
+/// reaches it, and the accepting path is laid out without it in between.
+#[cold]
+#[inline(never)]
+fn error(message: std::fmt::Arguments<'_>) -> String {
+    message.to_string()
+}
+
 /// `value` if it is a key id or nonce ([`check_token`]). Checked with a table lookup and no
 /// branch per byte: key ids and nonces are read on every signed request.
 fn token<'a>(what: &str, value: &'a [u8], max: usize) -> Result<&'a [u8], String> {
     if value.is_empty() || value.len() > max {
-        return Err(format!("the {what} must be 1 to {max} characters"));
+        return Err(error(format_args!(
+            "the {what} must be 1 to {max} characters"
+        )));
     }
     let classes = value
         .iter()
         .fold(TOKEN_BYTE, |all, &b| all & BYTE_CLASSES[usize::from(b)]);
     if classes & TOKEN_BYTE == 0 {
-        return Err(format!(
+        return Err(error(format_args!(
             "the {what} may hold visible ASCII except `\"`, `,`, `;` and `\\`"
-        ));
+        )));
     }
     Ok(value)
 }
@@ -429,9 +439,9 @@ impl<'a> SignedNames<'a> {
             let mut start = 0;
             for end in ends {
                 if spans.len() == MAX_SIGNED_HEADERS {
-                    return Err(format!(
+                    return Err(error(format_args!(
                         "signedHeaders lists more than {MAX_SIGNED_HEADERS} headers"
-                    ));
+                    )));
                 }
                 spans.push((start as u32, end as u32));
                 start = end + 1;
@@ -450,10 +460,10 @@ impl<'a> SignedNames<'a> {
                 (name, is_token(name))
             };
             if !valid {
-                return Err(format!(
+                return Err(error(format_args!(
                     "`{}` in signedHeaders is not a header name",
                     String::from_utf8_lossy(name)
-                ));
+                )));
             }
         }
         let list = if seen & CAPITAL == 0 {
@@ -464,10 +474,10 @@ impl<'a> SignedNames<'a> {
         let name = |&(start, end): &(u32, u32)| &list[start as usize..end as usize];
         for (i, span) in spans.iter().enumerate() {
             if spans[..i].iter().any(|earlier| name(earlier) == name(span)) {
-                return Err(format!(
+                return Err(error(format_args!(
                     "`{}` is listed twice in signedHeaders",
                     String::from_utf8_lossy(name(span))
-                ));
+                )));
             }
         }
         let spans: NameSpans = spans
@@ -608,11 +618,18 @@ fn header_value(
             out.extend_from_slice(authority.as_str().as_bytes());
             return Ok(());
         }
-        return Err(format!("signed header `{}` is not in the request", shown()));
+        return Err(error(format_args!(
+            "signed header `{}` is not in the request",
+            shown()
+        )));
     }
     for (i, value) in values.enumerate() {
-        let text = visible(value)
-            .ok_or_else(|| format!("signed header `{}` is not visible ASCII", shown()))?;
+        let text = visible(value).ok_or_else(|| {
+            error(format_args!(
+                "signed header `{}` is not visible ASCII",
+                shown()
+            ))
+        })?;
         if i > 0 {
             out.push(b',');
         }
@@ -894,7 +911,7 @@ fn general_params(params: &[u8]) -> Result<Params<'_>, String> {
     for param in split_on(params, b',') {
         let param = param.trim_ascii();
         let (name, raw) = split_once_on(param, b'=')
-            .ok_or_else(|| format!("`{}` is not name=value", lossy(param)))?;
+            .ok_or_else(|| error(format_args!("`{}` is not name=value", lossy(param))))?;
         let value = raw
             .strip_prefix(b"\"")
             .and_then(|v| v.strip_suffix(b"\""))
@@ -908,7 +925,7 @@ fn general_params(params: &[u8]) -> Result<Params<'_>, String> {
             _ => continue,
         };
         if slot.replace(value).is_some() {
-            return Err(format!("`{}` is given twice", lossy(name)));
+            return Err(error(format_args!("`{}` is given twice", lossy(name))));
         }
     }
     Ok(found)
@@ -931,7 +948,11 @@ fn checked(algorithm: HmacAlgorithm, params: Params<'_>) -> Result<Authorization
         params.signature.ok_or("signature is missing")?,
         &mut signature,
     )
-    .ok_or_else(|| format!("signature is not base64 of at most {MAX_TAG_LEN} bytes"))?;
+    .ok_or_else(|| {
+        error(format_args!(
+            "signature is not base64 of at most {MAX_TAG_LEN} bytes"
+        ))
+    })?;
     Ok(Authorization {
         algorithm,
         key_id,
@@ -1121,11 +1142,15 @@ impl HmacAuth {
         })
     }
 
-    fn unauthorized(&self, code: &str, message: &str) -> Verdict {
+    /// A refusal. Cold and out of line, as are the messages it formats: the accepting path
+    /// is laid out without them in between.
+    #[cold]
+    #[inline(never)]
+    fn unauthorized(&self, code: &str, message: &dyn std::fmt::Display) -> Verdict {
         Verdict::Respond(credentials::unauthorized(
             &self.name,
             code,
-            message,
+            &message.to_string(),
             &self.challenge,
         ))
     }
@@ -1133,24 +1158,24 @@ impl HmacAuth {
     fn check(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let fields = Fields::of(&ctx.headers);
         let Some(value) = fields.authorization else {
-            return self.unauthorized("missing_signature", "an FG-HMAC signature is required");
+            return self.unauthorized("missing_signature", &"an FG-HMAC signature is required");
         };
         let auth = match parse_authorization(value) {
             Ok(auth) => auth,
             Err(e) => {
                 return self.unauthorized(
                     "malformed_signature",
-                    &format!("the Authorization header is malformed: {e}"),
+                    &format_args!("the Authorization header is malformed: {e}"),
                 );
             }
         };
         let Some(entry) = self.keys.get(auth.key_id) else {
-            return self.unauthorized("unknown_key_id", "the key id is not known");
+            return self.unauthorized("unknown_key_id", &"the key id is not known");
         };
         let Some((_, key)) = entry.keys.iter().find(|(a, _)| *a == auth.algorithm) else {
             return self.unauthorized(
                 "algorithm_not_allowed",
-                &format!("{} is not accepted here", scheme(auth.algorithm)),
+                &format_args!("{} is not accepted here", scheme(auth.algorithm)),
             );
         };
         let all_signed = self.required.known & !auth.signed.layout.known == 0
@@ -1158,7 +1183,7 @@ impl HmacAuth {
         if !all_signed && let Some(missing) = self.required.names.iter().find(|h| !auth.signs(h)) {
             return self.unauthorized(
                 "header_not_signed",
-                &format!("header `{missing}` must be signed"),
+                &format_args!("header `{missing}` must be signed"),
             );
         }
         let now = unix_secs(ctx.now());
@@ -1169,14 +1194,14 @@ impl HmacAuth {
         if now.abs_diff(date) > self.skew_secs {
             return self.unauthorized(
                 "stale_request",
-                &format!(
+                &format_args!(
                     "the request date is more than {} s from the gateway's clock",
                     self.skew_secs
                 ),
             );
         }
         if self.require_nonce && auth.nonce.is_none() {
-            return self.unauthorized("missing_nonce", "a nonce is required");
+            return self.unauthorized("missing_nonce", &"a nonce is required");
         }
         // The canonical request is built in a buffer each thread keeps, and dropped there.
         thread_local!(static CANONICAL: std::cell::RefCell<Vec<u8>> = const {
@@ -1199,7 +1224,7 @@ impl HmacAuth {
         match checked {
             Err(message) => return self.unauthorized("missing_signed_header", &message),
             Ok(false) => {
-                return self.unauthorized("invalid_signature", "the signature does not match");
+                return self.unauthorized("invalid_signature", &"the signature does not match");
             }
             Ok(true) => {}
         }
@@ -1218,7 +1243,7 @@ impl HmacAuth {
             {
                 NonceCheck::Fresh => {}
                 NonceCheck::Replayed => {
-                    return self.unauthorized("nonce_replayed", "this nonce was already used");
+                    return self.unauthorized("nonce_replayed", &"this nonce was already used");
                 }
                 NonceCheck::Full => {
                     return Verdict::Respond(reject(
@@ -1298,7 +1323,7 @@ fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
     {
         return decimal(value)
             .filter(|_| value.len() <= 12)
-            .ok_or_else(|| format!("`{DATE_HEADER}` must be unix seconds"));
+            .ok_or_else(|| error(format_args!("`{DATE_HEADER}` must be unix seconds")));
     }
     if auth.signs_known(Known::Date)
         && let Some(value) = fields.text(Known::Date)
@@ -1309,9 +1334,9 @@ fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
             .map(unix_secs)
             .ok_or_else(|| "`date` is not an HTTP date".to_owned());
     }
-    Err(format!(
+    Err(error(format_args!(
         "sign a date: `{DATE_HEADER}` (unix seconds) or `date`"
-    ))
+    )))
 }
 
 fn unix_secs(time: SystemTime) -> u64 {
