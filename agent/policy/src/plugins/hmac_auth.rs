@@ -609,8 +609,19 @@ fn header_value(
     name: &[u8],
     known: Option<Known>,
 ) -> Result<(), String> {
-    let mut values = fields.all(name, known).peekable();
     let shown = || String::from_utf8_lossy(name);
+    let not_visible = || {
+        error(format_args!(
+            "signed header `{}` is not visible ASCII",
+            shown()
+        ))
+    };
+    // A field sent once that the walk over the request read: its text is at hand.
+    if let Some(only) = known.and_then(|known| fields.only_text(known)) {
+        out.extend_from_slice(only.map_err(|()| not_visible())?);
+        return Ok(());
+    }
+    let mut values = fields.all(name, known).peekable();
     if values.peek().is_none() {
         if known == Some(Known::Host)
             && let Some(authority) = uri.authority()
@@ -624,12 +635,7 @@ fn header_value(
         )));
     }
     for (i, value) in values.enumerate() {
-        let text = visible(value).ok_or_else(|| {
-            error(format_args!(
-                "signed header `{}` is not visible ASCII",
-                shown()
-            ))
-        })?;
+        let text = visible(value).ok_or_else(not_visible)?;
         if i > 0 {
             out.push(b',');
         }
@@ -689,6 +695,9 @@ struct Fields<'a> {
     headers: &'a HeaderMap,
     authorization: Option<&'a HeaderValue>,
     first: [Option<&'a HeaderValue>; Known::ALL.len()],
+    /// Each first value as text ([`visible`], trimmed): read once, though the checks and the
+    /// canonical request both read the dates and the body digest.
+    texts: [Option<&'a [u8]>; Known::ALL.len()],
     /// The [`Known`] fields sent more than once.
     repeated: u8,
 }
@@ -699,6 +708,7 @@ impl<'a> Fields<'a> {
             headers,
             authorization: None,
             first: [None; Known::ALL.len()],
+            texts: [None; Known::ALL.len()],
             repeated: 0,
         };
         for (name, value) in headers {
@@ -724,6 +734,7 @@ impl<'a> Fields<'a> {
             let slot = &mut fields.first[known as usize];
             if slot.is_none() {
                 *slot = Some(value);
+                fields.texts[known as usize] = visible(value).map(<[u8]>::trim_ascii);
             } else {
                 fields.repeated |= known.bit();
             }
@@ -750,9 +761,16 @@ impl<'a> Fields<'a> {
 
     /// The first value of `known`, if visible ASCII, without surrounding whitespace.
     fn text(&self, known: Known) -> Option<&'a [u8]> {
-        self.first[known as usize]
-            .and_then(visible)
-            .map(<[u8]>::trim_ascii)
+        self.texts[known as usize]
+    }
+
+    /// The one value of `known`, as [`Self::text`] has it: `None` unless the field was sent
+    /// exactly once; then `Err` if it is not visible ASCII.
+    fn only_text(&self, known: Known) -> Option<Result<&'a [u8], ()>> {
+        if self.repeated & known.bit() != 0 {
+            return None;
+        }
+        self.first[known as usize].map(|_| self.texts[known as usize].ok_or(()))
     }
 }
 
@@ -2138,6 +2156,45 @@ mod tests {
              x-fleetgate-date;x-multi;date\nx-fleetgate-date:1800000000\nx-multi:one,two\n\
              date:first,second"
         );
+    }
+
+    /// A signed value with bytes past ASCII (obs-text, which HTTP allows in a value) cannot
+    /// be signed as text: refused by name, whether the verifier read the field in its walk
+    /// (the date) or looks it up (any other), and whether sent once or twice.
+    #[test]
+    fn signed_values_past_ascii_are_refused() {
+        let uri: Uri = "/".parse().unwrap();
+        let latin = HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        for (name, twice) in [
+            (DATE_HEADER, false),
+            (DATE_HEADER, true),
+            ("x-other", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            let name = header::HeaderName::from_static(name);
+            if twice {
+                headers.append(name.clone(), "1800000000".parse().unwrap());
+            }
+            headers.append(name.clone(), latin.clone());
+            let list = SignedNames::parse(name.as_str().as_bytes()).unwrap();
+            let mut canonical = Vec::new();
+            let err = canonical_request(
+                &mut canonical,
+                "FG-HMAC-SHA256",
+                b"kid",
+                b"",
+                &Method::GET,
+                &uri,
+                &Fields::of(&headers),
+                &list,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err,
+                format!("signed header `{name}` is not visible ASCII"),
+                "{name}, twice: {twice}"
+            );
+        }
     }
 
     #[test]
