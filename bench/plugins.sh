@@ -13,6 +13,8 @@
 #   PIN=1 VARIANTS="off waf" bench/plugins.sh   # agents on core 0, nginx and wrk on core 1
 #   MODE=concurrent bench/plugins.sh   # each variant measured at the same time as "off" (below)
 #   MODE=instructions DURATION=8 bench/plugins.sh   # instructions per request, by callgrind
+#   REQUEST=api MODE=concurrent bench/plugins.sh   # an API client's request instead of wrk's
+#                                    # bare GET: its usual headers, and 2 KB of JSON back
 #   cargo bench -p fleetgate-agent-policy --bench plugins   # each policy's own cost in-process
 # Uses ports 18180-18199 on 127.0.0.1. Every variant runs with --workers 1 --access-log off.
 set -euo pipefail
@@ -41,14 +43,19 @@ header_args() {
   while IFS= read -r h || [ -n "$h" ]; do [ -n "$h" ] && args+=(-H "$h"); done < "$1"
 }
 
-# The origin: nginx, one worker, a fixed 13-byte body.
+# The origin: nginx, one worker, a fixed 13-byte body (REQUEST=api: 2 KB of JSON).
+REQUEST=${REQUEST:-bare}
 source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
-ORIGIN_CPU=$PEER_CPU start_origin "$RUN" 18180
+ORIGIN_JSON=$([ "$REQUEST" = api ] && echo 1 || echo 0) ORIGIN_CPU=$PEER_CPU start_origin "$RUN" 18180
 
 # Configs and the headers each variant's client sends, written by python (stdlib only).
-python3 - "$RUN" <<'PY'
+python3 - "$RUN" "$REQUEST" <<'PY'
 import base64, hashlib, hmac, json, sys, time
 run = sys.argv[1]
+# REQUEST=api: what an API client sends besides its credential, on every variant's request.
+client = ["user-agent: acme-billing/4.2.1 (python-requests/2.32)", "accept: application/json",
+          "accept-encoding: gzip, deflate, br",
+          "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] if sys.argv[2] == "api" else []
 def b64url(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 secret = "bench-secret-0123456789abcdef0123456789"
 now = int(time.time())
@@ -97,14 +104,15 @@ for i, (name, (policy, headers)) in enumerate(policies.items()):
     if policy:
         text = text.replace("  forward:", "  policies: [p]\n  forward:") + "---\nkind: Policy\nname: p\nspec:\n  " + policy + "\n"
     open(f"{run}/{name}.yaml", "w").write(text)
-    open(f"{run}/{name}.headers", "w").write("\n".join(headers))
+    open(f"{run}/{name}.headers", "w").write("\n".join(client + headers))
     open(f"{run}/{name}.port", "w").write(str(18181 + i))
 PY
 
 variants=${VARIANTS:-off jwt key hmac waf}  # e.g. VARIANTS="off hmac" REPS=10 for one policy
 if [ "$MODE" = concurrent ]; then
   # A second policy-less agent: "off" measured against itself shows the method's own error.
-  cp "$RUN/off.yaml" "$RUN/off2.yaml"; : > "$RUN/off2.headers"; echo 18188 > "$RUN/off2.port"
+  cp "$RUN/off.yaml" "$RUN/off2.yaml"; cp "$RUN/off.headers" "$RUN/off2.headers"
+  echo 18188 > "$RUN/off2.port"
   variants="off off2 ${variants//off/}"
 fi
 # MODE=instructions: what each variant's agent executes per request, counted by callgrind

@@ -22,11 +22,17 @@ pub struct Rejection {
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     plugins: Vec<Arc<dyn Plugin>>,
+    /// The most any plugin wants of the body, asked once here rather than per request.
+    body_limit: Option<u64>,
 }
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        Self { plugins }
+        let body_limit = plugins.iter().filter_map(|p| p.body_limit()).max();
+        Self {
+            plugins,
+            body_limit,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -35,7 +41,7 @@ impl Chain {
 
     /// The most request-body bytes any plugin of the chain wants to see.
     pub fn body_limit(&self) -> Option<u64> {
-        self.plugins.iter().filter_map(|p| p.body_limit()).max()
+        self.body_limit
     }
 
     /// Names of the plugins, in the order they run.

@@ -264,6 +264,10 @@ impl PolicySet {
     /// The chain for a request to `host` matched by `route`: global, then domain, then route
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
     pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
+        // Most sets have no domain policies: then the host is not looked up at all.
+        if self.domain_exact.is_empty() && self.domain_wildcard.is_empty() {
+            return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
+        }
         let domain = self.domain_exact.get(host).or_else(|| {
             let (first, rest) = host.split_once('.')?;
             if first.is_empty() {
