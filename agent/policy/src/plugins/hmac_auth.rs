@@ -281,7 +281,7 @@ fn canonical_request(
 struct SignedNames<'a> {
     /// The list, lower-cased (a copy only when it had capitals): ASCII.
     list: Cow<'a, [u8]>,
-    /// Shared with [`RECENT_LISTS`] when the list is remembered: a count, not a copy.
+    /// Shared with [`RECENT_HEADS`] when the list is remembered: a count, not a copy.
     layout: Rc<Layout>,
 }
 
@@ -296,46 +296,81 @@ struct Layout {
     known: u8,
 }
 
-/// How many lists [`RecentLists`] keeps per thread.
-const RECENT_LIST_COUNT: usize = 4;
+/// How many heads [`RecentHeads`] keeps per thread.
+const RECENT_HEAD_COUNT: usize = 4;
 
-/// The `signedHeaders` lists this thread parsed last (those borrowed as sent: lower-case), with
-/// what parsing found. A client signs the same headers on each of its requests, so a request's
-/// list is nearly always one of these and its parse is a compare; parsing is a function of the
-/// bytes alone, so a list equal to a remembered one has its spans. Four, replaced in turn:
-/// clients with different lists on one thread each keep theirs.
+/// The heads of the `Authorization` values in [`sign`]'s layout this thread read last (scheme,
+/// key id and `signedHeaders`, up to the list's closing quote; lists borrowed as sent, i.e.
+/// lower-case), with what reading them found. A client sends the same head on each of its
+/// requests (only its nonce and signature change), so a request's head is nearly always one of
+/// these and reading it is a compare; reading a head is a function of its bytes alone, so a
+/// value that starts with a remembered head has its algorithm, key id and names. Four,
+/// replaced in turn: clients on one thread each keep theirs.
 #[derive(Default)]
-struct RecentLists {
-    entries: [RecentList; RECENT_LIST_COUNT],
+struct RecentHeads {
+    entries: [RecentHead; RECENT_HEAD_COUNT],
     next: usize,
 }
 
-/// One list as sent and what parsing it found.
+/// One head as sent and what reading it found: spans in `head`.
 #[derive(Default)]
-struct RecentList {
-    list: Vec<u8>,
+struct RecentHead {
+    head: Vec<u8>,
+    algorithm: Option<HmacAlgorithm>,
+    key_id: (u32, u32),
+    list: (u32, u32),
     layout: Rc<Layout>,
 }
 
-impl RecentLists {
-    fn find(&self, list: &[u8]) -> Option<Rc<Layout>> {
-        self.entries
+/// What a remembered head says of a value that starts with it.
+struct KnownHead {
+    algorithm: HmacAlgorithm,
+    key_id: (usize, usize),
+    list: (usize, usize),
+    layout: Rc<Layout>,
+    len: usize,
+}
+
+impl RecentHeads {
+    fn find(&self, value: &[u8]) -> Option<KnownHead> {
+        let recent = self
+            .entries
             .iter()
-            .find(|recent| !recent.list.is_empty() && recent.list == list)
-            .map(|recent| recent.layout.clone())
+            .find(|recent| !recent.head.is_empty() && value.starts_with(&recent.head))?;
+        let span = |(start, end): (u32, u32)| (start as usize, end as usize);
+        Some(KnownHead {
+            algorithm: recent.algorithm?,
+            key_id: span(recent.key_id),
+            list: span(recent.list),
+            layout: Rc::clone(&recent.layout),
+            len: recent.head.len(),
+        })
     }
 
-    fn remember(&mut self, list: &[u8], parsed: &SignedNames) {
+    /// Remembers `value[..len]`, whose key id and list are `auth`'s (slices of `value`).
+    fn remember(&mut self, value: &[u8], len: usize, auth: &Authorization) {
+        // Where a slice of `value` is in it (`auth` was read from `value`).
+        let span = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).wrapping_sub(value.as_ptr() as usize);
+            debug_assert!(start + part.len() <= len);
+            (start as u32, (start + part.len()) as u32)
+        };
+        let Cow::Borrowed(list) = auth.signed.list else {
+            return;
+        };
         let entry = &mut self.entries[self.next];
-        entry.list.clear();
-        entry.list.extend_from_slice(list);
-        entry.layout = Rc::clone(&parsed.layout);
-        self.next = (self.next + 1) % RECENT_LIST_COUNT;
+        entry.head.clear();
+        entry.head.extend_from_slice(&value[..len]);
+        entry.algorithm = Some(auth.algorithm);
+        entry.key_id = span(auth.key_id);
+        entry.list = span(list);
+        entry.layout = Rc::clone(&auth.signed.layout);
+        self.next = (self.next + 1) % RECENT_HEAD_COUNT;
     }
 }
 
-thread_local!(static RECENT_LISTS: std::cell::RefCell<RecentLists> =
-    std::cell::RefCell::new(RecentLists::default()));
+thread_local!(static RECENT_HEADS: std::cell::RefCell<RecentHeads> =
+    std::cell::RefCell::new(RecentHeads::default()));
 
 /// Where each name of a `signedHeaders` list is in it. Up to 8 inline, no allocation.
 type NameSpans = SmallVec<[NameSpan; 8]>;
@@ -407,21 +442,6 @@ impl<'a> SignedNames<'a> {
     /// regard to case). An empty list has no names.
     fn parse(list: &'a [u8]) -> Result<Self, String> {
         let list = list.trim_ascii();
-        if let Some(layout) = RECENT_LISTS.with_borrow(|recent| recent.find(list)) {
-            return Ok(SignedNames {
-                list: Cow::Borrowed(list),
-                layout,
-            });
-        }
-        let parsed = Self::parse_new(list)?;
-        if let Cow::Borrowed(_) = parsed.list {
-            RECENT_LISTS.with_borrow_mut(|recent| recent.remember(list, &parsed));
-        }
-        Ok(parsed)
-    }
-
-    /// [`Self::parse`] of a list not among [`RECENT_LISTS`], already trimmed.
-    fn parse_new(list: &'a [u8]) -> Result<Self, String> {
         // The list clients send: lower-case letters, digits and `-` between `;`s, checked
         // without a branch per byte. Any other list has its bytes classed one by one.
         let usual = list.iter().fold(true, |ok, &b| {
@@ -887,37 +907,69 @@ struct Params<'a> {
 /// Parses the header value. Read as bytes: what the verifier keeps (key id, nonce, names,
 /// signature) is checked for its own characters, so the whole value is not validated first.
 fn parse_authorization<T: AsRef<[u8]> + ?Sized>(value: &T) -> Result<Authorization<'_>, String> {
-    let (scheme, params) =
-        split_once_on(value.as_ref().trim_ascii(), b' ').ok_or("no parameters after the scheme")?;
+    let value = value.as_ref().trim_ascii();
+    // A head this thread read before: only the nonce and signature after it are read. Any
+    // other outcome, a refusal included, is left to the reading below.
+    if let Some(head) = RECENT_HEADS.with_borrow(|heads| heads.find(value))
+        && let Some((nonce, signature)) = usual_tail(&value[head.len..])
+        && let Ok(nonce) = checked_nonce(nonce)
+        && let Ok(auth) = checked_tail(
+            head.algorithm,
+            &value[head.key_id.0..head.key_id.1],
+            SignedNames {
+                list: Cow::Borrowed(&value[head.list.0..head.list.1]),
+                layout: head.layout,
+            },
+            nonce,
+            Some(signature),
+        )
+    {
+        return Ok(auth);
+    }
+    let (scheme, params) = split_once_on(value, b' ').ok_or("no parameters after the scheme")?;
     let algorithm = algorithm_of_scheme(scheme).ok_or("unknown scheme")?;
     // The layout `sign` writes is read without splitting the list; what it yields is kept
     // only if every value passes its check, and then the general reading yields the same
     // (checked values hold no `,` or `"`, so the list splits at the same places). Anything
     // else, a refusal included, is read the general way, so errors name what that finds.
-    if let Some(usual) = usual_params(params)
+    if let Some((usual, head_len)) = usual_params(params)
         && let Ok(auth) = checked(algorithm, usual)
     {
+        let head_len = value.len() - params.len() + head_len;
+        RECENT_HEADS.with_borrow_mut(|heads| heads.remember(value, head_len, &auth));
         return Ok(auth);
     }
     checked(algorithm, general_params(params)?)
 }
 
 /// The parameters of the layout [`sign`] writes: `keyId="..", signedHeaders=".."`, an
-/// optional `, nonce=".."`, then `, signature=".."` at the end. `None` for any other layout.
-fn usual_params(params: &[u8]) -> Option<Params<'_>> {
+/// optional `, nonce=".."`, then `, signature=".."` at the end; and how long the head is (up to
+/// the list's closing quote). `None` for any other layout.
+fn usual_params(params: &[u8]) -> Option<(Params<'_>, usize)> {
     let (key_id, rest) = split_once_on(params.strip_prefix(b"keyId=\"")?, b'"')?;
     let (signed, rest) = split_once_on(rest.strip_prefix(b", signedHeaders=\"")?, b'"')?;
+    let head_len = params.len() - rest.len();
+    let (nonce, signature) = usual_tail(rest)?;
+    Some((
+        Params {
+            key_id: Some(key_id),
+            signed: Some(signed),
+            nonce,
+            signature: Some(signature),
+        },
+        head_len,
+    ))
+}
+
+/// What follows the head in [`sign`]'s layout: an optional `, nonce=".."`, then
+/// `, signature=".."` at the end.
+fn usual_tail(rest: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
     let (nonce, rest) = match rest.strip_prefix(b", nonce=\"") {
         Some(rest) => split_once_on(rest, b'"').map(|(nonce, rest)| (Some(nonce), rest))?,
         None => (None, rest),
     };
     let signature = rest.strip_prefix(b", signature=\"")?.strip_suffix(b"\"")?;
-    Some(Params {
-        key_id: Some(key_id),
-        signed: Some(signed),
-        nonce,
-        signature: Some(signature),
-    })
+    Some((nonce, signature))
 }
 
 /// The parameters read as the format is written: `name=value` pairs split at `,`, each
@@ -956,27 +1008,39 @@ fn checked(algorithm: HmacAlgorithm, params: Params<'_>) -> Result<Authorization
         params.key_id.ok_or("keyId is missing")?,
         MAX_KEY_ID_LEN,
     )?;
-    let nonce = params
-        .nonce
-        .map(|nonce| token("nonce", nonce, MAX_NONCE_LEN))
-        .transpose()?;
+    let nonce = checked_nonce(params.nonce)?;
     let signed = SignedNames::parse(params.signed.ok_or("signedHeaders is missing")?)?;
-    let mut signature = [0u8; MAX_TAG_LEN];
-    let signature_len = decode_base64(
-        params.signature.ok_or("signature is missing")?,
-        &mut signature,
-    )
-    .ok_or_else(|| {
-        error(format_args!(
-            "signature is not base64 of at most {MAX_TAG_LEN} bytes"
-        ))
-    })?;
+    checked_tail(algorithm, key_id, signed, nonce, params.signature)
+}
+
+/// A nonce, if one was sent, checked.
+fn checked_nonce(nonce: Option<&[u8]>) -> Result<Option<&[u8]>, String> {
+    nonce
+        .map(|nonce| token("nonce", nonce, MAX_NONCE_LEN))
+        .transpose()
+}
+
+/// [`checked`] once the key id, nonce and names are: the tag.
+fn checked_tail<'a>(
+    algorithm: HmacAlgorithm,
+    key_id: &'a [u8],
+    signed: SignedNames<'a>,
+    nonce: Option<&'a [u8]>,
+    signature: Option<&'a [u8]>,
+) -> Result<Authorization<'a>, String> {
+    let mut tag = [0u8; MAX_TAG_LEN];
+    let signature_len = decode_base64(signature.ok_or("signature is missing")?, &mut tag)
+        .ok_or_else(|| {
+            error(format_args!(
+                "signature is not base64 of at most {MAX_TAG_LEN} bytes"
+            ))
+        })?;
     Ok(Authorization {
         algorithm,
         key_id,
         signed,
         nonce,
-        signature,
+        signature: tag,
         signature_len,
     })
 }
@@ -1074,6 +1138,19 @@ struct RequiredHeaders {
 }
 
 impl RequiredHeaders {
+    /// The first required header `auth` does not sign, if any. The usual answer, none, is a
+    /// bit test and the other names' compares.
+    fn missing(&self, auth: &Authorization) -> Option<&str> {
+        let known_signed = (self.known & !auth.signed.layout.known) == 0;
+        if known_signed && self.other.iter().all(|h| auth.signs(h)) {
+            return None;
+        }
+        self.names
+            .iter()
+            .find(|h| !auth.signs(h))
+            .map(String::as_str)
+    }
+
     fn new(mut names: Vec<String>) -> Self {
         names.sort_unstable();
         names.dedup();
@@ -1196,9 +1273,7 @@ impl HmacAuth {
                 &format_args!("{} is not accepted here", scheme(auth.algorithm)),
             );
         };
-        let all_signed = self.required.known & !auth.signed.layout.known == 0
-            && self.required.other.iter().all(|h| auth.signs(h));
-        if !all_signed && let Some(missing) = self.required.names.iter().find(|h| !auth.signs(h)) {
+        if let Some(missing) = self.required.missing(&auth) {
             return self.unauthorized(
                 "header_not_signed",
                 &format_args!("header `{missing}` must be signed"),
@@ -1841,47 +1916,70 @@ mod tests {
         );
     }
 
-    /// A list this thread parsed before is read from what it remembered: the same names as a
-    /// fresh parse, for lists one byte apart too, and again after it was pushed out by others.
+    /// A value that starts with a head this thread read before is read from what it
+    /// remembered: the same as the general reading, whatever follows the head (another nonce
+    /// or signature, a refused one, another layout), for heads one byte apart, and again after
+    /// other heads pushed it out.
     #[test]
-    fn remembered_lists_read_as_fresh_ones() {
-        let names_of = |list: &[u8]| -> (Vec<Vec<u8>>, bool) {
-            let parsed = SignedNames::parse(list).unwrap();
-            (
-                parsed.iter().map(<[u8]>::to_vec).collect(),
-                parsed.layout.compact,
-            )
-        };
-        let usual = b"host;x-fleetgate-date;x-fleetgate-content-sha256".as_slice();
-        let spaced = b" host ; x-fleetgate-date ".as_slice();
-        let expected = |names: &[&str], compact| {
-            (
-                names
-                    .iter()
-                    .map(|n| n.as_bytes().to_vec())
-                    .collect::<Vec<_>>(),
-                compact,
-            )
-        };
-        let usual_names = expected(&["host", DATE_HEADER, CONTENT_SHA256_HEADER], true);
-        let spaced_names = expected(&["host", DATE_HEADER], false);
-        for _ in 0..2 {
-            assert_eq!(names_of(usual), usual_names);
-            assert_eq!(names_of(spaced), spaced_names);
-        }
-        assert_eq!(names_of(b"host;x-a"), expected(&["host", "x-a"], true));
-        assert_eq!(names_of(b"host;x-b"), expected(&["host", "x-b"], true));
-        assert_eq!(names_of(b"host;x-bc"), expected(&["host", "x-bc"], true));
-        for i in 0..2 * RECENT_LIST_COUNT {
-            let list = format!("host;x-{i}");
-            assert_eq!(names_of(list.as_bytes()).0.len(), 2);
-        }
-        assert_eq!(names_of(usual), usual_names);
-        assert!(SignedNames::parse(b"host;host").is_err());
-        assert!(
-            SignedNames::parse(b"host;host").is_err(),
-            "a refused list stays refused"
+    fn remembered_heads_read_as_fresh_ones() {
+        // What a reading found, owned: the names with the known fields they are.
+        type Read = (
+            Vec<u8>,
+            Vec<(String, Option<Known>)>,
+            Option<Vec<u8>>,
+            Vec<u8>,
         );
+        let owned = |auth: Authorization| -> Read {
+            (
+                auth.key_id.to_vec(),
+                auth.signed
+                    .with_known()
+                    .map(|(name, known)| (String::from_utf8_lossy(name).into_owned(), known))
+                    .collect(),
+                auth.nonce.map(<[u8]>::to_vec),
+                auth.signature().to_vec(),
+            )
+        };
+        let read = |value: &str| parse_authorization(value).map(owned);
+        let general = |value: &str| {
+            let (_, params) = value.split_once(' ').unwrap();
+            general_params(params.as_bytes())
+                .and_then(|p| checked(HmacAlgorithm::HmacSha256, p))
+                .map(owned)
+        };
+        let head = "FG-HMAC-SHA256 keyId=\"k1\", signedHeaders=\"host;x-fleetgate-date\"";
+        let tails = [
+            ", signature=\"AAAA\"",
+            ", nonce=\"n-1\", signature=\"AAAB\"",
+            ", nonce=\"n 2\", signature=\"AAAB\"",
+            ", signature=\"A\"",
+            ", signature=\"AAAA\", v=2",
+            ",signature=\"AAAA\"",
+            "",
+        ];
+        for round in 0..2 {
+            for tail in tails {
+                let value = format!("{head}{tail}");
+                assert_eq!(read(&value), general(&value), "round {round}: {value}");
+            }
+            for other in [
+                "FG-HMAC-SHA256 keyId=\"k12\", signedHeaders=\"host;x-fleetgate-date\"",
+                "FG-HMAC-SHA256 keyId=\"k1\", signedHeaders=\"host;x-fleetgate-dat\"",
+                "FG-HMAC-SHA256 keyId=\"k1\", signedHeaders=\"host;x-fleetgate-daxy\"",
+                "FG-HMAC-SHA256 keyId=\"k1\", signedHeaders=\"Host;X-Fleetgate-Date\"",
+            ] {
+                let value = format!("{other}, signature=\"AAAA\"");
+                assert_eq!(read(&value), general(&value), "round {round}: {value}");
+            }
+        }
+        for i in 0..2 * RECENT_HEAD_COUNT {
+            let value = format!(
+                "FG-HMAC-SHA256 keyId=\"k-{i}\", signedHeaders=\"host\", signature=\"AAAA\""
+            );
+            assert_eq!(read(&value), general(&value));
+        }
+        let value = format!("{head}{}", tails[1]);
+        assert_eq!(read(&value), general(&value));
     }
 
     #[test]
@@ -2054,9 +2152,11 @@ mod tests {
                 "keyId=\"{key}\", signedHeaders=\"{list}\"{nonce}, signature=\"{signature}\"{tail}"
             );
             let value = format!("FG-HMAC-SHA256 {params}");
-            let general = general_params(params.trim_ascii().as_bytes())
+            let general = || general_params(params.trim_ascii().as_bytes())
                 .and_then(|p| checked(HmacAlgorithm::HmacSha256, p));
-            match (parse_authorization(&value), general) {
+            // Twice: the second reading may start from the head the first one remembered.
+            for _ in 0..2 {
+            match (parse_authorization(&value), general()) {
                 (Ok(ours), Ok(plain)) => {
                     proptest::prop_assert_eq!(ours.key_id, plain.key_id);
                     proptest::prop_assert_eq!(names(&ours), names(&plain));
@@ -2070,6 +2170,7 @@ mod tests {
                     ours.map(|a| a.key_id.to_vec()),
                     plain.map(|a| a.key_id.to_vec())
                 ),
+            }
             }
         }
     }
