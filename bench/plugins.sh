@@ -45,6 +45,7 @@ header_args() {
 
 # The origin: nginx, one worker, a fixed 13-byte body (REQUEST=api: 2 KB of JSON).
 REQUEST=${REQUEST:-bare}
+case $REQUEST in bare | api) ;; *) echo "REQUEST is bare or api, not $REQUEST" >&2; exit 1 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
 ORIGIN_JSON=$([ "$REQUEST" = api ] && echo 1 || echo 0) ORIGIN_CPU=$PEER_CPU start_origin "$RUN" 18180
 
@@ -157,7 +158,7 @@ if [ "$MODE" = instructions ]; then
   for v in $variants; do
     [ "$v" = off ] && continue
     own=$(count "$v" "$v") base=$off
-    [ -s "$RUN/$v.headers" ] && base=$(count off "$v")
+    cmp -s "$RUN/$v.headers" "$RUN/off.headers" || base=$(count off "$v")
     echo "| $v | $own | $base | $((own - base)) |"
   done
   exit 0

@@ -166,11 +166,11 @@ async fn route(
         return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &location));
     }
     // What routes the request reads it as the client sent it, before the policy chain, which
-    // may change headers (strip credentials, add claims, name the consumer) and the query
-    // (strip a key sent as a query parameter). From the chain on, the request is what it
-    // left: the query of the upstream target and of a redirect (their path is the routed one,
-    // whatever a policy did to the path), the headers forwarded and those a consistent hash
-    // reads (so a hash may key on the consumer the chain named).
+    // may change headers (strip credentials, add claims, remove a client's consumer header)
+    // and the query (strip a key sent as a query parameter). From the chain on, the request is
+    // what it left: the query of the upstream target and of a redirect (their path is the
+    // routed one, whatever a policy did to the path), the headers forwarded and those a
+    // consistent hash reads (with the consumer the chain identified as its header).
     let canary = route.canary_for(&view);
     // `None`: the path goes upstream as the client sent it.
     let rewritten_path = match route.rewritten_path(&matched, parts.uri.path()) {
@@ -385,8 +385,15 @@ fn hash_key(
     };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match hash_on {
+        // Sent beside the map when a policy identified the consumer; a route without policies
+        // forwards a client's (one with policies has removed it).
         HashOn::Header(name) if name.eq_ignore_ascii_case(CONSUMER_HEADER.as_str()) => {
-            consumer?.consumer_header()?.as_bytes().hash(&mut h)
+            match consumer {
+                Some(consumer) => consumer.consumer_header()?,
+                None => headers.get(CONSUMER_HEADER)?,
+            }
+            .as_bytes()
+            .hash(&mut h)
         }
         HashOn::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut h),
         HashOn::Cookie(name) => fleetgate_agent_route::cookie(headers, name)?.hash(&mut h),

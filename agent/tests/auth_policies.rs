@@ -555,6 +555,12 @@ spec:
   matches: [{{path: {{prefix: /ring}}}}]
   forward: {{backends: [{{service: ring}}]}}
   policies: [any-key]
+---
+kind: Route
+name: open-ring
+spec:
+  matches: [{{path: {{prefix: /open}}}}]
+  forward: {{backends: [{{service: ring}}]}}
 "#
     ))
     .await;
@@ -580,4 +586,17 @@ spec:
         }
         assert_eq!(reached.len(), 1, "{consumer} reached {reached:?}");
     }
+    // A route without policies identifies no one: the header goes upstream as sent, and the
+    // hash keys on it.
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let reply = get(&client, "/open", &[("x-fleetgate-consumer", "edge-named")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(
+            reply.seen_header("x-fleetgate-consumer").as_deref(),
+            Some("edge-named")
+        );
+        reached.insert(reply.backend());
+    }
+    assert_eq!(reached.len(), 1, "the open route reached {reached:?}");
 }

@@ -18,7 +18,8 @@ pub struct ConsumerEntry {
     pub name: String,
     pub rate_limits: BTreeMap<String, Rate>,
     /// The value of [`CONSUMER_HEADER`] on an identified request: the name, or the consumer's
-    /// own header of that name; none for a name that is not a valid header value.
+    /// own header of that name; none for a name that is not a valid header value when the
+    /// consumer has no header of that name.
     consumer_header: Option<HeaderValue>,
     /// The consumer's other headers, parsed once here rather than per request (names or values
     /// that are not valid in HTTP are left out, as validation already reports them).

@@ -265,17 +265,18 @@ impl PolicySet {
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
     pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
         // Most sets have no domain policies: then the host is not looked up at all.
-        if self.domain_exact.is_empty() && self.domain_wildcard.is_empty() {
-            return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
-        }
-        let domain = self.domain_exact.get(host).or_else(|| {
-            let (first, rest) = host.split_once('.')?;
-            if first.is_empty() {
-                None
-            } else {
-                self.domain_wildcard.get(rest)
-            }
-        });
+        let domain = if self.domain_exact.is_empty() && self.domain_wildcard.is_empty() {
+            None
+        } else {
+            self.domain_exact.get(host).or_else(|| {
+                let (first, rest) = host.split_once('.')?;
+                if first.is_empty() {
+                    None
+                } else {
+                    self.domain_wildcard.get(rest)
+                }
+            })
+        };
         // Without domain policies the chain depends on the route alone: precomputed.
         if domain.is_none() {
             return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
