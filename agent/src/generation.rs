@@ -45,7 +45,7 @@ pub struct Generation {
     /// The policy chains: global, per domain, per route.
     pub policies: fleetgate_agent_policy::PolicySet,
     /// Hosts whose plain-HTTP requests are redirected to HTTPS.
-    pub https_redirect: crate::hosts::HostMap<()>,
+    pub https_redirect: fleetgate_agent_route::hosts::HostMap<()>,
     /// Counters of this generation's routes, by route name (filled in when published; shared
     /// with the previous generation when the route names are the same).
     pub route_stats: Arc<FxHashMap<String, Arc<crate::stats::RouteStats>>>,
@@ -144,7 +144,7 @@ impl Generation {
                 message,
             }]
         })?;
-        let mut https_redirect = crate::hosts::HostMap::default();
+        let mut https_redirect = fleetgate_agent_route::hosts::HostMap::default();
         for (_, spec) in &domains {
             if spec.https_redirect {
                 for host in &spec.hosts {

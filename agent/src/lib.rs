@@ -15,7 +15,6 @@ pub mod error;
 pub mod gateway;
 pub mod generation;
 pub mod headers;
-pub mod hosts;
 pub mod identity;
 pub mod inbound;
 pub mod persist;

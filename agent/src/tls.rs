@@ -10,7 +10,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::hosts::HostMap;
+use fleetgate_agent_route::hosts::HostMap;
 
 /// Server configs by SNI host pattern.
 #[derive(Debug, Clone, Default)]

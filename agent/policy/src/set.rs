@@ -1,6 +1,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use fleetgate_agent_route::hosts::HostMap;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
@@ -75,10 +76,8 @@ pub struct PolicySet {
     global: Vec<Arc<dyn Plugin>>,
     // The maps read per request are keyed by config (hosts, route names): a request looks
     // keys up, never adds one, so the non-keyed FxHash is safe.
-    /// Exact host → plugins of the domains claiming it.
-    domain_exact: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
-    /// Wildcard suffix (after `*.`) → plugins.
-    domain_wildcard: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
+    /// Host pattern → plugins of the domains claiming it.
+    domains: HostMap<Vec<Arc<dyn Plugin>>>,
     by_route: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
     /// The chain of a request whose host has no domain policies: global + route, per route.
     route_chains: FxHashMap<String, Chain>,
@@ -240,20 +239,13 @@ impl PolicySet {
 
     fn attach_domain(&mut self, hosts: &[String], plugin: Arc<dyn Plugin>) {
         for host in hosts {
-            let list = match host.strip_prefix("*.") {
-                Some(suffix) => self.domain_wildcard.entry(suffix.to_owned()).or_default(),
-                None => self.domain_exact.entry(host.clone()).or_default(),
-            };
-            list.push(plugin.clone());
+            self.domains.get_or_default(host).push(plugin.clone());
         }
     }
 
     /// Whether no policy applies anywhere (the proxy then skips the chain entirely).
     pub fn is_empty(&self) -> bool {
-        self.global.is_empty()
-            && self.domain_exact.is_empty()
-            && self.domain_wildcard.is_empty()
-            && self.by_route.is_empty()
+        self.global.is_empty() && self.domains.is_empty() && self.by_route.is_empty()
     }
 
     /// The consumers of this config version.
@@ -265,17 +257,10 @@ impl PolicySet {
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
     pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
         // Most sets have no domain policies: then the host is not looked up at all.
-        let domain = if self.domain_exact.is_empty() && self.domain_wildcard.is_empty() {
+        let domain = if self.domains.is_empty() {
             None
         } else {
-            self.domain_exact.get(host).or_else(|| {
-                let (first, rest) = host.split_once('.')?;
-                if first.is_empty() {
-                    None
-                } else {
-                    self.domain_wildcard.get(rest)
-                }
-            })
+            self.domains.get(host)
         };
         // Without domain policies the chain depends on the route alone: precomputed.
         if domain.is_none() {

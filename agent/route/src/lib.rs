@@ -17,6 +17,7 @@
 mod canary;
 mod cow;
 mod error;
+pub mod hosts;
 mod matcher;
 mod path;
 mod precedence;

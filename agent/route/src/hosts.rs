@@ -1,20 +1,22 @@
-//! Lookup by host pattern: exact names first, then `*.` wildcards (one label).
+//! Lookup by host pattern: exact names first, then `*.` wildcards (one label). Certificates,
+//! HTTPS redirects and domain policies are found this way.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
-/// Values keyed by host pattern (`api.example.com` or `*.example.com`).
+/// Values keyed by host pattern (`api.example.com` or `*.example.com`). Hashed with FxHash: the
+/// keys come from config, a request only looks one up.
 #[derive(Debug, Clone)]
 pub struct HostMap<T> {
-    exact: HashMap<String, T>,
+    exact: FxHashMap<String, T>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, T>,
+    wildcard: FxHashMap<String, T>,
 }
 
 impl<T> Default for HostMap<T> {
     fn default() -> Self {
         Self {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: FxHashMap::default(),
+            wildcard: FxHashMap::default(),
         }
     }
 }
@@ -22,11 +24,23 @@ impl<T> Default for HostMap<T> {
 impl<T> HostMap<T> {
     /// Adds `value` for `pattern`; the first value for a pattern wins.
     pub fn insert(&mut self, pattern: &str, value: T) {
+        self.entry(pattern).or_insert(value);
+    }
+
+    /// The value for `pattern` (exactly that pattern), made by `T::default()` if it has none.
+    pub fn get_or_default(&mut self, pattern: &str) -> &mut T
+    where
+        T: Default,
+    {
+        self.entry(pattern).or_default()
+    }
+
+    fn entry(&mut self, pattern: &str) -> std::collections::hash_map::Entry<'_, String, T> {
         let pattern = pattern.to_ascii_lowercase();
         match pattern.strip_prefix("*.") {
-            Some(suffix) => self.wildcard.entry(suffix.to_owned()).or_insert(value),
-            None => self.exact.entry(pattern).or_insert(value),
-        };
+            Some(suffix) => self.wildcard.entry(suffix.to_owned()),
+            None => self.exact.entry(pattern),
+        }
     }
 
     /// The value for `host` (lower case, no port): an exact pattern, else a wildcard covering
