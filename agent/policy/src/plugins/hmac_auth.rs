@@ -2259,6 +2259,28 @@ mod tests {
         );
     }
 
+    /// The walk over the request puts each known field in its own slot: the names it compares
+    /// against are the names `Known` gives.
+    #[test]
+    fn the_walk_finds_every_known_field_by_its_name() {
+        for known in Known::ALL {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-other", HeaderValue::from_static("other"));
+            headers.insert(
+                header::HeaderName::from_static(known.name()),
+                HeaderValue::from_static(" 42 "),
+            );
+            let fields = Fields::of(&headers);
+            assert_eq!(fields.text(known), Some(&b"42"[..]), "{known:?}");
+            let found: Vec<Known> = Known::ALL
+                .into_iter()
+                .filter(|k| fields.first[*k as usize].is_some())
+                .collect();
+            assert_eq!(found, [known]);
+            assert_eq!(Known::named(known.name().as_bytes()), Some(known));
+        }
+    }
+
     /// A signed value with bytes past ASCII (obs-text, which HTTP allows in a value) cannot
     /// be signed as text: refused by name, whether the verifier read the field in its walk
     /// (the date) or looks it up (any other), and whether sent once or twice.
