@@ -98,7 +98,9 @@ fn start(
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     // Serve something before anything else: the config file, else the last persisted snapshot.
-    // In manager mode, the persisted snapshot serves before any manager is asked.
+    // In manager mode, the persisted snapshot serves before any manager is asked. The file's
+    // fingerprint is taken before it is read, so the watcher sees any change made after.
+    let loaded = config.config.as_deref().map(source::fingerprint);
     let from_file = config
         .config
         .as_ref()
@@ -168,6 +170,7 @@ fn start(
             tokio::spawn(source::watch_file(
                 gateway.clone(),
                 path.clone(),
+                loaded.unwrap_or_default(),
                 config.watch_interval(),
                 stopped,
             ));

@@ -16,9 +16,10 @@ use crate::gateway::Gateway;
 use crate::generation::ConfigSource;
 
 /// What the watcher compares between polls.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-fn fingerprint(path: &Path) -> Fingerprint {
+/// The names, sizes and modification times of the files at `path`.
+pub fn fingerprint(path: &Path) -> Fingerprint {
     let mut out = Vec::new();
     collect(path, &mut out);
     out.sort();
@@ -75,14 +76,18 @@ pub fn load_and_apply(gateway: &Gateway, path: &Path, revision: u64) -> bool {
     gateway.apply(&snapshot, ConfigSource::File).is_ok()
 }
 
-/// Polls `path` until `shutdown` flips, applying each change as the next revision.
+/// Polls `path` until `shutdown` flips, applying each change as the next revision. `loaded` is
+/// the fingerprint taken before the files were last loaded: a change made since (while the
+/// agent was starting, before this task first ran) is applied at the first poll rather than
+/// taken for the state already serving.
 pub async fn watch_file(
     gateway: Arc<Gateway>,
     path: PathBuf,
+    loaded: Fingerprint,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = fingerprint(&path);
+    let mut last = loaded;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,5 +107,53 @@ pub async fn watch_file(
         // that serve requests.
         let _ =
             tokio::task::spawn_blocking(move || load_and_apply(&gateway, &path, revision)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::AccessLog;
+
+    fn write(path: &Path, body: &str) {
+        let yaml = format!(
+            "kind: Route\nname: ping\nspec:\n  direct_response: {{ status: 200, body: {body} }}\n"
+        );
+        std::fs::write(path, yaml).unwrap();
+    }
+
+    /// A file changed after the agent read it at start, but before the watcher first ran, is
+    /// applied at the watcher's first poll: the watcher compares with the fingerprint taken
+    /// before the read, not with the file as it finds it (which would take the change for
+    /// what is serving and never apply it).
+    #[tokio::test]
+    async fn a_change_made_while_the_agent_starts_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        write(&path, "first");
+        let gateway = Gateway::new(AccessLog::Off, None);
+        let loaded = fingerprint(&path);
+        assert!(load_and_apply(&gateway, &path, 1));
+        write(&path, "second-and-longer");
+
+        let (stop, stopped) = watch::channel(false);
+        let watcher = tokio::spawn(watch_file(
+            gateway.clone(),
+            path,
+            loaded,
+            Duration::from_millis(10),
+            stopped,
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gateway.current().revision < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the change made while starting was never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        watcher.await.unwrap();
     }
 }
