@@ -118,9 +118,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `X-Request-Id`, a `Host` other than the client's and the consumer a policy identified
 /// (`X-Fleetgate-Consumer`, whose client copy the policy chain removed). They travel beside
 /// the client's header map instead of being inserted into it: the server sizes that map to
-/// the client's fields, so
-/// the first insert past them rebuilds it (about a twentieth of a proxied request's
-/// instructions went to these inserts). The HTTP/1.1 client writes them after the map's
+/// the client's fields, so the first insert past them rebuilds it (about a twentieth of a
+/// proxied request's instructions went to these inserts; an insert also hashes the name).
+/// The HTTP/1.1 client writes them after the map's
 /// fields; a client that only encodes a map (HTTP/2) has them merged in first. The map holds
 /// no field of the same name as one of them (the client's are taken out when replaced).
 #[derive(Debug, Clone)]

@@ -256,12 +256,7 @@ impl PolicySet {
     /// The chain for a request to `host` matched by `route`: global, then domain, then route
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
     pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
-        // Most sets have no domain policies: then the host is not looked up at all.
-        let domain = if self.domains.is_empty() {
-            None
-        } else {
-            self.domains.get(host)
-        };
+        let domain = self.domains.get(host);
         // Without domain policies the chain depends on the route alone: precomputed.
         if domain.is_none() {
             return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));

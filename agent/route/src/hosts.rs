@@ -44,16 +44,21 @@ impl<T> HostMap<T> {
     }
 
     /// The value for `host` (lower case, no port): an exact pattern, else a wildcard covering
-    /// exactly one more label.
+    /// exactly one more label. An empty map answers without hashing or splitting the host:
+    /// most configs have no domain policies, and the proxy asks on every request.
     pub fn get(&self, host: &str) -> Option<&T> {
-        self.exact.get(host).or_else(|| {
-            let (first, rest) = host.split_once('.')?;
-            if first.is_empty() {
-                None
-            } else {
-                self.wildcard.get(rest)
-            }
-        })
+        if let Some(value) = self.exact.get(host) {
+            return Some(value);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let (first, rest) = host.split_once('.')?;
+        if first.is_empty() {
+            None
+        } else {
+            self.wildcard.get(rest)
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -286,7 +286,7 @@ struct SignedNames<'a> {
 }
 
 /// Where a list's names are, and what parsing found about them.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Layout {
     /// Each name's bytes in the list.
     spans: NameSpans,
@@ -543,11 +543,6 @@ impl<'a> SignedNames<'a> {
         self.iter().any(|n| n == name.as_bytes())
     }
 
-    /// Whether the [`Known`] field is listed.
-    fn lists(&self, known: Known) -> bool {
-        self.layout.known & known.bit() != 0
-    }
-
     /// The canonical request's names line: the names joined by `;`.
     fn write_line(&self, out: &mut Vec<u8>) {
         if self.layout.compact {
@@ -636,12 +631,15 @@ fn header_value(
             shown()
         ))
     };
-    // A field sent once that the walk over the request read: its text is at hand.
+    // A field sent once that the walk over the request read: its text is at hand. Any other
+    // (sent twice, not sent, or not one the walk reads) is looked up in the map; a signed name
+    // is a token, so ASCII.
     if let Some(only) = known.and_then(|known| fields.only_text(known)) {
         out.extend_from_slice(only.map_err(|()| not_visible())?);
         return Ok(());
     }
-    let mut values = fields.all(name, known).peekable();
+    let name_text = std::str::from_utf8(name).unwrap_or_default();
+    let mut values = fields.headers.get_all(name_text).iter().peekable();
     if values.peek().is_none() {
         if known == Some(Known::Host)
             && let Some(authority) = uri.authority()
@@ -700,7 +698,7 @@ impl Known {
         Known::ALL.into_iter().find(|k| k.name().as_bytes() == name)
     }
 
-    /// This name's flag in a set of names ([`SignedNames::known`]).
+    /// This name's flag in a set of names ([`Layout::known`]).
     fn bit(self) -> u8 {
         1 << self as u8
     }
@@ -708,7 +706,7 @@ impl Known {
 
 /// A request's fields as the verifier reads them: the first `Authorization` value with an
 /// `FG-HMAC-` scheme and the first value of each [`Known`] field, found in one walk over the
-/// map; any other field (or a known one sent twice) is looked up in the map. Comparing a
+/// map; any other field (or a known one sent twice) is looked up in the map ([`header_value`]). Comparing a
 /// request's dozen names costs less than hashing each looked-up name, which `HeaderMap::get`
 /// does per call.
 struct Fields<'a> {
@@ -762,23 +760,6 @@ impl<'a> Fields<'a> {
         fields
     }
 
-    /// Every value of `name`, in order. `name` is lower-case, as the map's names are, and
-    /// `known` is the [`Known`] field it names (as parsing the list found it).
-    fn all(&self, name: &[u8], known: Option<Known>) -> Values<'a> {
-        debug_assert!(!name.iter().any(u8::is_ascii_uppercase));
-        debug_assert_eq!(known, Known::named(name));
-        match known {
-            Some(known) if self.repeated & known.bit() == 0 => {
-                Values::One(self.first[known as usize])
-            }
-            // A signed name is a token, so ASCII: `Err` is not reached.
-            _ => match std::str::from_utf8(name) {
-                Ok(name) => Values::Map(self.headers.get_all(name).into_iter()),
-                Err(_) => Values::One(None),
-            },
-        }
-    }
-
     /// The first value of `known`, if visible ASCII, without surrounding whitespace.
     fn text(&self, known: Known) -> Option<&'a [u8]> {
         self.texts[known as usize]
@@ -801,23 +782,6 @@ fn is_hmac_authorization(value: &HeaderValue) -> bool {
         .trim_ascii_start()
         .get(..8)
         .is_some_and(|s| credentials::same_ignoring_case(s, b"FG-HMAC-"))
-}
-
-/// The values of one field: the one [`Fields`] found, or those in the map.
-enum Values<'a> {
-    One(Option<&'a HeaderValue>),
-    Map(header::ValueIter<'a, HeaderValue>),
-}
-
-impl<'a> Iterator for Values<'a> {
-    type Item = &'a HeaderValue;
-
-    fn next(&mut self) -> Option<&'a HeaderValue> {
-        match self {
-            Values::One(value) => value.take(),
-            Values::Map(values) => values.next(),
-        }
-    }
 }
 
 /// The value's bytes if they are tab and visible ASCII, what `HeaderValue::to_str` accepts.
@@ -887,7 +851,7 @@ impl Authorization<'_> {
 
     /// [`Self::signs`] for a [`Known`] field: a bit test.
     fn signs_known(&self, known: Known) -> bool {
-        self.signed.lists(known)
+        self.signed.layout.known & known.bit() != 0
     }
 
     fn signature(&self) -> &[u8] {
@@ -2279,6 +2243,42 @@ mod tests {
             assert_eq!(found, [known]);
             assert_eq!(Known::named(known.name().as_bytes()), Some(known));
         }
+    }
+
+    /// A signed `host` is the Host header, or the target's authority when there is none (an
+    /// HTTP/2 request carries `:authority` instead); any other signed field that is not sent is
+    /// an error naming it.
+    #[test]
+    fn a_signed_host_falls_back_to_the_authority() {
+        let canonical = |uri: &str, headers: &HeaderMap, list: &[u8]| {
+            let mut out = Vec::new();
+            canonical_request(
+                &mut out,
+                "FG-HMAC-SHA256",
+                b"kid",
+                b"",
+                &Method::GET,
+                &uri.parse().unwrap(),
+                &Fields::of(headers),
+                &SignedNames::parse(list).unwrap(),
+            )
+            .map(|()| String::from_utf8(out).unwrap())
+        };
+        let none = HeaderMap::new();
+        let h2 = canonical("https://api.example.com/p", &none, b"host").unwrap();
+        assert!(h2.ends_with("\nhost\nhost:api.example.com"), "{h2}");
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("sent.example.com"));
+        let h1 = canonical("https://api.example.com/p", &headers, b"host").unwrap();
+        assert!(h1.ends_with("\nhost:sent.example.com"), "{h1}");
+        assert_eq!(
+            canonical("/p", &none, b"host").unwrap_err(),
+            "signed header `host` is not in the request"
+        );
+        assert_eq!(
+            canonical("https://api.example.com/p", &none, b"date").unwrap_err(),
+            "signed header `date` is not in the request"
+        );
     }
 
     /// A signed value with bytes past ASCII (obs-text, which HTTP allows in a value) cannot
