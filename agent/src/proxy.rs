@@ -33,7 +33,9 @@ use crate::upstream::{
     ClientError, Endpoint, InFlight, Outcome, PooledBody, ServiceRuntime, UpstreamBody,
 };
 use crate::{BoxError, ResponseBody};
-use fleetgate_agent_policy::{BodyPrefix, CONSUMER_HEADER, Chain, ConsumerEntry, RequestCtx};
+use fleetgate_agent_policy::{
+    BodyPrefix, CONSUMER_HEADER, Chain, ConsumerEntry, Rejection, RequestCtx, Unfinished,
+};
 
 /// Request bodies up to this size are buffered when the route retries or mirrors, so that
 /// they can be sent more than once; larger or unsized bodies stream once and are not retried.
@@ -183,15 +185,21 @@ async fn route(
     let policy_headers = {
         // Borrowed and precomputed unless the host's domain has policies of its own.
         let chain = generation.policies.chain(host, &route.name);
-        // A route without policies never creates the chain's future (it would be copied
-        // into this one's state on every request).
-        if chain.is_empty() {
-            http::HeaderMap::new()
+        // The chain's future is created only when a plugin has to wait or the body has to
+        // be read first (it would be copied into this one's state on every request).
+        let outcome = if chain.is_empty() {
+            PolicyOutcome::Forward(http::HeaderMap::new())
         } else {
-            match run_policies(&chain, conn, &mut parts, &mut body, record).await {
-                Ok(headers) => headers,
-                Err(answer) => return Ok(answer),
+            match run_policies_now(&chain, conn, &mut parts, &body, record) {
+                PolicyRun::Done(outcome) => outcome,
+                PolicyRun::Later(ctx, unfinished) => {
+                    run_policies_later(&chain, ctx, unfinished, &mut body, record).await
+                }
             }
+        };
+        match outcome {
+            PolicyOutcome::Forward(headers) => headers,
+            PolicyOutcome::Answer(answer) => return Ok(answer),
         }
     };
     let spec = &route.spec;
@@ -249,17 +257,35 @@ async fn route(
     Ok(response)
 }
 
-/// Runs a (non-empty) policy chain on the request, in place: the chain edits the request's
-/// own headers and target (its changes to the query count), and the body prefix the chain read
-/// is put back in front of the body. Returns the headers the chain wants on the response, or
-/// the response a policy answered with.
-async fn run_policies(
+/// What a policy chain decided about a request.
+enum PolicyOutcome {
+    /// Go on, and add these headers to the response (rate-limit state, CORS).
+    Forward(http::HeaderMap),
+    /// Answer with this response instead.
+    Answer(Response<ResponseBody>),
+}
+
+/// How far a policy chain got on a request without waiting.
+// Not boxed: the value lives from the call to the match that takes it apart, and boxing the
+// context would allocate for every request whose chain waits.
+#[allow(clippy::large_enum_variant)]
+enum PolicyRun<'r> {
+    Done(PolicyOutcome),
+    /// The request's context and where the chain stopped: a plugin has to wait, or the body
+    /// has to be read before the first one runs.
+    Later(RequestCtx<'r>, Unfinished),
+}
+
+/// Runs a (non-empty) policy chain on the request, in place, as far as it goes without
+/// waiting: the chain edits the request's own headers and target (its changes to the query
+/// count). [`run_policies_later`] goes on from where it stopped.
+fn run_policies_now<'r>(
     chain: &Chain,
     conn: ConnInfo,
-    parts: &mut http::request::Parts,
-    body: &mut Inbound,
+    parts: &'r mut http::request::Parts,
+    body: &Inbound,
     record: &mut AccessRecord,
-) -> Result<http::HeaderMap, Response<ResponseBody>> {
+) -> PolicyRun<'r> {
     let mut ctx = RequestCtx::borrowing(
         parts.method.clone(),
         &mut parts.uri,
@@ -270,39 +296,67 @@ async fn run_policies(
     match chain.body_limit() {
         None => {}
         Some(_) if body.is_end_stream() => ctx.body = BodyPrefix::Complete(Bytes::new()),
-        Some(limit) => {
-            let whole = std::mem::replace(body, Inbound::Empty);
-            match whole.read_prefix_of(limit).await {
-                Ok((read, inbound)) => {
-                    ctx.body = if read.complete {
-                        BodyPrefix::Complete(read.prefix)
-                    } else {
-                        BodyPrefix::Partial(read.prefix)
-                    };
-                    *body = inbound;
-                }
-                Err(e) => {
-                    record.error = Some("client_body_error");
-                    let answer = fleetgate_agent_policy::reject(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request_body",
-                        &format!("request body could not be read: {e}"),
-                        "",
-                    );
-                    return Err(answer.map(full));
-                }
+        Some(_) => return PolicyRun::Later(ctx, Unfinished::START),
+    }
+    match chain.run_now(&mut ctx) {
+        Ok(rejection) => PolicyRun::Done(policy_outcome(rejection, ctx, record)),
+        Err(unfinished) => PolicyRun::Later(ctx, unfinished),
+    }
+}
+
+/// The rest of a chain's run: reads the body prefix the chain wants if it is still to be read
+/// (and puts it back in front of the body), then runs the plugins from where
+/// [`run_policies_now`] stopped.
+async fn run_policies_later(
+    chain: &Chain,
+    mut ctx: RequestCtx<'_>,
+    unfinished: Unfinished,
+    body: &mut Inbound,
+    record: &mut AccessRecord,
+) -> PolicyOutcome {
+    if let (Some(limit), BodyPrefix::NotRead) = (chain.body_limit(), &ctx.body) {
+        let whole = std::mem::replace(body, Inbound::Empty);
+        match whole.read_prefix_of(limit).await {
+            Ok((read, inbound)) => {
+                ctx.body = if read.complete {
+                    BodyPrefix::Complete(read.prefix)
+                } else {
+                    BodyPrefix::Partial(read.prefix)
+                };
+                *body = inbound;
+            }
+            Err(e) => {
+                record.error = Some("client_body_error");
+                let answer = fleetgate_agent_policy::reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_body",
+                    &format!("request body could not be read: {e}"),
+                    "",
+                );
+                return PolicyOutcome::Answer(answer.map(full));
             }
         }
     }
-    if let Some(rejection) = chain.run(&mut ctx).await {
+    let rejection = chain.run_from(unfinished, &mut ctx).await;
+    policy_outcome(rejection, ctx, record)
+}
+
+/// A chain's outcome as the proxy uses it (a refusal gets the headers the chain set for the
+/// response too), recorded in the access record.
+fn policy_outcome(
+    rejection: Option<Rejection>,
+    ctx: RequestCtx<'_>,
+    record: &mut AccessRecord,
+) -> PolicyOutcome {
+    if let Some(rejection) = rejection {
         record.error = Some("policy");
         record.policy = Some(rejection.policy);
         let mut answer = rejection.response.map(full);
         answer.headers_mut().extend(ctx.response_headers);
-        return Err(answer);
+        return PolicyOutcome::Answer(answer);
     }
     record.consumer = ctx.consumer;
-    Ok(ctx.response_headers)
+    PolicyOutcome::Forward(ctx.response_headers)
 }
 
 fn direct_response(direct: &DirectResponse) -> Response<ResponseBody> {

@@ -17,7 +17,7 @@ pub mod plugins;
 mod set;
 mod state;
 
-pub use chain::{CONSUMER_HEADER, Chain, Rejection};
+pub use chain::{CONSUMER_HEADER, Chain, Rejection, Unfinished};
 pub use context::{BodyPrefix, ConsumerEntry, Held, RequestCtx, Verdict, canonical_ip, reject};
 pub use plugin::{Plugin, PluginFuture, Step};
 pub use set::{Consumers, PolicySet};

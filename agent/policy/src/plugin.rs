@@ -56,4 +56,13 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
 
     /// Inspects (and may change) the request; answers it or lets it through.
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a>;
+
+    /// [`Self::on_request`]'s verdict when it is given at once, or `None` when this request
+    /// has to wait; the chain then calls `on_request`, so a `None` must leave the request as
+    /// `on_request` expects to find it. A chain whose plugins all answer here runs as a plain
+    /// call, without creating a future (the proxy's state machine would copy it on every
+    /// request). The default, for plugins that always wait: `None`.
+    fn verdict_now(&self, _ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        None
+    }
 }

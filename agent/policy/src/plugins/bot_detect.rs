@@ -440,8 +440,11 @@ impl Plugin for BotDetect {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let verdict = self.decide(ctx);
-        Step::Done(verdict)
+        Step::Done(self.decide(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.decide(ctx))
     }
 }
 

@@ -63,16 +63,8 @@ fn insert(headers: &mut http::HeaderMap, name: header::HeaderName, value: &str) 
     }
 }
 
-impl Plugin for Cors {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authz
-    }
-
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+impl Cors {
+    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let origin = ctx
             .headers
             .get(header::ORIGIN)
@@ -82,7 +74,7 @@ impl Plugin for Cors {
             && ctx
                 .headers
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let verdict = match origin {
+        match origin {
             None => Verdict::Continue,
             Some(origin) if !self.allows(&origin) => {
                 if preflight {
@@ -145,7 +137,24 @@ impl Plugin for Cors {
                     Verdict::Continue
                 }
             }
-        };
-        Step::Done(verdict)
+        }
+    }
+}
+
+impl Plugin for Cors {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authz
+    }
+
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+        Step::Done(self.decide(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.decide(ctx))
     }
 }

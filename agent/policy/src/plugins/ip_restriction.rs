@@ -69,6 +69,22 @@ pub fn client_ip(source: &ClientIpSource, headers: &HeaderMap, peer: IpAddr) -> 
     entries[entries.len() - hops].parse().unwrap_or(peer)
 }
 
+impl IpRestriction {
+    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        let ip = client_ip(&self.source, &ctx.headers, ctx.peer_ip());
+        if self.permits(ip) {
+            Verdict::Continue
+        } else {
+            Verdict::Respond(reject(
+                StatusCode::FORBIDDEN,
+                "ip_denied",
+                &format!("client address {ip} is not allowed"),
+                &self.name,
+            ))
+        }
+    }
+}
+
 impl Plugin for IpRestriction {
     fn name(&self) -> &str {
         &self.name
@@ -79,18 +95,11 @@ impl Plugin for IpRestriction {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let ip = client_ip(&self.source, &ctx.headers, ctx.peer_ip());
-        let verdict = if self.permits(ip) {
-            Verdict::Continue
-        } else {
-            Verdict::Respond(reject(
-                StatusCode::FORBIDDEN,
-                "ip_denied",
-                &format!("client address {ip} is not allowed"),
-                &self.name,
-            ))
-        };
-        Step::Done(verdict)
+        Step::Done(self.decide(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.decide(ctx))
     }
 }
 

@@ -581,29 +581,23 @@ fn try_key(
     }
 }
 
-impl Plugin for JwtAuth {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authn
-    }
-
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+impl JwtAuth {
+    /// The verdict when it is given without waiting: every refusal before verification, and
+    /// a token verified before. `Err` carries a token to verify first.
+    fn answer_now(&self, ctx: &mut RequestCtx<'_>) -> Result<Verdict, String> {
         // Claim headers are ours to set: whatever the client sent under those names goes,
         // even when the token lacks the claim.
         for (_, header) in &self.claims_to_headers {
             ctx.headers.remove(header);
         }
         let Some(token) = credentials::find(&self.sources, ctx) else {
-            return Step::Done(self.answer(Err(Refusal::unauthorized(
+            return Ok(self.answer(Err(Refusal::unauthorized(
                 "missing_token",
                 "a bearer token is required",
             ))));
         };
         if token.len() > MAX_TOKEN_LEN {
-            return Step::Done(self.answer(Err(Refusal::unauthorized(
+            return Ok(self.answer(Err(Refusal::unauthorized(
                 "invalid_token",
                 "the token is too long",
             ))));
@@ -615,9 +609,26 @@ impl Plugin for JwtAuth {
             .get::<str>(token.as_ref())
             .map(|hit| hit.clone());
         if let Some(verified) = cached {
-            return Step::Done(self.answer(self.admit(&verified, ctx)));
+            return Ok(self.answer(self.admit(&verified, ctx)));
         }
-        let token = token.into_owned();
+        Err(token.into_owned())
+    }
+}
+
+impl Plugin for JwtAuth {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authn
+    }
+
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+        let token = match self.answer_now(ctx) {
+            Ok(verdict) => return Step::Done(verdict),
+            Err(token) => token,
+        };
         Step::Wait(Box::pin(async move {
             let admitted = match self.verify_token(&token).await {
                 Ok(verified) => self.admit(&verified, ctx),
@@ -625,6 +636,10 @@ impl Plugin for JwtAuth {
             };
             self.answer(admitted)
         }))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        self.answer_now(ctx).ok()
     }
 }
 

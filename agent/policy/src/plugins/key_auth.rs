@@ -72,8 +72,11 @@ impl Plugin for KeyAuth {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let verdict = self.check(ctx);
-        Step::Done(verdict)
+        Step::Done(self.check(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.check(ctx))
     }
 }
 

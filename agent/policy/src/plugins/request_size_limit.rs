@@ -30,6 +30,22 @@ impl RequestSizeLimit {
     }
 }
 
+impl RequestSizeLimit {
+    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        let declared = ctx
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match (&ctx.body, declared) {
+            (_, Some(length)) if length > self.max => self.too_large(),
+            (BodyPrefix::Partial(_), _) => self.too_large(),
+            (BodyPrefix::Complete(body), _) if body.len() as u64 > self.max => self.too_large(),
+            _ => Verdict::Continue,
+        }
+    }
+}
+
 impl Plugin for RequestSizeLimit {
     fn name(&self) -> &str {
         &self.name
@@ -44,17 +60,10 @@ impl Plugin for RequestSizeLimit {
     }
 
     fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let declared = ctx
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let verdict = match (&ctx.body, declared) {
-            (_, Some(length)) if length > self.max => self.too_large(),
-            (BodyPrefix::Partial(_), _) => self.too_large(),
-            (BodyPrefix::Complete(body), _) if body.len() as u64 > self.max => self.too_large(),
-            _ => Verdict::Continue,
-        };
-        Step::Done(verdict)
+        Step::Done(self.decide(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.decide(ctx))
     }
 }
