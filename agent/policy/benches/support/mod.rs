@@ -102,7 +102,7 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
 }
 
 /// One request through `chain` as the proxy runs it: a fresh context, an empty body when the
-/// chain reads bodies, then every plugin. The context owns a copy of the client's headers
+/// chain reads bodies, then every plugin (the runtime entered only for one that waits). The context owns a copy of the client's headers
 /// where the proxy's borrows the request's. Returns whether the request passed.
 pub fn one_request(
     runtime: &tokio::runtime::Runtime,
@@ -120,7 +120,12 @@ pub fn one_request(
     if chain.body_limit().is_some() {
         ctx.body = BodyPrefix::Complete(Bytes::new());
     }
-    runtime.block_on(chain.run(&mut ctx)).is_none()
+    match chain.run_now(&mut ctx) {
+        Ok(rejection) => rejection.is_none(),
+        Err(unfinished) => runtime
+            .block_on(chain.run_from(unfinished, &mut ctx))
+            .is_none(),
+    }
 }
 
 /// Each measured variant and its Policy spec.

@@ -1045,23 +1045,18 @@ fn decode_base64(text: &[u8], out: &mut [u8; MAX_TAG_LEN]) -> Option<usize> {
     }
     let (groups, tail) = symbols.split_at(symbols.len() / 4 * 4);
     let mut invalid = 0u8;
-    // Four symbols as 24 bits; a symbol outside the alphabet marks `invalid`. A whole array,
-    // so the four lookups and shifts are laid out without a loop.
+    // Four symbols as 24 bits; a symbol outside the alphabet marks `invalid` (its bits then
+    // do not matter: nothing decoded is returned).
     let mut bits_of = |group: [u8; 4]| {
-        let values = group.map(|symbol| BASE64_VALUES[usize::from(symbol)]);
-        invalid |= values[0] | values[1] | values[2] | values[3];
-        values
-            .iter()
-            .fold(0u32, |bits, &value| bits << 6 | u32::from(value & 0x3f))
+        let [a, b, c, d] = group.map(|symbol| u32::from(BASE64_VALUES[usize::from(symbol)]));
+        invalid |= (a | b | c | d) as u8;
+        a << 18 | b << 12 | c << 6 | d
     };
-    // Whole groups: four symbols, three bytes (`len` fits `out`, so every group has room).
-    for (group, bytes) in groups
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .zip(out.chunks_exact_mut(3))
-    {
-        bytes.copy_from_slice(&bits_of(*group).to_be_bytes()[1..]);
+    // Whole groups: four symbols, three bytes, stored as four (big-endian, the fourth byte
+    // overwritten by the next group's or left past `len`): one store, not three. Room: with
+    // `len` at most 64 there are at most 21 whole groups, the last ending at byte 64.
+    for (i, group) in groups.as_chunks::<4>().0.iter().enumerate() {
+        out[3 * i..3 * i + 4].copy_from_slice(&(bits_of(*group) << 8).to_be_bytes());
     }
     // A padded last group: two symbols for one byte or three for two, completed with `A`
     // (value 0); the bits past the symbols sent must be zero.
