@@ -7,6 +7,7 @@ mod challenge;
 mod cors;
 mod credentials;
 pub mod hmac_auth;
+mod hmac_sha256;
 mod ip_restriction;
 mod jwt_auth;
 mod key_auth;

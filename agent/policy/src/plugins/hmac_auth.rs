@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use smallvec::SmallVec;
 
 use super::credentials;
+use super::hmac_sha256::HmacSha256;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
 use crate::plugin::{Plugin, Step};
 use crate::set::Consumers;
@@ -74,11 +75,12 @@ fn algorithm_of_scheme(scheme: &[u8]) -> Option<HmacAlgorithm> {
 }
 
 /// A secret keyed for one algorithm. Keying hashes the padded secret once (at config load):
-/// a request clones the keyed state and hashes only its canonical request and the inner
-/// digest, all in Rust, with the CPU's SHA instructions where it has them.
+/// a request hashes only its canonical request and the inner digest, all in Rust, with the
+/// CPU's SHA instructions where it has them. SHA-256, the usual one, over the compression
+/// function itself ([`HmacSha256`]); the others clone the `hmac` crate's keyed state.
 #[derive(Clone)]
 enum MacKey {
-    Sha256(Hmac<Sha256>),
+    Sha256(HmacSha256),
     Sha384(Hmac<Sha384>),
     Sha512(Hmac<Sha512>),
 }
@@ -91,7 +93,7 @@ impl MacKey {
                 .map_err(|_| "the secret cannot key HMAC".to_owned())
         }
         Ok(match algorithm {
-            HmacAlgorithm::HmacSha256 => Self::Sha256(keyed(secret)?),
+            HmacAlgorithm::HmacSha256 => Self::Sha256(HmacSha256::new(secret)),
             HmacAlgorithm::HmacSha384 => Self::Sha384(keyed(secret)?),
             HmacAlgorithm::HmacSha512 => Self::Sha512(keyed(secret)?),
         })
@@ -107,7 +109,7 @@ impl MacKey {
                 .to_vec()
         }
         match self {
-            Self::Sha256(key) => tag(key, message),
+            Self::Sha256(key) => key.tag(message).to_vec(),
             Self::Sha384(key) => tag(key, message),
             Self::Sha512(key) => tag(key, message),
         }
@@ -124,7 +126,7 @@ impl MacKey {
             )
         }
         match self {
-            Self::Sha256(key) => check(key, message, tag),
+            Self::Sha256(key) => constant_time::eq(&key.tag(message), tag),
             Self::Sha384(key) => check(key, message, tag),
             Self::Sha512(key) => check(key, message, tag),
         }
