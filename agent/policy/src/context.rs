@@ -2,7 +2,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fleetgate_shared::model::Rate;
@@ -133,9 +133,9 @@ pub struct RequestCtx<'r> {
     pub consumer: Option<Arc<ConsumerEntry>>,
     /// Headers added to the response the client gets (rate-limit state, CORS).
     pub response_headers: HeaderMap,
-    /// Wall-clock time of the request, read at the first [`Self::now`] (JWT exp/nbf, HMAC
-    /// dates, challenge cookies): most chains never ask, and a clock read costs ~70 ns here.
-    now: Cell<Option<SystemTime>>,
+    /// Wall-clock time of the request since the Unix epoch, read at the first
+    /// [`Self::since_epoch`] (JWT exp/nbf, HMAC dates, challenge cookies): most chains never ask.
+    now: Cell<Option<Duration>>,
 }
 
 impl<'r> RequestCtx<'r> {
@@ -189,18 +189,27 @@ impl<'r> RequestCtx<'r> {
         }
     }
 
-    /// The request's wall-clock time: read once, the same for every plugin after.
-    pub fn now(&self) -> SystemTime {
+    /// The request's wall-clock time since the Unix epoch: read once, the same for every
+    /// plugin after ([`wall_clock`]).
+    pub fn since_epoch(&self) -> Duration {
         self.now.get().unwrap_or_else(|| {
-            let now = SystemTime::now();
+            let now = wall_clock();
             self.now.set(Some(now));
             now
         })
     }
 
-    /// Fixes the request's time, for tests that need a given clock.
+    /// [`Self::since_epoch`] in whole seconds, the unit policies compare dates in.
+    pub fn unix_secs(&self) -> u64 {
+        self.since_epoch().as_secs()
+    }
+
+    /// Fixes the request's time, for tests that need a given clock (0 before the epoch).
     pub fn set_now(&mut self, now: SystemTime) {
-        self.now.set(Some(now));
+        self.now.set(Some(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        ));
     }
 
     /// The client IP as the TCP peer sees it, with an IPv4 client on a dual-stack socket
@@ -223,6 +232,28 @@ impl<'r> RequestCtx<'r> {
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v)
+    }
+}
+
+/// The wall-clock time since the Unix epoch as policies read it. On Linux, the kernel's coarse
+/// real-time clock: the time of its last tick (a few milliseconds old at most), read in ~2 ns
+/// where `SystemTime::now` takes ~29 ns on this host (docs/benchmarks.md, session 20). Policies
+/// compare it in seconds, against windows of seconds (a JWT's exp with its clock skew, an
+/// HMAC date's window, a challenge cookie's expiry).
+pub fn wall_clock() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        // Before the epoch (a clock set wrong) reads as the epoch.
+        u64::try_from(now.tv_sec).map_or(Duration::ZERO, |secs| {
+            Duration::new(secs, u32::try_from(now.tv_nsec).unwrap_or(0))
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
     }
 }
 
@@ -260,6 +291,37 @@ pub fn reject(status: StatusCode, code: &str, message: &str, policy: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policies' clock is the wall clock: within a tick (a second is far more) of
+    /// `SystemTime::now`, never ahead of it, and read once per request.
+    #[test]
+    fn the_policy_clock_is_the_wall_clock_read_once() {
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let ours = wall_clock();
+        let after = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert!(ours <= after, "{ours:?} is ahead of {after:?}");
+        assert!(
+            before - ours < Duration::from_secs(1),
+            "{ours:?} lags {before:?}"
+        );
+
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let ctx = RequestCtx::new(
+            Method::GET,
+            Uri::from_static("/"),
+            HeaderMap::new(),
+            peer,
+            false,
+        );
+        let first = ctx.since_epoch();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ctx.since_epoch(), first);
+        assert_eq!(ctx.unix_secs(), first.as_secs());
+    }
 
     /// A consumer names itself upstream unless its own headers set `x-fleetgate-consumer`,
     /// which then wins (it is not sent twice); its other headers are its own, and a name or

@@ -29,7 +29,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use super::challenge::{CookieSigner, unix_seconds};
+use super::challenge::CookieSigner;
 use bytes::Bytes;
 use fleetgate_shared::model::{BotDetect as Config, Phase, Verdict as Action};
 use fleetgate_shared::validate::REGEX_SIZE_LIMIT;
@@ -364,7 +364,7 @@ impl BotDetect {
 
     fn challenge_page(&self, ctx: &RequestCtx<'_>) -> Response<Bytes> {
         let ip = ctx.peer_ip();
-        let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
+        let expiry = ctx.unix_secs() + CHALLENGE_TTL.as_secs();
         // Name and value are [A-Za-z0-9_.-]: safe inside the script's string and the page.
         let value = self.state.signer.token(&self.name, &ip.to_string(), expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
@@ -399,7 +399,7 @@ location.replace(location.href);</script></body></html>
                 &self.name,
                 &ctx.peer_ip().to_string(),
                 cookie,
-                unix_seconds(ctx.now()),
+                ctx.unix_secs(),
             )
         })
     }
@@ -451,6 +451,7 @@ impl Plugin for BotDetect {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::time::UNIX_EPOCH;
 
     use http::{Method, Uri};
 
@@ -715,7 +716,7 @@ mod tests {
 
         // Expiry: the same cookie after its lifetime is challenged again.
         let mut late = with("192.0.2.1:2", &cookie);
-        let later = late.now() + CHALLENGE_TTL + Duration::from_secs(1);
+        let later = UNIX_EPOCH + late.since_epoch() + CHALLENGE_TTL + Duration::from_secs(1);
         late.set_now(later);
         assert!(run(&p, &mut late).is_some());
 

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::challenge::{CookieSigner, unix_seconds};
+use super::challenge::CookieSigner;
 use bytes::Bytes;
 use fleetgate_shared::model::{CcProtection as Config, LimitKey, Phase};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE};
@@ -171,7 +171,7 @@ impl CcProtection {
     }
 
     fn challenge_page(&self, ctx: &RequestCtx<'_>, key: &str) -> Response<Bytes> {
-        let expiry = unix_seconds(ctx.now()) + CHALLENGE_TTL.as_secs();
+        let expiry = ctx.unix_secs() + CHALLENGE_TTL.as_secs();
         let value = self.state.signer.token(&self.name, key, expiry);
         let secure = if ctx.tls { "; Secure" } else { "" };
         let cookie = format!(
@@ -200,7 +200,7 @@ impl CcProtection {
             && ctx.cookie(COOKIE).is_some_and(|cookie| {
                 self.state
                     .signer
-                    .verify(&self.name, &key, cookie, unix_seconds(ctx.now()))
+                    .verify(&self.name, &key, cookie, ctx.unix_secs())
             });
         let now = self.state.clients.now();
         let outcome = self

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -20,6 +19,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use smallvec::SmallVec;
 
+use super::challenge::unix_seconds;
 use super::credentials;
 use super::hmac_sha256::HmacSha256;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
@@ -1240,7 +1240,7 @@ impl HmacAuth {
                 &format_args!("header `{missing}` must be signed"),
             );
         }
-        let now = unix_secs(ctx.now());
+        let now = ctx.unix_secs();
         let date = match signed_date(&fields, &auth) {
             Ok(date) => date,
             Err(message) => return self.unauthorized("missing_date", &message),
@@ -1385,16 +1385,12 @@ fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
         return std::str::from_utf8(value)
             .ok()
             .and_then(|value| httpdate::parse_http_date(value).ok())
-            .map(unix_secs)
+            .map(unix_seconds)
             .ok_or_else(|| "`date` is not an HTTP date".to_owned());
     }
     Err(error(format_args!(
         "sign a date: `{DATE_HEADER}` (unix seconds) or `date`"
     )))
-}
-
-fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// 128 bits of sha256(key id, nonce): the same nonce under two keys is two entries.
@@ -1491,7 +1487,7 @@ impl Plugin for HmacAuth {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

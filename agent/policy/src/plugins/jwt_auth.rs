@@ -6,7 +6,6 @@ mod jwks;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
@@ -309,11 +308,7 @@ impl JwtAuth {
             Ok(window) => *window,
             Err((code, message)) => return Err(Refusal::unauthorized(code, message.clone())),
         };
-        let now = ctx
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64();
+        let now = ctx.since_epoch().as_secs_f64();
         if now > exp + self.skew_secs {
             return Err(Refusal::unauthorized(
                 "token_expired",
@@ -649,6 +644,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
 
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::{
