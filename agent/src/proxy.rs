@@ -305,8 +305,8 @@ fn run_policies_now<'r>(
 }
 
 /// The rest of a chain's run: reads the body prefix the chain wants if it is still to be read
-/// (and puts it back in front of the body), then runs the plugins from where
-/// [`run_policies_now`] stopped.
+/// (and puts it back in front of the body) and then runs the chain, or runs the plugins from
+/// where [`run_policies_now`] stopped.
 async fn run_policies_later(
     chain: &Chain,
     mut ctx: RequestCtx<'_>,
@@ -314,7 +314,13 @@ async fn run_policies_later(
     body: &mut Inbound,
     record: &mut AccessRecord,
 ) -> PolicyOutcome {
-    if let (Some(limit), BodyPrefix::NotRead) = (chain.body_limit(), &ctx.body) {
+    // A chain that waited for the body has run no plugin yet: it runs as far as it goes
+    // without waiting, then on (`Chain::run`); any other goes on from where it stopped.
+    let to_read = match (chain.body_limit(), &ctx.body) {
+        (Some(limit), BodyPrefix::NotRead) => Some(limit),
+        _ => None,
+    };
+    if let Some(limit) = to_read {
         let whole = std::mem::replace(body, Inbound::Empty);
         match whole.read_prefix_of(limit).await {
             Ok((read, inbound)) => {
@@ -337,7 +343,11 @@ async fn run_policies_later(
             }
         }
     }
-    let rejection = chain.run_from(unfinished, &mut ctx).await;
+    let rejection = if to_read.is_some() {
+        chain.run(&mut ctx).await
+    } else {
+        chain.run_from(unfinished, &mut ctx).await
+    };
     policy_outcome(rejection, ctx, record)
 }
 

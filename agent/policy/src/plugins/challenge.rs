@@ -5,15 +5,7 @@
 //! binds the cookie to what the policy counts (a client IP, a key), so a cookie cannot be
 //! passed to another client; the policy name keeps one policy's cookie from satisfying another.
 
-use std::time::SystemTime;
-
 use aws_lc_rs::hmac;
-
-/// Unix seconds of `at` (0 before the epoch): the unit cookie expiries are written in.
-pub(crate) fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Signs and checks challenge cookies with one random per-agent secret.
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,7 +20,6 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use smallvec::SmallVec;
 
-use super::challenge::unix_seconds;
 use super::credentials;
 use super::hmac_sha256::HmacSha256;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
@@ -1385,7 +1385,7 @@ fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
         return std::str::from_utf8(value)
             .ok()
             .and_then(|value| httpdate::parse_http_date(value).ok())
-            .map(unix_seconds)
+            .map(|date| date.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
             .ok_or_else(|| "`date` is not an HTTP date".to_owned());
     }
     Err(error(format_args!(
@@ -1487,7 +1487,7 @@ impl Plugin for HmacAuth {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     use super::*;
 
@@ -2174,7 +2174,7 @@ mod tests {
                 let key = MacKey::new(algorithm, secret).unwrap();
                 let tag = key.sign(message);
                 assert_eq!(hex::encode(&tag), expected, "{algorithm:?}");
-                // The keyed state is cloned per message, never consumed: verify twice.
+                // The keyed state is read per message, never consumed: verify twice.
                 assert!(key.verify(message, &tag) && key.verify(message, &tag));
                 let mut flipped = tag.clone();
                 flipped[0] ^= 1;

@@ -4,8 +4,8 @@
 //! its message's blocks from the inner state and one block from the outer. The `hmac` crate
 //! does the same work through the `digest` traits, whose keyed state is ~200 bytes to clone
 //! per request and whose block buffer copies the message's tail and the inner digest around:
-//! ~300 instructions a request beside the compressions, here ~100. SHA-384 and SHA-512
-//! signatures, rarer, keep the `hmac` crate.
+//! ~310 instructions a request beside the compressions, here ~180 (docs/benchmarks.md,
+//! session 20). SHA-384 and SHA-512 signatures, rarer, keep the `hmac` crate.
 
 use sha2::compress256;
 use sha2::digest::generic_array::GenericArray;
