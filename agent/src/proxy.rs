@@ -192,8 +192,8 @@ async fn route(
         } else {
             match run_policies_now(&chain, conn, &mut parts, &body, record) {
                 PolicyRun::Done(outcome) => outcome,
-                PolicyRun::Later(ctx, unfinished) => {
-                    run_policies_later(&chain, ctx, unfinished, &mut body, record).await
+                PolicyRun::Later(ctx, pending) => {
+                    run_policies_later(&chain, ctx, pending, &mut body, record).await
                 }
             }
         };
@@ -271,9 +271,16 @@ enum PolicyOutcome {
 #[allow(clippy::large_enum_variant)]
 enum PolicyRun<'r> {
     Done(PolicyOutcome),
-    /// The request's context and where the chain stopped: a plugin has to wait, or the body
-    /// has to be read before the first one runs.
-    Later(RequestCtx<'r>, Unfinished),
+    /// The request's context and what is left to do.
+    Later(RequestCtx<'r>, Pending),
+}
+
+/// What is left of a chain's run once it has to wait.
+enum Pending {
+    /// Read the body, up to this many bytes, then run the chain: no plugin has run yet.
+    Body(u64),
+    /// Run the plugins from the one that has to wait.
+    Plugins(Unfinished),
 }
 
 /// Runs a (non-empty) policy chain on the request, in place, as far as it goes without
@@ -296,57 +303,51 @@ fn run_policies_now<'r>(
     match chain.body_limit() {
         None => {}
         Some(_) if body.is_end_stream() => ctx.body = BodyPrefix::Complete(Bytes::new()),
-        Some(_) => return PolicyRun::Later(ctx, Unfinished::START),
+        Some(limit) => return PolicyRun::Later(ctx, Pending::Body(limit)),
     }
     match chain.run_now(&mut ctx) {
         Ok(rejection) => PolicyRun::Done(policy_outcome(rejection, ctx, record)),
-        Err(unfinished) => PolicyRun::Later(ctx, unfinished),
+        Err(unfinished) => PolicyRun::Later(ctx, Pending::Plugins(unfinished)),
     }
 }
 
-/// The rest of a chain's run: reads the body prefix the chain wants if it is still to be read
-/// (and puts it back in front of the body) and then runs the chain, or runs the plugins from
-/// where [`run_policies_now`] stopped.
+/// The rest of a chain's run: reads the body prefix the chain wants (and puts it back in
+/// front of the body) and then runs the chain, or runs the plugins from where
+/// [`run_policies_now`] stopped.
 async fn run_policies_later(
     chain: &Chain,
     mut ctx: RequestCtx<'_>,
-    unfinished: Unfinished,
+    pending: Pending,
     body: &mut Inbound,
     record: &mut AccessRecord,
 ) -> PolicyOutcome {
-    // A chain that waited for the body has run no plugin yet: it runs as far as it goes
-    // without waiting, then on (`Chain::run`); any other goes on from where it stopped.
-    let to_read = match (chain.body_limit(), &ctx.body) {
-        (Some(limit), BodyPrefix::NotRead) => Some(limit),
-        _ => None,
-    };
-    if let Some(limit) = to_read {
-        let whole = std::mem::replace(body, Inbound::Empty);
-        match whole.read_prefix_of(limit).await {
-            Ok((read, inbound)) => {
-                ctx.body = if read.complete {
-                    BodyPrefix::Complete(read.prefix)
-                } else {
-                    BodyPrefix::Partial(read.prefix)
-                };
-                *body = inbound;
+    let rejection = match pending {
+        Pending::Plugins(unfinished) => chain.run_from(unfinished, &mut ctx).await,
+        Pending::Body(limit) => {
+            let whole = std::mem::replace(body, Inbound::Empty);
+            match whole.read_prefix_of(limit).await {
+                Ok((read, inbound)) => {
+                    ctx.body = if read.complete {
+                        BodyPrefix::Complete(read.prefix)
+                    } else {
+                        BodyPrefix::Partial(read.prefix)
+                    };
+                    *body = inbound;
+                }
+                Err(e) => {
+                    record.error = Some("client_body_error");
+                    let answer = fleetgate_agent_policy::reject(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        &format!("request body could not be read: {e}"),
+                        "",
+                    );
+                    return PolicyOutcome::Answer(answer.map(full));
+                }
             }
-            Err(e) => {
-                record.error = Some("client_body_error");
-                let answer = fleetgate_agent_policy::reject(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    &format!("request body could not be read: {e}"),
-                    "",
-                );
-                return PolicyOutcome::Answer(answer.map(full));
-            }
+            // No plugin has run yet: as far as the chain goes without waiting, then on.
+            chain.run(&mut ctx).await
         }
-    }
-    let rejection = if to_read.is_some() {
-        chain.run(&mut ctx).await
-    } else {
-        chain.run_from(unfinished, &mut ctx).await
     };
     policy_outcome(rejection, ctx, record)
 }

@@ -76,8 +76,7 @@ impl Chain {
         Ok(None)
     }
 
-    /// The rest of [`Self::run`] from where [`Self::run_now`] stopped (or from the start, with
-    /// [`Unfinished::START`]).
+    /// The rest of [`Self::run`] from where [`Self::run_now`] stopped.
     pub async fn run_from(
         &self,
         unfinished: Unfinished,
@@ -101,11 +100,6 @@ impl Chain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unfinished {
     at: usize,
-}
-
-impl Unfinished {
-    /// Before the first plugin: a run that has not started.
-    pub const START: Unfinished = Unfinished { at: 0 };
 }
 
 fn rejection(plugin: &Arc<dyn Plugin>, response: Response<Bytes>) -> Rejection {
@@ -244,7 +238,7 @@ mod tests {
         assert!(mixed.run(&mut c).await.is_none());
         assert_eq!(seen(&c), "a,b,c");
         let mut c = ctx();
-        assert!(mixed.run_from(Unfinished::START, &mut c).await.is_none());
+        assert!(mixed.run_from(Unfinished { at: 0 }, &mut c).await.is_none());
         assert_eq!(seen(&c), "a,b,c");
     }
 

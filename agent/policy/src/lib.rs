@@ -19,6 +19,6 @@ mod state;
 
 pub use chain::{CONSUMER_HEADER, Chain, Rejection, Unfinished};
 pub use context::{BodyPrefix, ConsumerEntry, Held, RequestCtx, Verdict, canonical_ip, reject};
-pub use plugin::{Plugin, PluginFuture, Step};
+pub use plugin::{AnswersAtOnce, Plugin, PluginFuture, Step};
 pub use set::{Consumers, PolicySet};
 pub use state::PolicyState;

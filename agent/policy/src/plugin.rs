@@ -66,3 +66,44 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 }
+
+/// A plugin that always answers at once, without waiting: it gives its verdict and is a
+/// [`Plugin`] whose `on_request` and `verdict_now` both give that verdict, so the two cannot
+/// disagree.
+pub trait AnswersAtOnce: Send + Sync + std::fmt::Debug {
+    /// The policy's resource name.
+    fn name(&self) -> &str;
+
+    /// The phase this plugin runs in.
+    fn phase(&self) -> Phase;
+
+    /// As [`Plugin::body_limit`].
+    fn body_limit(&self) -> Option<u64> {
+        None
+    }
+
+    /// Inspects (and may change) the request; answers it or lets it through.
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict;
+}
+
+impl<T: AnswersAtOnce> Plugin for T {
+    fn name(&self) -> &str {
+        AnswersAtOnce::name(self)
+    }
+
+    fn phase(&self) -> Phase {
+        AnswersAtOnce::phase(self)
+    }
+
+    fn body_limit(&self) -> Option<u64> {
+        AnswersAtOnce::body_limit(self)
+    }
+
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+        Step::Done(self.verdict(ctx))
+    }
+
+    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
+        Some(self.verdict(ctx))
+    }
+}

@@ -38,7 +38,7 @@ use http::{HeaderMap, Response, StatusCode};
 use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of this plugin's challenge secret.
@@ -430,7 +430,7 @@ location.replace(location.href);</script></body></html>
     }
 }
 
-impl Plugin for BotDetect {
+impl AnswersAtOnce for BotDetect {
     fn name(&self) -> &str {
         &self.name
     }
@@ -439,12 +439,8 @@ impl Plugin for BotDetect {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.decide(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.decide(ctx))
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        self.decide(ctx)
     }
 }
 

@@ -32,7 +32,7 @@ use super::key_rate_limit::algorithm::{Quota, WindowState, sliding_window};
 use super::key_rate_limit::table::{Expiring, MAX_KEYS, Table};
 use super::key_rate_limit::{display_key, key_value, store_key};
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 use crate::state::PolicyState;
 
 /// The [`PolicyState`] kind of [`CcState`].
@@ -240,7 +240,7 @@ impl CcProtection {
     }
 }
 
-impl Plugin for CcProtection {
+impl AnswersAtOnce for CcProtection {
     fn name(&self) -> &str {
         &self.name
     }
@@ -249,12 +249,8 @@ impl Plugin for CcProtection {
         Phase::Security
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.decide(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.decide(ctx))
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        self.decide(ctx)
     }
 }
 
@@ -267,6 +263,7 @@ mod tests {
     use http::{HeaderMap, Method, Uri, header};
 
     use super::*;
+    use crate::plugin::Plugin;
 
     fn plugin(state: &PolicyState, challenge: bool) -> CcProtection {
         let config = Config {

@@ -3,7 +3,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 
 /// Cross-origin resource sharing: answers preflight requests itself and adds the CORS headers
 /// to actual responses for allowed origins.
@@ -63,8 +63,16 @@ fn insert(headers: &mut http::HeaderMap, name: header::HeaderName, value: &str) 
     }
 }
 
-impl Cors {
-    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+impl AnswersAtOnce for Cors {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authz
+    }
+
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let origin = ctx
             .headers
             .get(header::ORIGIN)
@@ -138,23 +146,5 @@ impl Cors {
                 }
             }
         }
-    }
-}
-
-impl Plugin for Cors {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authz
-    }
-
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.decide(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.decide(ctx))
     }
 }

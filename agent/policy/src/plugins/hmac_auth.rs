@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use super::credentials;
 use super::hmac_sha256::HmacSha256;
 use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 use crate::set::Consumers;
 use crate::state::PolicyState;
 
@@ -708,9 +708,9 @@ impl Known {
 
 /// A request's fields as the verifier reads them: the first `Authorization` value with an
 /// `FG-HMAC-` scheme and the first value of each [`Known`] field, found in one walk over the
-/// map; any other field (or a known one sent twice) is looked up in the map ([`header_value`]). Comparing a
-/// request's dozen names costs less than hashing each looked-up name, which `HeaderMap::get`
-/// does per call.
+/// map; any other field (or a known one sent twice) is looked up in the map
+/// ([`header_value`]). Comparing a request's dozen names costs less than hashing each
+/// looked-up name, which `HeaderMap::get` does per call.
 struct Fields<'a> {
     headers: &'a HeaderMap,
     authorization: Option<&'a HeaderValue>,
@@ -1461,7 +1461,7 @@ impl NonceCache {
     }
 }
 
-impl Plugin for HmacAuth {
+impl AnswersAtOnce for HmacAuth {
     fn name(&self) -> &str {
         &self.name
     }
@@ -1475,12 +1475,8 @@ impl Plugin for HmacAuth {
         self.validate_body.then_some(BODY_LIMIT + 1)
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.check(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.check(ctx))
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        self.check(ctx)
     }
 }
 
@@ -1490,6 +1486,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::plugin::Plugin;
 
     const SECRET: &str = "partner-secret-0123456789abcdef";
     const NOW: u64 = 1_800_000_000;
@@ -1822,7 +1819,7 @@ mod tests {
         config.validate_body = false;
         config.signed_headers = vec![];
         let p = plugin(&config, &PolicyState::default());
-        assert_eq!(p.body_limit(), None, "no body digest, no body read");
+        assert_eq!(Plugin::body_limit(&p), None, "no body digest, no body read");
         let uri: Uri = "/x".parse().unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(NOW);
         let mut headers = HeaderMap::new();

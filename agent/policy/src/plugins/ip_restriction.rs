@@ -5,7 +5,7 @@ use http::{HeaderMap, StatusCode};
 use ipnet::IpNet;
 
 use crate::context::{RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 
 /// Allow and deny lists of networks, checked against the client IP.
 #[derive(Debug)]
@@ -69,8 +69,16 @@ pub fn client_ip(source: &ClientIpSource, headers: &HeaderMap, peer: IpAddr) -> 
     entries[entries.len() - hops].parse().unwrap_or(peer)
 }
 
-impl IpRestriction {
-    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+impl AnswersAtOnce for IpRestriction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Authz
+    }
+
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
         let ip = client_ip(&self.source, &ctx.headers, ctx.peer_ip());
         if self.permits(ip) {
             Verdict::Continue
@@ -82,24 +90,6 @@ impl IpRestriction {
                 &self.name,
             ))
         }
-    }
-}
-
-impl Plugin for IpRestriction {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn phase(&self) -> Phase {
-        Phase::Authz
-    }
-
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.decide(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.decide(ctx))
     }
 }
 

@@ -5,7 +5,7 @@ use http::header::HeaderValue;
 
 use super::credentials;
 use crate::context::{RequestCtx, Verdict};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 use crate::set::Consumers;
 
 /// API keys: the key is read from the configured sources (first present wins) and looked up
@@ -62,7 +62,7 @@ impl KeyAuth {
     }
 }
 
-impl Plugin for KeyAuth {
+impl AnswersAtOnce for KeyAuth {
     fn name(&self) -> &str {
         &self.name
     }
@@ -71,12 +71,8 @@ impl Plugin for KeyAuth {
         Phase::Authn
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.check(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.check(ctx))
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        self.check(ctx)
     }
 }
 
@@ -88,6 +84,7 @@ mod tests {
 
     use super::*;
     use crate::context::ConsumerEntry;
+    use crate::plugin::Plugin;
     use fleetgate_shared::model::TokenSource;
 
     fn consumers() -> Arc<Consumers> {

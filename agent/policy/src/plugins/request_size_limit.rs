@@ -2,7 +2,7 @@ use fleetgate_shared::model::{Phase, RequestSizeLimit as Config};
 use http::{StatusCode, header};
 
 use crate::context::{BodyPrefix, RequestCtx, Verdict, reject};
-use crate::plugin::{Plugin, Step};
+use crate::plugin::AnswersAtOnce;
 
 /// Refuses request bodies over a size, by `Content-Length` before reading, and by reading one
 /// byte past the limit when the length is not declared (chunked uploads).
@@ -30,23 +30,7 @@ impl RequestSizeLimit {
     }
 }
 
-impl RequestSizeLimit {
-    fn decide(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
-        let declared = ctx
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match (&ctx.body, declared) {
-            (_, Some(length)) if length > self.max => self.too_large(),
-            (BodyPrefix::Partial(_), _) => self.too_large(),
-            (BodyPrefix::Complete(body), _) if body.len() as u64 > self.max => self.too_large(),
-            _ => Verdict::Continue,
-        }
-    }
-}
-
-impl Plugin for RequestSizeLimit {
+impl AnswersAtOnce for RequestSizeLimit {
     fn name(&self) -> &str {
         &self.name
     }
@@ -59,11 +43,17 @@ impl Plugin for RequestSizeLimit {
         Some(self.max.saturating_add(1))
     }
 
-    fn on_request<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        Step::Done(self.decide(ctx))
-    }
-
-    fn verdict_now(&self, ctx: &mut RequestCtx<'_>) -> Option<Verdict> {
-        Some(self.decide(ctx))
+    fn verdict(&self, ctx: &mut RequestCtx<'_>) -> Verdict {
+        let declared = ctx
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match (&ctx.body, declared) {
+            (_, Some(length)) if length > self.max => self.too_large(),
+            (BodyPrefix::Partial(_), _) => self.too_large(),
+            (BodyPrefix::Complete(body), _) if body.len() as u64 > self.max => self.too_large(),
+            _ => Verdict::Continue,
+        }
     }
 }
