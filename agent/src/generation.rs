@@ -100,11 +100,12 @@ impl Generation {
             Some(base) => RouteTable::compile_change(base, snapshot, &previous.routes)?,
             None => RouteTable::compile_validated(snapshot, &previous.routes)?,
         };
-        let policies = fleetgate_agent_policy::PolicySet::compile_from(
+        let mut policies = fleetgate_agent_policy::PolicySet::compile_from(
             snapshot,
             policy_state,
             &previous.policies,
         )?;
+        policies.index_routes(routes.routes().map(|route| route.name.as_str()));
         let mut services = FxHashMap::default();
         let mut domains = Vec::new();
         let mut certificates = HashMap::new();

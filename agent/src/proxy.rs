@@ -184,7 +184,9 @@ async fn route(
     let client_target = parts.uri.path_and_query().cloned();
     let policy_headers = {
         // Borrowed and precomputed unless the host's domain has policies of its own.
-        let chain = generation.policies.chain(host, &route.name);
+        let chain = generation
+            .policies
+            .chain_at(host, &route.name, matched.index);
         // The chain's future is created only when a plugin has to wait or the body has to
         // be read first (it would be copied into this one's state on every request).
         let outcome = if chain.is_empty() {

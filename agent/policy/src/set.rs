@@ -83,6 +83,9 @@ pub struct PolicySet {
     route_chains: FxHashMap<String, Chain>,
     /// The chain of such a request on a route without policies: global only.
     global_chain: Chain,
+    /// The same chains by the route table's index of each route ([`Self::index_routes`]):
+    /// what the proxy reads per request ([`Self::chain_at`]), without hashing a route name.
+    indexed_chains: Vec<Chain>,
     consumers: Arc<Consumers>,
     /// Each policy's plugin with the resource it was built from, for the next version to take
     /// over when neither that resource nor the consumers changed.
@@ -253,13 +256,44 @@ impl PolicySet {
         &self.consumers
     }
 
+    /// Lays out the chains of hosts without domain policies by route table index for
+    /// [`Self::chain_at`]: `routes` are the table's route names, in its order.
+    pub fn index_routes<'a>(&mut self, routes: impl IntoIterator<Item = &'a str>) {
+        self.indexed_chains = routes
+            .into_iter()
+            .map(|route| self.route_chain(route).clone())
+            .collect();
+    }
+
+    /// The chain of `route` on a host without domain policies.
+    fn route_chain(&self, route: &str) -> &Chain {
+        self.route_chains.get(route).unwrap_or(&self.global_chain)
+    }
+
+    /// [`Self::chain`] for the route at `index` in the route table given to
+    /// [`Self::index_routes`], whose name is `route`.
+    pub fn chain_at(&self, host: &str, route: &str, index: usize) -> Cow<'_, Chain> {
+        let domain = self.domains.get(host);
+        if domain.is_none()
+            && let Some(chain) = self.indexed_chains.get(index)
+        {
+            debug_assert_eq!(chain.names(), self.route_chain(route).names(), "{route}");
+            return Cow::Borrowed(chain);
+        }
+        self.chain_in(domain, route)
+    }
+
     /// The chain for a request to `host` matched by `route`: global, then domain, then route
     /// policies, each policy once, ordered by phase (stable, so scope order holds within a phase).
     pub fn chain(&self, host: &str, route: &str) -> Cow<'_, Chain> {
-        let domain = self.domains.get(host);
+        self.chain_in(self.domains.get(host), route)
+    }
+
+    /// [`Self::chain`] with the host's domain policies, if it has any.
+    fn chain_in(&self, domain: Option<&Vec<Arc<dyn Plugin>>>, route: &str) -> Cow<'_, Chain> {
         // Without domain policies the chain depends on the route alone: precomputed.
         if domain.is_none() {
-            return Cow::Borrowed(self.route_chains.get(route).unwrap_or(&self.global_chain));
+            return Cow::Borrowed(self.route_chain(route));
         }
         Cow::Owned(Self::merge([
             Some(&self.global),
@@ -373,6 +407,25 @@ spec:
         let with_new_key = PolicySet::compile_from(&consumer_changed, &state, &rebuilt).unwrap();
         assert!(!Arc::ptr_eq(plugin(&rebuilt), plugin(&with_new_key)));
         assert!(with_new_key.consumers().by_key.contains_key("acme-key-2"));
+    }
+
+    /// The proxy finds a route's chain by the route's index in the route table: each index
+    /// gives the chain of the route named there, as the lookup by name does.
+    #[test]
+    fn a_route_finds_its_chain_by_its_index_in_the_route_table() {
+        let mut set = PolicySet::compile(&snapshot(), &PolicyState::default()).unwrap();
+        let routes = ["api", "bare", "open"];
+        set.index_routes(routes);
+        for (index, route) in routes.into_iter().enumerate() {
+            let by_index = set.chain_at("h", route, index);
+            assert_eq!(by_index.names(), set.chain("h", route).names(), "{route}");
+        }
+        assert_eq!(set.chain_at("h", "api", 0).names(), ["keys"]);
+        assert!(set.chain_at("h", "bare", 1).is_empty());
+        assert_eq!(set.chain_at("h", "open", 2).names(), ["small-bodies"]);
+        // A set not laid out by a table still answers, by name.
+        let unindexed = PolicySet::compile(&snapshot(), &PolicyState::default()).unwrap();
+        assert_eq!(unindexed.chain_at("h", "open", 2).names(), ["small-bodies"]);
     }
 
     /// `x-fleetgate-consumer` is the gateway's to set: a value a client sends is removed,

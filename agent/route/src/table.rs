@@ -54,6 +54,8 @@ pub struct RouteTable {
 pub struct Matched<'t> {
     /// The winning route.
     pub route: &'t CompiledRoute,
+    /// Its index in the table ([`RouteTable::routes`]' order), for state kept per route.
+    pub index: usize,
     /// The index in `route.spec.matches` of the match that won; `None` when the route has no
     /// matches (it takes every request on its hosts).
     pub match_index: Option<usize>,
@@ -380,6 +382,7 @@ impl RouteTable {
         };
         Matched {
             route,
+            index: entry.route as usize,
             match_index: (!route.spec.matches.is_empty()).then_some(entry.match_index as usize),
             matched_prefix,
         }
