@@ -101,22 +101,19 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
     );
 }
 
-/// One request through `chain` as the proxy runs it: a fresh context, an empty body when the
-/// chain reads bodies, then every plugin (the runtime entered only for one that waits). The context owns a copy of the client's headers
-/// where the proxy's borrows the request's. Returns whether the request passed.
+/// One request through `chain` as the proxy runs it: a fresh context borrowing the request's
+/// target and a copy of the client's headers, an empty body when the chain reads bodies, then
+/// every plugin (the runtime entered only for one that waits). Returns whether the request
+/// passed.
 pub fn one_request(
     runtime: &tokio::runtime::Runtime,
     chain: &Chain,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> bool {
-    let mut ctx = RequestCtx::new(
-        Method::GET,
-        Uri::from_static("/"),
-        headers.clone(),
-        peer,
-        false,
-    );
+    let mut uri = Uri::from_static("/");
+    let mut headers = headers.clone();
+    let mut ctx = RequestCtx::borrowing(Method::GET, &mut uri, &mut headers, peer, false);
     if chain.body_limit().is_some() {
         ctx.body = BodyPrefix::Complete(Bytes::new());
     }
