@@ -1422,9 +1422,14 @@ pub struct NonceCache {
 
 #[derive(Debug, Default)]
 struct NonceShard {
-    /// Nonce key → unix second after which it may be forgotten.
-    seen: HashMap<u128, u64>,
+    /// Nonce key → unix second after which it may be forgotten. The keys are SHA-256 output,
+    /// which no sender steers, so the fast seeded hash is enough (SipHash took ~2× as long).
+    seen: HashMap<u128, u64, foldhash::fast::RandomState>,
     next_purge: u64,
+    /// The second of the last purge. Nonces expire by the second, so a second purge within the
+    /// same second would free nothing: a shard full of live nonces refuses each new one without
+    /// scanning itself again (a scan of a full shard is ~65 k entries, under its lock).
+    purged_at: Option<u64>,
 }
 
 impl NonceCache {
@@ -1442,22 +1447,31 @@ impl NonceCache {
     }
 
     fn check_and_insert(&self, key: u128, now: u64, expires: u64) -> NonceCheck {
+        use std::collections::hash_map::Entry;
         let index = (key % self.shards.len() as u128) as usize;
-        let mut shard = self.shards[index].lock();
-        if let Some(until) = shard.seen.get(&key)
-            && *until >= now
-        {
-            return NonceCheck::Replayed;
-        }
-        if now >= shard.next_purge || shard.seen.len() >= self.capacity_per_shard {
+        let mut guard = self.shards[index].lock();
+        let shard = &mut *guard;
+        // Purging keeps every nonce still in its window, so it never hides a replay.
+        let full = shard.seen.len() >= self.capacity_per_shard;
+        if (now >= shard.next_purge || full) && shard.purged_at != Some(now) {
             shard.seen.retain(|_, until| *until >= now);
             shard.next_purge = now.saturating_add(NONCE_PURGE_EVERY);
+            shard.purged_at = Some(now);
         }
-        if shard.seen.len() >= self.capacity_per_shard {
-            return NonceCheck::Full;
+        let full = shard.seen.len() >= self.capacity_per_shard;
+        match shard.seen.entry(key) {
+            Entry::Occupied(seen) if *seen.get() >= now => NonceCheck::Replayed,
+            // Out of its window but not purged yet: the nonce may be used again, in its slot.
+            Entry::Occupied(mut seen) => {
+                seen.insert(expires);
+                NonceCheck::Fresh
+            }
+            Entry::Vacant(_) if full => NonceCheck::Full,
+            Entry::Vacant(slot) => {
+                slot.insert(expires);
+                NonceCheck::Fresh
+            }
         }
-        shard.seen.insert(key, expires);
-        NonceCheck::Fresh
     }
 }
 
@@ -2322,6 +2336,45 @@ mod tests {
         assert_eq!(cache.check_and_insert(0, 150, 200), NonceCheck::Replayed);
         // Expired entries make room.
         assert_eq!(cache.check_and_insert(16, 201, 300), NonceCheck::Fresh);
+    }
+
+    /// A shard full of live nonces is scanned for expired ones at most once a second (nonces
+    /// expire by the second, so a second scan frees nothing): refusing a flood of new nonces
+    /// costs a lookup each, not a scan of the whole shard under its lock.
+    #[test]
+    fn a_full_shard_is_purged_at_most_once_a_second() {
+        let cache = NonceCache::with_capacity(2 * NONCE_SHARDS);
+        // Shard 0 holds two: 0 until second 200, 16 until second 150.
+        assert_eq!(cache.check_and_insert(0, 100, 200), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert(16, 100, 150), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert(32, 100, 200), NonceCheck::Full);
+        // Second 150's first request finds the shard full and purges it: nothing has expired.
+        assert_eq!(cache.check_and_insert(64, 150, 250), NonceCheck::Full);
+        // An entry already expired, slipped in behind that purge: another purge would take it.
+        cache.shards[0].lock().seen.insert(48, 120);
+        assert_eq!(cache.check_and_insert(80, 150, 250), NonceCheck::Full);
+        assert!(
+            cache.shards[0].lock().seen.contains_key(&48),
+            "purged twice in one second"
+        );
+        // Second 151's first request purges (48 and 16 go) and uses the room.
+        assert_eq!(cache.check_and_insert(64, 151, 250), NonceCheck::Fresh);
+        assert!(!cache.shards[0].lock().seen.contains_key(&48));
+        // A replay is refused whatever the purges did.
+        assert_eq!(cache.check_and_insert(0, 151, 250), NonceCheck::Replayed);
+    }
+
+    /// A nonce whose window has passed is fresh again before any purge has removed it: it
+    /// takes its old slot.
+    #[test]
+    fn an_expired_nonce_is_fresh_before_it_is_purged() {
+        let cache = NonceCache::with_capacity(2 * NONCE_SHARDS);
+        // The shard's first request purges; the next purge is due 30 s later, at 130.
+        assert_eq!(cache.check_and_insert(0, 100, 120), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert(0, 110, 130), NonceCheck::Replayed);
+        assert_eq!(cache.check_and_insert(0, 121, 300), NonceCheck::Fresh);
+        assert_eq!(cache.check_and_insert(0, 122, 300), NonceCheck::Replayed);
+        assert_eq!(cache.shards[0].lock().seen.len(), 1);
     }
 
     #[test]
