@@ -11,7 +11,9 @@
 //! ```
 //! VARIANT is `off` (no policy) or one of the criterion benchmark's variants (`key`, `jwt`,
 //! `hmac`, `waf`); the requests carry the headers of CLIENT's variant (default: VARIANT's own),
-//! so `policy_cost off N hmac` is the baseline of `policy_cost hmac N`.
+//! so `policy_cost off N hmac` is the baseline of `policy_cost hmac N`. `hmac-nonce` is
+//! hmac-auth as configured by default, requiring a nonce: its N requests are signed, each with
+//! its own nonce, before the clock starts (so under callgrind the signing counts; time it).
 //!
 //! Also prints the time per request, which only means something outside valgrind: wall time,
 //! and on Linux the thread's CPU time (`/proc/thread-self/schedstat`). Two builds compared at
@@ -25,20 +27,22 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use support::{HOST, ROUTE, VARIANTS, chain_for, headers_for, one_request};
+use support::{HOST, ROUTE, VARIANTS, chain_for, headers_for, one_request, signed_headers};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(variant), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u32>().ok()))
     else {
-        eprintln!("usage: policy_cost VARIANT N [CLIENT]   (off, key, jwt, hmac, waf)");
+        eprintln!("usage: policy_cost VARIANT N [CLIENT]   (off, key, jwt, hmac, hmac-nonce, waf)");
         return ExitCode::FAILURE;
     };
     let set = if variant == "off" {
         chain_for(None)
+    } else if variant == "hmac-nonce" {
+        chain_for(Some("type: hmac-auth\n  config: { require_nonce: true }"))
     } else {
         let Some((_, policy)) = VARIANTS.iter().find(|(name, _)| *name == variant) else {
-            eprintln!("unknown variant `{variant}`: use off, key, jwt, hmac or waf");
+            eprintln!("unknown variant `{variant}`: use off, key, jwt, hmac, hmac-nonce or waf");
             return ExitCode::FAILURE;
         };
         chain_for(Some(policy))
@@ -50,11 +54,16 @@ fn main() -> ExitCode {
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
     let chain = set.chain(HOST, ROUTE);
     let client = args.next().unwrap_or_else(|| variant.clone());
-    let headers = headers_for(&client);
+    // One request's headers for every request, or each its own (a nonce is used once).
+    let requests: Vec<_> = if client == "hmac-nonce" {
+        (0..n).map(|i| signed_headers(&format!("n-{i}"))).collect()
+    } else {
+        vec![headers_for(&client)]
+    };
     let started = Instant::now();
     let cpu_before = cpu_ns();
-    for _ in 0..n {
-        if !one_request(&runtime, &chain, &headers, peer) {
+    for headers in requests.iter().cycle().take(n as usize) {
+        if !one_request(&runtime, &chain, headers, peer) {
             eprintln!("{variant}: the policy refused the benchmark's request");
             return ExitCode::FAILURE;
         }

@@ -63,34 +63,41 @@ pub fn headers_for(variant: &str) -> HeaderMap {
             .expect("the token encodes");
             put(&mut headers, "authorization", &format!("Bearer {token}"));
         }
-        "hmac" => {
-            put(
-                &mut headers,
-                hmac_auth::DATE_HEADER,
-                &now_secs().to_string(),
-            );
-            put(
-                &mut headers,
-                hmac_auth::CONTENT_SHA256_HEADER,
-                &hmac_auth::body_digest(b""),
-            );
-            let credentials = Credentials {
-                algorithm: HmacAlgorithm::HmacSha256,
-                key_id: "k-bench",
-                secret: SECRET.as_bytes(),
-            };
-            let signed = [
-                "host",
-                hmac_auth::DATE_HEADER,
-                hmac_auth::CONTENT_SHA256_HEADER,
-            ];
-            let uri = Uri::from_static("/");
-            let value = hmac_auth::sign(&credentials, "", &Method::GET, &uri, &headers, &signed)
-                .expect("the request signs");
-            put(&mut headers, "authorization", &value);
-        }
+        "hmac" => return signed_headers(""),
         _ => {}
     }
+    headers
+}
+
+/// The headers of a GET signed for hmac-auth with `nonce` (none when empty), as
+/// `bench/plugins.sh`'s client signs it (host, date, body digest).
+pub fn signed_headers(nonce: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    put(&mut headers, "host", HOST);
+    put(
+        &mut headers,
+        hmac_auth::DATE_HEADER,
+        &now_secs().to_string(),
+    );
+    put(
+        &mut headers,
+        hmac_auth::CONTENT_SHA256_HEADER,
+        &hmac_auth::body_digest(b""),
+    );
+    let credentials = Credentials {
+        algorithm: HmacAlgorithm::HmacSha256,
+        key_id: "k-bench",
+        secret: SECRET.as_bytes(),
+    };
+    let signed = [
+        "host",
+        hmac_auth::DATE_HEADER,
+        hmac_auth::CONTENT_SHA256_HEADER,
+    ];
+    let uri = Uri::from_static("/");
+    let value = hmac_auth::sign(&credentials, nonce, &Method::GET, &uri, &headers, &signed)
+        .expect("the request signs");
+    put(&mut headers, "authorization", &value);
     headers
 }
 
