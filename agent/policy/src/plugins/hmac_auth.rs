@@ -1423,7 +1423,7 @@ pub struct NonceCache {
 #[derive(Debug, Default)]
 struct NonceShard {
     /// Nonce key → unix second after which it may be forgotten. The keys are SHA-256 output,
-    /// which no sender steers, so the fast seeded hash is enough (SipHash took ~2× as long).
+    /// which no sender steers, so the fast seeded hash is enough.
     seen: HashMap<u128, u64, foldhash::fast::RandomState>,
     next_purge: u64,
     /// The second of the last purge. Nonces expire by the second, so a second purge within the
