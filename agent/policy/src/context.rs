@@ -206,10 +206,7 @@ impl<'r> RequestCtx<'r> {
 
     /// Fixes the request's time, for tests that need a given clock (0 before the epoch).
     pub fn set_now(&mut self, now: SystemTime) {
-        self.now.set(Some(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        ));
+        self.now.set(Some(epoch_time(now)));
     }
 
     /// The client IP as the TCP peer sees it, with an IPv4 client on a dual-stack socket
@@ -251,10 +248,14 @@ pub fn wall_clock() -> Duration {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
+        epoch_time(SystemTime::now())
     }
+}
+
+/// `at` since the Unix epoch; zero before it (a clock set wrong reads as the epoch).
+pub fn epoch_time(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// `ip`, with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into its IPv4 address.

@@ -79,12 +79,11 @@ pub struct PolicySet {
     /// Host pattern → plugins of the domains claiming it.
     domains: HostMap<Vec<Arc<dyn Plugin>>>,
     by_route: FxHashMap<String, Vec<Arc<dyn Plugin>>>,
-    /// The chain of a request whose host has no domain policies: global + route, per route.
-    route_chains: FxHashMap<String, Chain>,
-    /// The chain of such a request on a route without policies: global only.
+    /// The chain of a request on a route without policies to a host without any: global only.
     global_chain: Chain,
-    /// The same chains by the route table's index of each route ([`Self::index_routes`]):
-    /// what the proxy reads per request ([`Self::chain_at`]), without hashing a route name.
+    /// The chain of a request whose host has no domain policies (global + route), by the route
+    /// table's index of its route ([`Self::index_routes`]): what the proxy reads per request
+    /// ([`Self::chain_at`]), merged once per config version and found without hashing a name.
     indexed_chains: Vec<Chain>,
     consumers: Arc<Consumers>,
     /// Each policy's plugin with the resource it was built from, for the next version to take
@@ -226,16 +225,6 @@ impl PolicySet {
             }
         }
         set.global_chain = Self::merge([Some(&set.global), None, None]);
-        set.route_chains = set
-            .by_route
-            .iter()
-            .map(|(route, plugins)| {
-                (
-                    route.clone(),
-                    Self::merge([Some(&set.global), None, Some(plugins)]),
-                )
-            })
-            .collect();
         state.retain(|name| built.contains_key(name));
         Ok(set)
     }
@@ -261,13 +250,8 @@ impl PolicySet {
     pub fn index_routes<'a>(&mut self, routes: impl IntoIterator<Item = &'a str>) {
         self.indexed_chains = routes
             .into_iter()
-            .map(|route| self.route_chain(route).clone())
+            .map(|route| self.chain_in(None, route).into_owned())
             .collect();
-    }
-
-    /// The chain of `route` on a host without domain policies.
-    fn route_chain(&self, route: &str) -> &Chain {
-        self.route_chains.get(route).unwrap_or(&self.global_chain)
     }
 
     /// [`Self::chain`] for the route at `index` in the route table given to
@@ -277,7 +261,7 @@ impl PolicySet {
         if domain.is_none()
             && let Some(chain) = self.indexed_chains.get(index)
         {
-            debug_assert_eq!(chain.names(), self.route_chain(route).names(), "{route}");
+            debug_assert_eq!(chain.names(), self.chain_in(None, route).names(), "{route}");
             return Cow::Borrowed(chain);
         }
         self.chain_in(domain, route)
@@ -289,17 +273,13 @@ impl PolicySet {
         self.chain_in(self.domains.get(host), route)
     }
 
-    /// [`Self::chain`] with the host's domain policies, if it has any.
+    /// [`Self::chain`] with the host's domain policies, if it has any. Merged here per call
+    /// unless only global policies apply: the proxy reads [`Self::chain_at`]'s merged chains.
     fn chain_in(&self, domain: Option<&Vec<Arc<dyn Plugin>>>, route: &str) -> Cow<'_, Chain> {
-        // Without domain policies the chain depends on the route alone: precomputed.
-        if domain.is_none() {
-            return Cow::Borrowed(self.route_chain(route));
+        match (domain, self.by_route.get(route)) {
+            (None, None) => Cow::Borrowed(&self.global_chain),
+            (domain, route) => Cow::Owned(Self::merge([Some(&self.global), domain, route])),
         }
-        Cow::Owned(Self::merge([
-            Some(&self.global),
-            domain,
-            self.by_route.get(route),
-        ]))
     }
 
     /// The plugins of `scopes`, each once, in phase order (stable: scope order within a phase).

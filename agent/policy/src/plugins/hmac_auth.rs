@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,7 +21,7 @@ use smallvec::SmallVec;
 
 use super::credentials;
 use super::hmac_sha256::HmacSha256;
-use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, reject};
+use crate::context::{BodyPrefix, ConsumerEntry, RequestCtx, Verdict, epoch_time, reject};
 use crate::plugin::AnswersAtOnce;
 use crate::set::Consumers;
 use crate::state::PolicyState;
@@ -1385,7 +1384,7 @@ fn signed_date(fields: &Fields, auth: &Authorization) -> Result<u64, String> {
         return std::str::from_utf8(value)
             .ok()
             .and_then(|value| httpdate::parse_http_date(value).ok())
-            .map(|date| date.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+            .map(|date| epoch_time(date).as_secs())
             .ok_or_else(|| "`date` is not an HTTP date".to_owned());
     }
     Err(error(format_args!(
@@ -1452,8 +1451,8 @@ impl NonceCache {
         let mut guard = self.shards[index].lock();
         let shard = &mut *guard;
         // Purging keeps every nonce still in its window, so it never hides a replay.
-        let full = shard.seen.len() >= self.capacity_per_shard;
-        if (now >= shard.next_purge || full) && shard.purged_at != Some(now) {
+        let due = now >= shard.next_purge || shard.seen.len() >= self.capacity_per_shard;
+        if due && shard.purged_at != Some(now) {
             shard.seen.retain(|_, until| *until >= now);
             shard.next_purge = now.saturating_add(NONCE_PURGE_EVERY);
             shard.purged_at = Some(now);
@@ -1497,7 +1496,7 @@ impl AnswersAtOnce for HmacAuth {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::plugin::Plugin;
