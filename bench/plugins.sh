@@ -95,8 +95,8 @@ digest = hashlib.sha256(b"").hexdigest()
 for port in [18181 + list(policies).index("hmac")]:
     host = f"127.0.0.1:{port}"
     signed = "host;x-fleetgate-date;x-fleetgate-content-sha256"
-    canonical = "\n".join(["FG-HMAC-SHA256", "k-bench", "", "GET", "/", "", signed,
-                           f"host:{host}", f"x-fleetgate-date:{now}", f"x-fleetgate-content-sha256:{digest}"])
+    canonical = "\n".join(["FG-HMAC-SHA256", "k-bench", "", "GET", "/", "", f"host:{host}",
+                           f"x-fleetgate-date:{now}", f"x-fleetgate-content-sha256:{digest}"])
     signature = base64.b64encode(hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).digest()).decode()
     policies["hmac"][1].extend([f"x-fleetgate-date: {now}", f"x-fleetgate-content-sha256: {digest}",
         f'authorization: FG-HMAC-SHA256 keyId="k-bench", signedHeaders="{signed}", signature="{signature}"'])

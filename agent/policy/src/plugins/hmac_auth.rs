@@ -234,9 +234,10 @@ fn token<'a>(what: &str, value: &'a [u8], max: usize) -> Result<&'a [u8], String
 }
 
 /// Appends the string that is signed to `out`. One item per line, no trailing newline:
-/// scheme, key id, nonce (or empty), method, path (as sent), canonical query, the signed
-/// header names (written lower-case) joined by `;`, then one `name:value` line per signed header
-/// in that order. Built whole and hashed in one call: feeding the HMAC piece by piece costs
+/// scheme, key id, nonce (or empty), method, path (as sent), canonical query, then one
+/// `name:value` line per signed header (name lower-case) in `signedHeaders` order. The lines
+/// name the signed headers themselves, so the list is signed without a line of its own (a
+/// field name holds no `:` and a value no line break: each line reads one way). Built whole and hashed in one call: feeding the HMAC piece by piece costs
 /// more than the buffer.
 #[allow(clippy::too_many_arguments)]
 fn canonical_request(
@@ -262,8 +263,6 @@ fn canonical_request(
         out.push(b'\n');
     }
     canonical_query(out, uri.query());
-    out.push(b'\n');
-    names.write_line(out);
     for (name, known) in names.with_known() {
         out.push(b'\n');
         out.extend_from_slice(name);
@@ -276,8 +275,7 @@ fn canonical_request(
 /// The names of a `signedHeaders` list, lower-cased and trimmed, in the order they were
 /// listed: split once per request, since the check reads the list several times (required
 /// headers, the date, the canonical request). The list is scanned once for the bytes it holds
-/// ([`BYTE_CLASSES`]): the usual list, written lower-case without spaces as clients sign it, is
-/// borrowed as sent and is its own canonical names line.
+/// ([`BYTE_CLASSES`]): a list without capitals, as clients write it, is borrowed as sent.
 #[derive(Debug)]
 struct SignedNames<'a> {
     /// The list, lower-cased (a copy only when it had capitals): ASCII.
@@ -291,8 +289,6 @@ struct SignedNames<'a> {
 struct Layout {
     /// Each name's bytes in the list.
     spans: NameSpans,
-    /// Whether the list is exactly the names joined by `;` (nothing to trim).
-    compact: bool,
     /// The [`Known`] fields listed, a [`Known::bit`] each.
     known: u8,
 }
@@ -515,11 +511,7 @@ impl<'a> SignedNames<'a> {
             .fold(0, |known, k| known | k.bit());
         Ok(SignedNames {
             list,
-            layout: Rc::new(Layout {
-                spans,
-                compact: seen & BLANK == 0,
-                known,
-            }),
+            layout: Rc::new(Layout { spans, known }),
         })
     }
 
@@ -542,20 +534,6 @@ impl<'a> SignedNames<'a> {
     fn contains(&self, name: &str) -> bool {
         debug_assert!(!name.bytes().any(|b| b.is_ascii_uppercase()));
         self.iter().any(|n| n == name.as_bytes())
-    }
-
-    /// The canonical request's names line: the names joined by `;`.
-    fn write_line(&self, out: &mut Vec<u8>) {
-        if self.layout.compact {
-            out.extend_from_slice(&self.list);
-            return;
-        }
-        for (i, name) in self.iter().enumerate() {
-            if i > 0 {
-                out.push(b';');
-            }
-            out.extend_from_slice(name);
-        }
     }
 }
 
@@ -1597,6 +1575,65 @@ mod tests {
         }
     }
 
+    /// docs/policies.md's example, a known answer computed apart from this code (Python's
+    /// `hmac`): `sign` writes its `Authorization` value byte for byte, and the gateway accepts
+    /// the request as printed there. A change to the signed format fails here first.
+    #[tokio::test]
+    async fn the_documented_example_signs_and_passes() {
+        const BODY: &str = r#"{"sku":"a-1","qty":2}"#;
+        const AUTHORIZATION: &str = "FG-HMAC-SHA256 keyId=\"k-partner\", \
+            signedHeaders=\"host;x-fleetgate-date;x-fleetgate-content-sha256\", nonce=\"n-1\", \
+            signature=\"npTSUBpGGWZ0QqnDNuOGBiSZYe0+nVqPfF4xKEp3I+0=\"";
+        let uri: Uri = "/v1/orders?b=2&a=1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.example.com"));
+        headers.insert(DATE_HEADER, HeaderValue::from_static("1800000000"));
+        headers.insert(
+            CONTENT_SHA256_HEADER,
+            HeaderValue::from_static(
+                "b7081bdea406d833414e4f94e9d665dfe708535b787cf856f964234d397d8cdc",
+            ),
+        );
+        let credentials = Credentials {
+            algorithm: HmacAlgorithm::HmacSha256,
+            key_id: "k-partner",
+            secret: SECRET.as_bytes(),
+        };
+        let signed_headers = ["host", DATE_HEADER, CONTENT_SHA256_HEADER];
+        assert_eq!(
+            sign(
+                &credentials,
+                "n-1",
+                &Method::POST,
+                &uri,
+                &headers,
+                &signed_headers
+            )
+            .unwrap(),
+            AUTHORIZATION
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static(AUTHORIZATION),
+        );
+        let mut c = RequestCtx::new(
+            Method::POST,
+            uri,
+            headers,
+            "127.0.0.1:5".parse().unwrap(),
+            true,
+        );
+        c.body = BodyPrefix::Complete(Bytes::from_static(BODY.as_bytes()));
+        c.set_now(UNIX_EPOCH + Duration::from_secs(NOW));
+        let config = Config {
+            signed_headers: vec!["host".into()],
+            ..config()
+        };
+        let p = plugin(&config, &PolicyState::default());
+        assert_eq!(outcome(p.on_request(&mut c).await).0, StatusCode::OK);
+        assert_eq!(c.consumer.unwrap().name, "partner");
+    }
+
     #[tokio::test]
     async fn a_valid_signature_passes_and_names_the_consumer() {
         let state = PolicyState::default();
@@ -2000,7 +2037,7 @@ mod tests {
 
         /// The one-pass parse of a `signedHeaders` list (its fast path for the usual list
         /// included) agrees with the format read plainly: split at `;`, each piece trimmed,
-        /// a token, lower-cased, none twice; the names line is the names joined by `;`.
+        /// a token, lower-cased, none twice.
         #[test]
         fn signed_name_lists_parse_as_the_format_reads(list in "[a-zA-Z0-9;, \t_.-]{0,60}") {
             let expected: Option<Vec<String>> = (|| {
@@ -2026,9 +2063,6 @@ mod tests {
                     let got: Vec<&[u8]> = parsed.iter().collect();
                     let want: Vec<&[u8]> = expected.iter().map(String::as_bytes).collect();
                     proptest::prop_assert_eq!(got, want);
-                    let mut line = Vec::new();
-                    parsed.write_line(&mut line);
-                    proptest::prop_assert_eq!(line, expected.join(";").into_bytes());
                 }
                 (Err(_), None) => {}
                 (parsed, expected) => proptest::prop_assert!(
@@ -2224,8 +2258,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(canonical).unwrap(),
             "FG-HMAC-SHA256\nkid\nnonce\nGET\n/p/a%20b\na=1&a=2&flag=&z=1\n\
-             x-fleetgate-date;x-multi;date\nx-fleetgate-date:1800000000\nx-multi:one,two\n\
-             date:first,second"
+             x-fleetgate-date:1800000000\nx-multi:one,two\ndate:first,second"
         );
     }
 
@@ -2272,7 +2305,7 @@ mod tests {
         };
         let none = HeaderMap::new();
         let h2 = canonical("https://api.example.com/p", &none, b"host").unwrap();
-        assert!(h2.ends_with("\nhost\nhost:api.example.com"), "{h2}");
+        assert!(h2.ends_with("\n/p\n\nhost:api.example.com"), "{h2}");
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("sent.example.com"));
         let h1 = canonical("https://api.example.com/p", &headers, b"host").unwrap();
