@@ -1,5 +1,7 @@
 //! Header hygiene: hop-by-hop removal (RFC 9110 7.6.1) and the forwarding headers.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -124,18 +126,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// fields; a client that only encodes a map (HTTP/2) has them merged in first. The map holds
 /// no field of the same name as one of them (the client's are taken out when replaced).
 #[derive(Debug, Clone)]
-pub struct Added {
+pub struct Added<'c> {
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
     host: Option<HeaderValue>,
-    consumer: Option<HeaderValue>,
+    /// Borrowed from the consumer the request holds, which outlives its exchanges (a copy
+    /// would count a reference up and down on every identified request); owned only by a
+    /// send that outlives the request (a mirror's, [`Added::into_owned`]).
+    consumer: Option<Cow<'c, HeaderValue>>,
 }
 
-impl Added {
+impl Added<'static> {
     /// Nothing added: requests the proxy makes itself (health checks).
-    pub const NONE: Added = Added {
+    pub const NONE: Added<'static> = Added {
         forwarded_for: None,
         forwarded_proto: None,
         forwarded_host: None,
@@ -143,25 +148,41 @@ impl Added {
         host: None,
         consumer: None,
     };
+}
 
+impl<'c> Added<'c> {
     /// The added fields, `Host` first.
     pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         [
-            (&header::HOST, &self.host),
-            (&X_FORWARDED_FOR, &self.forwarded_for),
-            (&X_FORWARDED_PROTO, &self.forwarded_proto),
-            (&X_FORWARDED_HOST, &self.forwarded_host),
-            (&X_REQUEST_ID, &self.request_id),
-            (&X_FLEETGATE_CONSUMER, &self.consumer),
+            (&header::HOST, self.host.as_ref()),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_ref()),
+            (&X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
+            (&X_FORWARDED_HOST, self.forwarded_host.as_ref()),
+            (&X_REQUEST_ID, self.request_id.as_ref()),
+            (&X_FLEETGATE_CONSUMER, self.consumer.as_deref()),
         ]
         .into_iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
+
+    /// The same fields, owning every value: for a send that outlives the request.
+    pub fn into_owned(self) -> Added<'static> {
+        Added {
+            forwarded_for: self.forwarded_for,
+            forwarded_proto: self.forwarded_proto,
+            forwarded_host: self.forwarded_host,
+            request_id: self.request_id,
+            host: self.host,
+            consumer: self.consumer.map(|value| Cow::Owned(value.into_owned())),
+        }
     }
 
     /// Names the consumer a policy identified (the chain removed a client's field of that
     /// name).
-    pub fn set_consumer(&mut self, consumer: Option<&fleetgate_agent_policy::ConsumerEntry>) {
-        self.consumer = consumer.and_then(|c| c.consumer_header()).cloned();
+    pub fn set_consumer(&mut self, consumer: Option<&'c fleetgate_agent_policy::ConsumerEntry>) {
+        self.consumer = consumer
+            .and_then(|c| c.consumer_header())
+            .map(Cow::Borrowed);
     }
 
     /// Whether a `Host` is among them.
@@ -201,7 +222,7 @@ pub fn forwarding(
     tls: bool,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
-) -> Added {
+) -> Added<'static> {
     let mut added = Added::NONE;
     let prior = headers.get(&X_FORWARDED_FOR);
     let prior_list = prior

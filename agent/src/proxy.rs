@@ -592,7 +592,7 @@ async fn forward_request(
             &parts.method,
             &upstream_target,
             &upstream_headers,
-            added.clone(),
+            added.clone().into_owned(),
             body.take(),
         );
     }
@@ -867,7 +867,7 @@ fn send_mirror(
     method: &Method,
     path: &PathAndQuery,
     headers: &http::HeaderMap,
-    added: headers::Added,
+    added: headers::Added<'static>,
     body: UpstreamBody,
 ) {
     let Some(endpoint) = target.pick(&Default::default(), None) else {

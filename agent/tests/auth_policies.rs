@@ -600,3 +600,65 @@ spec:
     }
     assert_eq!(reached.len(), 1, "the open route reached {reached:?}");
 }
+
+/// A mirrored copy of an identified request names the same consumer as the request the
+/// primary answers, and neither carries the client's forged name nor its key: the copy, sent
+/// after the request is answered, owns what the forwarded request borrowed.
+#[tokio::test]
+async fn a_mirrored_copy_names_the_consumer_the_policy_identified() {
+    let shadow = Backend::start("shadow").await;
+    let (backend, gateway, _) = every_policy(&format!(
+        r#"---
+kind: Service
+name: shadow
+spec: {{endpoints: [{{address: "{}"}}]}}
+---
+kind: Policy
+name: mirror-key
+spec:
+  type: key-auth
+  config: {{}}
+---
+kind: Route
+name: mirrored
+spec:
+  matches: [{{path: {{prefix: /mirrored}}}}]
+  forward:
+    backends: [{{service: web}}]
+    mirror: {{service: shadow, percent: 100}}
+  policies: [mirror-key]
+"#,
+        shadow.addr
+    ))
+    .await;
+    let client = gateway.client();
+    for (i, (key, consumer)) in [
+        ("acme-key-0001-abcdef", "acme"),
+        ("globex-key-0001-abcdef", "globex"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let reply = get(
+            &client,
+            "/mirrored",
+            &[("x-api-key", key), ("x-fleetgate-consumer", "forged")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.backend(), backend.name);
+        assert_eq!(
+            reply.seen_header("x-fleetgate-consumer").as_deref(),
+            Some(consumer)
+        );
+        shadow.wait_for_requests(i + 1).await;
+        assert_eq!(
+            shadow
+                .last_request_header("x-fleetgate-consumer")
+                .as_deref(),
+            Some(consumer),
+            "the mirror's copy"
+        );
+        assert_eq!(shadow.last_request_header("x-api-key"), None);
+    }
+}

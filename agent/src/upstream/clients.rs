@@ -47,7 +47,7 @@ impl HttpClient {
         &self,
         authority: &Authority,
         request: Request<UpstreamBody>,
-        added: &Added,
+        added: &Added<'_>,
     ) -> Result<Response<PooledBody>, ClientError> {
         self.dispatch(authority, request, added, true).await
     }
@@ -56,7 +56,7 @@ impl HttpClient {
         &self,
         authority: &Authority,
         request: Request<UpstreamBody>,
-        added: &Added,
+        added: &Added<'_>,
         raw_fields: bool,
     ) -> Result<Response<PooledBody>, ClientError> {
         match self {

@@ -58,7 +58,7 @@ pub(super) struct Conn {
 /// authority (RFC 9112 3.2 requires one).
 fn encode_request(
     parts: &http::request::Parts,
-    added: &Added,
+    added: &Added<'_>,
     body: &UpstreamBody,
     authority: &Authority,
     out: &mut Vec<u8>,
@@ -277,7 +277,7 @@ impl Conn {
         mut self,
         raw_fields: bool,
         parts: &http::request::Parts,
-        added: &Added,
+        added: &Added<'_>,
         authority: &Authority,
         body: UpstreamBody,
     ) -> Result<http::Response<ResponseBody>, Failure> {
@@ -1231,7 +1231,7 @@ pub(super) mod tests {
     #[test]
     fn the_added_fields_follow_the_requests_own_and_a_host_among_them_is_the_only_one() {
         let authority: Authority = "10.0.0.9:8080".parse().unwrap();
-        let encode = |request: http::Request<UpstreamBody>, added: &Added| {
+        let encode = |request: http::Request<UpstreamBody>, added: &Added<'_>| {
             let (parts, body) = request.into_parts();
             let mut out = Vec::new();
             encode_request(&parts, added, &body, &authority, &mut out);

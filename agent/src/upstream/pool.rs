@@ -132,7 +132,7 @@ impl Http1Pool {
         &self,
         authority: &Authority,
         request: Request<UpstreamBody>,
-        added: &Added,
+        added: &Added<'_>,
         raw_fields: bool,
     ) -> Result<Response<PooledBody>, ClientError> {
         let (parts, mut body) = request.into_parts();

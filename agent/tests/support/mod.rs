@@ -94,6 +94,8 @@ struct BackendState {
     name: String,
     requests: watch::Sender<usize>,
     forced_status: AtomicU16,
+    /// The last request's headers, as its answer describes them.
+    last_headers: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// An HTTP/1.1 backend answering every request with JSON that describes it:
@@ -125,6 +127,7 @@ impl Backend {
             name: name.to_owned(),
             requests: watch::channel(0).0,
             forced_status: AtomicU16::new(0),
+            last_headers: Default::default(),
         });
         let task = {
             let state = state.clone();
@@ -173,6 +176,12 @@ impl Backend {
         .await;
     }
 
+    /// A header of the last request received (values of a repeated one joined by `, `): what
+    /// a backend whose answers nobody reads (a mirror) was sent.
+    pub fn last_request_header(&self, name: &str) -> Option<String> {
+        self.state.last_headers.lock().unwrap().get(name).cloned()
+    }
+
     /// Answers every request with `status` (whatever the path) until called with `None`.
     pub fn force_status(&self, status: Option<u16>) {
         self.state
@@ -199,7 +208,6 @@ impl Drop for Backend {
 
 impl BackendState {
     async fn answer(&self, req: Request<Incoming>) -> Response<BackendBody> {
-        self.requests.send_modify(|n| *n += 1);
         let method = req.method().to_string();
         let version = format!("{:?}", req.version());
         let target = req
@@ -218,6 +226,9 @@ impl BackendState {
                 })
                 .or_insert(value);
         }
+        // Recorded before the count moves, so a test that waits for the count reads them.
+        *self.last_headers.lock().unwrap() = headers.clone();
+        self.requests.send_modify(|n| *n += 1);
         let body = req
             .into_body()
             .collect()
