@@ -12,6 +12,9 @@
 //! - `apply(diff(a, b), a) == b`;
 //! - a bundle that validates still validates after those round trips.
 
+pub mod requests;
+
+use fleetgate_proto::join_token::JoinToken;
 use fleetgate_proto::sync::v1 as wire;
 use fleetgate_proto::sync::v1::{agent_message, manager_message};
 use fleetgate_shared::bundle::Format;
@@ -76,10 +79,12 @@ pub fn wire_messages(data: &[u8]) {
         match message.body {
             Some(manager_message::Body::Snapshot(snapshot)) => wire_snapshot(snapshot),
             Some(manager_message::Body::Delta(delta)) => wire_delta(delta),
+            // An enrolment's answer is certificates, which rustls parses where they are used.
             Some(
                 manager_message::Body::Ping(_)
                 | manager_message::Body::Pong(_)
-                | manager_message::Body::Goodbye(_),
+                | manager_message::Body::Goodbye(_)
+                | manager_message::Body::Enrolled(_),
             )
             | None => {}
         }
@@ -97,8 +102,21 @@ pub fn wire_messages(data: &[u8]) {
                     let _ = ValidationError::from(error).to_string();
                 }
             }
+            Some(agent_message::Body::Enroll(enroll)) => {
+                // The join token is the one field a manager reads before it trusts the sender.
+                if let Ok(token) = JoinToken::parse(&enroll.join_token) {
+                    assert_eq!(
+                        JoinToken::parse(&token.to_string()).ok().as_ref(),
+                        Some(&token),
+                        "a parsed join token does not print back to itself"
+                    );
+                }
+            }
+            // A renewal's CSR is parsed by the manager's certificate issuer (rcgen), outside
+            // this crate's dependencies.
             Some(
-                agent_message::Body::Status(_)
+                agent_message::Body::Renew(_)
+                | agent_message::Body::Status(_)
                 | agent_message::Body::Ping(_)
                 | agent_message::Body::Pong(_),
             )
