@@ -662,3 +662,65 @@ spec:
         assert_eq!(shadow.last_request_header("x-api-key"), None);
     }
 }
+
+/// An absolute-form request line names the host the gateway routes on; its Host header is
+/// ignored (RFC 9112 3.2.2). A signature over the Host header alone does not pass for a
+/// request routed to the target's host, so a captured request cannot be replayed to another
+/// host behind the same policy by rewriting its request line; one signed over the target's
+/// host passes. Sent over a raw socket: HTTP clients write origin-form.
+#[tokio::test]
+async fn a_signed_host_is_the_one_the_request_line_routes_to() {
+    let (_backend, gateway, _) = every_policy("").await;
+    // What the client signs: `host` as it would go out with an origin-form request line, or
+    // with an absolute one.
+    let sign_for = |uri: &str, nonce: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "signed.test".parse().unwrap());
+        headers.insert(DATE_HEADER, now_secs().to_string().parse().unwrap());
+        headers.insert(
+            CONTENT_SHA256_HEADER,
+            hmac_auth::body_digest(b"").parse().unwrap(),
+        );
+        let credentials = hmac_auth::Credentials {
+            algorithm: HmacAlgorithm::HmacSha256,
+            key_id: "acme-hmac",
+            secret: HMAC_SECRET.as_bytes(),
+        };
+        let uri: Uri = uri.parse().unwrap();
+        let authorization = hmac_auth::sign(
+            &credentials,
+            nonce,
+            &Method::GET,
+            &uri,
+            &headers,
+            &["host", DATE_HEADER, CONTENT_SHA256_HEADER],
+        )
+        .unwrap();
+        format!(
+            "GET http://routed.test/hmac/x HTTP/1.1\r\nhost: signed.test\r\n\
+             {DATE_HEADER}: {}\r\n{CONTENT_SHA256_HEADER}: {}\r\nauthorization: {authorization}\r\n\
+             connection: close\r\n\r\n",
+            headers[DATE_HEADER].to_str().unwrap(),
+            headers[CONTENT_SHA256_HEADER].to_str().unwrap(),
+        )
+    };
+    let status_of = |request: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(gateway.http).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.split(' ').nth(1).unwrap_or_default().to_owned();
+        (status, answer)
+    };
+
+    info!("--- signed over the Host header, routed to the request line's host: refused");
+    let (status, answer) = status_of(sign_for("/hmac/x", "abs-1")).await;
+    assert_eq!(status, "401", "{answer}");
+    assert!(answer.contains("invalid_signature"), "{answer}");
+
+    info!("--- signed over the request line's host: passes");
+    let (status, answer) = status_of(sign_for("http://routed.test/hmac/x", "abs-2")).await;
+    assert_eq!(status, "200", "{answer}");
+}

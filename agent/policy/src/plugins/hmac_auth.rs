@@ -610,6 +610,16 @@ fn header_value(
             shown()
         ))
     };
+    // `host` is the host the gateway routes on: the target's authority when the request has
+    // one (HTTP/2's `:authority`, an HTTP/1.1 absolute-form target, whose Host header a server
+    // ignores), else the Host header. Signing a Host header the gateway does not route on
+    // would let a signed request be replayed to another host behind the same policy.
+    if known == Some(Known::Host)
+        && let Some(authority) = uri.authority()
+    {
+        out.extend_from_slice(authority.as_str().as_bytes());
+        return Ok(());
+    }
     // A field sent once that the walk over the request read: its text is at hand. Any other
     // (sent twice, not sent, or not one the walk reads) is looked up in the map; a signed name
     // is a token, so ASCII.
@@ -620,12 +630,6 @@ fn header_value(
     let name_text = std::str::from_utf8(name).unwrap_or_default();
     let mut values = fields.headers.get_all(name_text).iter().peekable();
     if values.peek().is_none() {
-        if known == Some(Known::Host)
-            && let Some(authority) = uri.authority()
-        {
-            out.extend_from_slice(authority.as_str().as_bytes());
-            return Ok(());
-        }
         return Err(error(format_args!(
             "signed header `{}` is not in the request",
             shown()
@@ -2284,11 +2288,12 @@ mod tests {
         }
     }
 
-    /// A signed `host` is the Host header, or the target's authority when there is none (an
-    /// HTTP/2 request carries `:authority` instead); any other signed field that is not sent is
-    /// an error naming it.
+    /// A signed `host` is the host the gateway routes on: the target's authority when the
+    /// request has one (HTTP/2's `:authority`, an absolute-form target), whatever Host header
+    /// came with it, else the Host header; any other signed field that is not sent is an error
+    /// naming it.
     #[test]
-    fn a_signed_host_falls_back_to_the_authority() {
+    fn a_signed_host_is_the_host_the_gateway_routes_on() {
         let canonical = |uri: &str, headers: &HeaderMap, list: &[u8]| {
             let mut out = Vec::new();
             canonical_request(
@@ -2308,7 +2313,9 @@ mod tests {
         assert!(h2.ends_with("\n/p\n\nhost:api.example.com"), "{h2}");
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("sent.example.com"));
-        let h1 = canonical("https://api.example.com/p", &headers, b"host").unwrap();
+        let absolute = canonical("https://api.example.com/p", &headers, b"host").unwrap();
+        assert!(absolute.ends_with("\nhost:api.example.com"), "{absolute}");
+        let h1 = canonical("/p", &headers, b"host").unwrap();
         assert!(h1.ends_with("\nhost:sent.example.com"), "{h1}");
         assert_eq!(
             canonical("/p", &none, b"host").unwrap_err(),
