@@ -14,6 +14,12 @@
 //!
 //! And every refusal answers 4xx or 5xx with a JSON body naming the policy's error, unless it
 //! is a challenge page (bot-detect, cc-protection) or a CORS preflight's answer.
+//!
+//! State carries over from input to input, as it does from request to request: hmac-auth
+//! remembers nonces (a seed's signature passes once, then reads as a replay), and cc-protection
+//! and key-rate-limit count on the runtime's clock, so under a fuzzer's rate they soon challenge
+//! or limit. An input that crashed is reproduced on its own, with fresh state: a crash that
+//! needs the state its predecessors left does not reproduce alone.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -74,9 +80,19 @@ fn fixture() -> &'static Fixture {
             panic!("the fuzz config is invalid: {errors:?}");
         }
         let snapshot = Snapshot::new(1, resources).expect("names are unique");
+        let policies = PolicySet::compile(&snapshot, &PolicyState::default())
+            .expect("the fuzz policies compile");
+        for (route, _) in ROUTES {
+            // Each route runs its own policy and nothing else: an empty chain would pass
+            // every input without a word.
+            assert_eq!(
+                policies.chain(HOST, route).names(),
+                [route],
+                "route {route}"
+            );
+        }
         Fixture {
-            policies: PolicySet::compile(&snapshot, &PolicyState::default())
-                .expect("the fuzz policies compile"),
+            policies,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -127,6 +143,7 @@ spec:
       - query: {{name: token}}
     consumer_claim: sub
     claims_to_headers: {{tenant: x-claim-tenant}}
+    consumers: [acme]
 ---
 kind: Policy
 name: key
@@ -379,7 +396,7 @@ mod tests {
     #[test]
     fn the_seeds_reach_what_they_were_made_for() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/request_policies");
-        let expected: [(&str, &str, Option<StatusCode>); 19] = [
+        let expected: [(&str, &str, Option<StatusCode>); 20] = [
             ("hmac-sha256", "hmac", None),
             ("hmac-sha512", "hmac", None),
             ("jwt-header", "jwt", None),
@@ -393,6 +410,7 @@ mod tests {
             ("basic-wrong", "basic", Some(StatusCode::UNAUTHORIZED)),
             ("ipr-forwarded", "ipr", None),
             ("ipr-v6", "ipr", None),
+            ("ipr-denied", "ipr", Some(StatusCode::FORBIDDEN)),
             ("cors-preflight", "cors", Some(StatusCode::NO_CONTENT)),
             ("cors-other-origin", "cors", None),
             ("bot-python", "bot", Some(StatusCode::SERVICE_UNAVAILABLE)),
