@@ -188,11 +188,25 @@ async fn get(client: &HttpClient, path: &str, headers: &[(&str, &str)]) -> Reply
     client.send(Method::GET, HOST, path, headers, "").await
 }
 
-/// A POST signed for key `key_id` with `nonce`, as `(headers, path)` ready to send.
+/// A POST to [`HOST`] signed for key `key_id` with `nonce`: its headers but Host, ready to send.
 fn signed_post(key_id: &str, nonce: &str, path: &str, body: &str) -> Vec<(String, String)> {
-    let uri: Uri = path.parse().unwrap();
+    signed(Method::POST, HOST, key_id, nonce, path, body)
+}
+
+/// A request signed for key `key_id` with `nonce` over its host (`host` as the Host header,
+/// which the signature covers unless `target` is absolute-form and names its own), date and
+/// body digest: its headers but Host, ready to send.
+fn signed(
+    method: Method,
+    host: &str,
+    key_id: &str,
+    nonce: &str,
+    target: &str,
+    body: &str,
+) -> Vec<(String, String)> {
+    let uri: Uri = target.parse().unwrap();
     let mut headers = HeaderMap::new();
-    headers.insert("host", HOST.parse().unwrap());
+    headers.insert("host", host.parse().unwrap());
     headers.insert(DATE_HEADER, now_secs().to_string().parse().unwrap());
     headers.insert(
         CONTENT_SHA256_HEADER,
@@ -206,7 +220,7 @@ fn signed_post(key_id: &str, nonce: &str, path: &str, body: &str) -> Vec<(String
     let authorization = hmac_auth::sign(
         &credentials,
         nonce,
-        &Method::POST,
+        &method,
         &uri,
         &headers,
         &["host", DATE_HEADER, CONTENT_SHA256_HEADER],
@@ -671,56 +685,30 @@ spec:
 #[tokio::test]
 async fn a_signed_host_is_the_one_the_request_line_routes_to() {
     let (_backend, gateway, _) = every_policy("").await;
-    // What the client signs: `host` as it would go out with an origin-form request line, or
-    // with an absolute one.
-    let sign_for = |uri: &str, nonce: &str| {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", "signed.test".parse().unwrap());
-        headers.insert(DATE_HEADER, now_secs().to_string().parse().unwrap());
-        headers.insert(
-            CONTENT_SHA256_HEADER,
-            hmac_auth::body_digest(b"").parse().unwrap(),
-        );
-        let credentials = hmac_auth::Credentials {
-            algorithm: HmacAlgorithm::HmacSha256,
-            key_id: "acme-hmac",
-            secret: HMAC_SECRET.as_bytes(),
-        };
-        let uri: Uri = uri.parse().unwrap();
-        let authorization = hmac_auth::sign(
-            &credentials,
+    // The same request each time; the client signs `host` as it would go out with an
+    // origin-form request line (the Host header), or with this absolute one.
+    let send = async |signed_target: &str, nonce: &str| {
+        let headers = signed(
+            Method::GET,
+            "signed.test",
+            "acme-hmac",
             nonce,
-            &Method::GET,
-            &uri,
-            &headers,
-            &["host", DATE_HEADER, CONTENT_SHA256_HEADER],
-        )
-        .unwrap();
-        format!(
-            "GET http://routed.test/hmac/x HTTP/1.1\r\nhost: signed.test\r\n\
-             {DATE_HEADER}: {}\r\n{CONTENT_SHA256_HEADER}: {}\r\nauthorization: {authorization}\r\n\
-             connection: close\r\n\r\n",
-            headers[DATE_HEADER].to_str().unwrap(),
-            headers[CONTENT_SHA256_HEADER].to_str().unwrap(),
-        )
-    };
-    let status_of = |request: String| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(gateway.http).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer.split(' ').nth(1).unwrap_or_default().to_owned();
-        (status, answer)
+            signed_target,
+            "",
+        );
+        let mut head = "GET http://routed.test/hmac/x HTTP/1.1\r\nhost: signed.test\r\n".to_owned();
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        support::raw(gateway.http, &head, "").await
     };
 
     info!("--- signed over the Host header, routed to the request line's host: refused");
-    let (status, answer) = status_of(sign_for("/hmac/x", "abs-1")).await;
-    assert_eq!(status, "401", "{answer}");
-    assert!(answer.contains("invalid_signature"), "{answer}");
+    let answer = send("/hmac/x", "abs-1").await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert_eq!(answer.json()["error"], "invalid_signature");
 
     info!("--- signed over the request line's host: passes");
-    let (status, answer) = status_of(sign_for("http://routed.test/hmac/x", "abs-2")).await;
-    assert_eq!(status, "200", "{answer}");
+    let answer = send("http://routed.test/hmac/x", "abs-2").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
 }

@@ -5,4 +5,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| fleetgate_fuzz::requests::request_policies(data));
+fuzz_target!(|data: &[u8]| {
+    fleetgate_fuzz::requests::run(data);
+});

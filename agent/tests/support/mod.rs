@@ -36,6 +36,7 @@ use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -657,6 +658,68 @@ impl HttpClient {
         .map_err(|e| format!("{e:?}"))?;
         Ok(Reply::read(response).await)
     }
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Raw {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends `head` (request line and headers, each ending in CRLF) and `body` exactly as written,
+/// with `Content-Length` and `Connection: close`, and reads the whole response.
+pub async fn raw(addr: SocketAddr, head: &str, body: &str) -> Raw {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let request = format!("{head}{length}Connection: close\r\n\r\n{body}");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    within("the raw response", stream.read_to_end(&mut bytes))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Raw {
+        status,
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }
 
 /// An HTTP/2 connection with prior knowledge (h2c) to `addr`.

@@ -237,8 +237,8 @@ fn token<'a>(what: &str, value: &'a [u8], max: usize) -> Result<&'a [u8], String
 /// scheme, key id, nonce (or empty), method, path (as sent), canonical query, then one
 /// `name:value` line per signed header (name lower-case) in `signedHeaders` order. The lines
 /// name the signed headers themselves, so the list is signed without a line of its own (a
-/// field name holds no `:` and a value no line break: each line reads one way). Built whole and hashed in one call: feeding the HMAC piece by piece costs
-/// more than the buffer.
+/// field name holds no `:` and a value no line break: each line reads one way). Built whole
+/// and hashed in one call: feeding the HMAC piece by piece costs more than the buffer.
 #[allow(clippy::too_many_arguments)]
 fn canonical_request(
     out: &mut Vec<u8>,
